@@ -1,0 +1,99 @@
+"""What every task family shares: its result type, config building and divergence detection.
+
+A task is a module in this package with
+
+- ``NAME``: the task family's name (``"regression"``, ``"classification"``, ...);
+- ``Config``: a frozen dataclass of the task's parameters, built with ``build_config``;
+- ``RESOURCES``: what one trial needs from Ray, ``{"num_cpus": ..., "num_gpus": ...}`` for a GPU run;
+- ``gemm_shapes(config) -> list[GemmShape]``: the quantised GEMMs of one training step;
+- ``train(config, recipe, seed, device) -> TaskResult``.
+
+Tasks receive plain, validated values; they never read Hydra or the results store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fp4sweep.quant.gemm import GemmShape
+
+ConfigT = TypeVar("ConfigT")
+
+
+@dataclass
+class TaskResult:
+    """What one training run returns to the sweep engine.
+
+    ``metrics`` holds final values; ``val_loss`` is always present and is the quality metric the
+    reports compare against the bf16 baseline. ``curve`` holds one dict per logged step, each with
+    an int ``step`` and float metrics. ``artifacts`` are small files (name -> bytes) kept beside
+    the trial's results, e.g. a sample grid image.
+    """
+
+    metrics: dict[str, float]
+    curve: list[dict[str, float]] = field(default_factory=list)
+    diverged: bool = False
+    gemm_shapes: list[GemmShape] = field(default_factory=list)
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+
+
+def build_config(config_type: type[ConfigT], params: dict[str, Any]) -> ConfigT:
+    """Build a task's config dataclass from plain values, naming any unknown or mistyped key."""
+    fields = {f.name: f for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown {config_type.__qualname__} parameter(s) {unknown}; valid: {sorted(fields)}"
+        )
+    values = {}
+    for name, value in params.items():
+        expected = fields[name].type
+        values[name] = _coerce(f"{config_type.__qualname__}.{name}", value, expected)
+    return config_type(**values)
+
+
+def _coerce(where: str, value: Any, expected: Any) -> Any:
+    """Accept what YAML gives for a declared type (an int for a float, a list for a tuple)."""
+    kind = expected if isinstance(expected, type) else str(expected)
+    if kind in (float, "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if kind in (int, "int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        return value
+    if kind in (bool, "bool"):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if kind in (str, "str"):
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        return value
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+class DivergenceGuard:
+    """Flags a run as diverged when its loss is not finite or grows past ``blowup`` times its first value.
+
+    A diverged run is a result (the recipe failed to train), not an error: the task stops early
+    and returns ``TaskResult(diverged=True)``.
+    """
+
+    def __init__(self, blowup: float = 1e3) -> None:
+        self.blowup = blowup
+        self.first: float | None = None
+
+    def diverged(self, loss: float) -> bool:
+        if not math.isfinite(loss):
+            return True
+        if self.first is None:
+            self.first = abs(loss)
+            return False
+        return abs(loss) > self.blowup * max(self.first, 1e-12)
