@@ -4,11 +4,12 @@ A task is a module in this package with
 
 - ``NAME``: the task family's name (``"regression"``, ``"classification"``, ...);
 - ``Config``: a frozen dataclass of the task's parameters, built with ``build_config``;
-- ``RESOURCES``: what one trial needs from Ray, ``{"num_cpus": ..., "num_gpus": ...}`` for a GPU run;
 - ``gemm_shapes(config) -> list[GemmShape]``: the quantised GEMMs of one training step;
 - ``train(config, recipe, seed, device) -> TaskResult``.
 
-Tasks receive plain, validated values; they never read Hydra or the results store.
+Size presets and the Ray resources of one trial are configuration: they live in
+``conf/task/NAME.yaml``. Tasks receive plain, validated values; they never read Hydra or the
+results store.
 """
 
 from __future__ import annotations
