@@ -197,7 +197,8 @@ class ResultsStore:
         """Every attempt's row, oldest first, with the schemas of all files unified."""
         if self._trials is None:
             tables = _read_tables(_scan(self.trials_dir).live, self.problems)
-            self._trials = _concat(tables, trials_schema(["trial_id", "attempt_id", "status"]))
+            empty = trials_schema(["trial_id", "attempt_id", "task", "size", "status"])
+            self._trials = _concat(tables, empty)
         return self._trials
 
     def curves_table(self) -> pa.Table:
@@ -247,8 +248,9 @@ class StoreWriter:
     """The single writer of a results directory (held under an exclusive lock).
 
     ``add`` buffers a finished attempt; ``flush`` writes buffered rows as a new part, at the latest
-    ``flush_seconds`` after the oldest buffered row (call ``maybe_flush`` from the driver's loop);
-    more than ``max_parts`` live parts are compacted. ``close`` flushes and compacts.
+    ``flush_seconds`` after the oldest buffered row (call ``maybe_flush`` from the driver's loop).
+    Once ``max_parts`` parts are live, or new rows bring new columns, a flush compacts instead:
+    everything is rewritten as one base file, so a folder never holds more than ``max_parts + 1``.
     """
 
     def __init__(
@@ -365,16 +367,10 @@ class StoreWriter:
             self._write(self._trials_dir / f"part-{seq:06d}.parquet", self._rows, trials_schema(columns))
         self._rows, self._curve_rows, self._oldest = [], [], None
 
-    def compact(self) -> None:
-        """Rewrite the store (and anything buffered) as one base file per folder."""
-        self._compact(self._columns | {c for row in self._rows for c in row})
-        self._rows, self._curve_rows, self._oldest = [], [], None
-
     def close(self) -> None:
-        """Flush, compact to one file per folder, and release the lock."""
+        """Flush and release the lock."""
         try:
-            if len(_scan(self._trials_dir).live) > 1 or self._rows:
-                self.compact()
+            self.flush()
         finally:
             self._lock.close()
 
@@ -393,6 +389,7 @@ class StoreWriter:
         _write_atomic(path, lambda temp: pq.write_table(table, temp))
 
     def _compact(self, columns: set[str]) -> None:
+        """Write the store and the buffered rows as one base file, then delete what it supersedes."""
         reader = ResultsStore(self.root)
         schema = trials_schema(columns)
         trials = pa.concat_tables(
