@@ -132,8 +132,10 @@ class RunSettings:
     device: str
     ray: RaySettings
     progress_every: float
+    flush_seconds: float
     logger: dict[str, Any]
-    tasks: dict[str, str | None]
+    tasks: list[str]
+    size: str | None  # the size preset of every task (None: each task's default)
     task_node: dict[str, Any] | None  # the task chosen with `task=NAME`, with its overrides
     seeds: list[int]
     baseline: str
@@ -147,8 +149,8 @@ class RunSettings:
 
 
 _RUN_KEYS = {
-    "results_dir", "device", "ray", "progress_every", "logger", "quant", "task",
-    "tasks", "seeds", "baseline", "presets", "axes", "constraints",
+    "results_dir", "device", "ray", "progress_every", "flush_seconds", "logger", "quant", "task",
+    "tasks", "size", "seeds", "baseline", "presets", "axes", "constraints",
 }  # fmt: skip
 _RAY_KEYS = {"address", "num_cpus", "max_in_flight", "max_retries"}
 DEVICES = ("auto", "cpu", "cuda")
@@ -183,9 +185,9 @@ def load_settings(tree: ConfigTree, overrides: Sequence[str]) -> RunSettings:
             axes[axis] = [tree.check_choice(f"quant.{axis}", axis, c) for c in _as_list(f"quant.{axis}", pinned)]
 
     task_node = cfg.get("task")
-    tasks = _tasks(tree, cfg["tasks"])
+    tasks = [tree.check_choice("tasks", "task", name) for name in _as_list("tasks", cfg["tasks"])]
     if task_node is not None:
-        tasks = {task_node["name"]: tasks.get(task_node["name"])}
+        tasks = [task_node["name"]]
 
     seeds = _as_list("seeds", cfg["seeds"])
     for seed in seeds:
@@ -196,9 +198,11 @@ def load_settings(tree: ConfigTree, overrides: Sequence[str]) -> RunSettings:
         results_dir=Path(_check_str("results_dir", cfg["results_dir"])).expanduser().resolve(),
         device=cfg["device"],
         ray=RaySettings(**ray),
-        progress_every=float(cfg["progress_every"]),
+        progress_every=_check_seconds("progress_every", cfg["progress_every"]),
+        flush_seconds=_check_seconds("flush_seconds", cfg["flush_seconds"]),
         logger=cfg["logger"],
         tasks=tasks,
+        size=None if cfg["size"] is None else _check_str("size", cfg["size"]),
         task_node=task_node,
         seeds=seeds,
         baseline=_check_str("baseline", cfg["baseline"]),
@@ -206,16 +210,6 @@ def load_settings(tree: ConfigTree, overrides: Sequence[str]) -> RunSettings:
         axes=axes,
         constraints=[_constraint(tree, i, c, axis_names) for i, c in enumerate(cfg["constraints"] or [])],
     )
-
-
-def _tasks(tree: ConfigTree, tasks: Any) -> dict[str, str | None]:
-    if tasks is None:
-        return {}
-    if isinstance(tasks, list):
-        tasks = {name: None for name in tasks}
-    if not isinstance(tasks, dict):
-        raise SweepError(f"tasks: expected a mapping of task to size or a list of tasks, got {tasks!r}")
-    return {tree.check_choice("tasks", "task", name): size for name, size in tasks.items()}
 
 
 def _constraint(tree: ConfigTree, index: int, item: Any, axis_names: list[str]) -> Constraint:
@@ -255,6 +249,12 @@ def _check_int(where: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise SweepError(f"{where}: expected an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _check_seconds(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise SweepError(f"{where}: expected a number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 def _check_str(where: str, value: Any) -> str:

@@ -10,8 +10,11 @@ from fp4sweep.sweep.store import SCHEMA_VERSION
 
 
 def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and no spaces: equal values give equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """JSON with sorted keys and no spaces: equal values give equal text.
+
+    Non-finite floats are written as Python's json module does (NaN, Infinity), which it reads back.
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def content_hash(value: Any) -> str:

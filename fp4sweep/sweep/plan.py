@@ -104,7 +104,7 @@ def expand(tree: ConfigTree, settings: RunSettings) -> Plan:
     defaults = tree.trial_defaults()
     defaults.pop("task")
     axes = {axis: settings.axes.get(axis, [option]) for axis, option in defaults.items()}
-    tasks = [_task_plan(tree, settings, name, size) for name, size in settings.tasks.items()]
+    tasks = [_task_plan(tree, settings, name) for name in settings.tasks]
 
     recipes = [_preset(settings.baseline, is_baseline=True)]
     recipes += [_preset(name) for name in settings.presets if name != settings.baseline]
@@ -138,7 +138,7 @@ def _combinations(axes: dict[str, list[str]]) -> Iterator[dict[str, str]]:
         yield dict(zip(names, choice))
 
 
-def _task_plan(tree: ConfigTree, settings: RunSettings, name: str, size: str | None) -> TaskPlan:
+def _task_plan(tree: ConfigTree, settings: RunSettings, name: str) -> TaskPlan:
     node = settings.task_node
     if node is None or node.get("name") != name:
         node = tree.option_node("task", name).get("task")
@@ -148,7 +148,7 @@ def _task_plan(tree: ConfigTree, settings: RunSettings, name: str, size: str | N
     unknown = sorted(set(node) - _TASK_KEYS)
     if unknown:
         raise SweepError(f"{where}: unknown key(s) {unknown}; valid: {sorted(_TASK_KEYS)}")
-    size = size or node.get("size")
+    size = settings.size or node.get("size")
     sizes = node.get("sizes") or {}
     if size not in sizes:
         raise SweepError(f"{where}: unknown size {size!r}; valid: {sorted(sizes)}")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import fp4sweep
-from fp4sweep.sweep.config import RunSettings, SweepError
+from fp4sweep.sweep.config import RaySettings, RunSettings, SweepError
 from fp4sweep.sweep.ids import canonical_json
 from fp4sweep.sweep.plan import Plan, TaskPlan, Trial
 from fp4sweep.sweep.progress import Progress
@@ -110,10 +110,15 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-def run_trials(plan: Plan, settings: RunSettings, rerun_failed: bool, stream: TextIO = sys.stderr) -> RunReport:
-    """Run what the store lacks (and what failed, for ``resume``), storing each result."""
+def run_trials(plan: Plan, settings: RunSettings, rerun_failed: bool, stream: TextIO | None = None) -> RunReport:
+    """Run what the store lacks (and what failed, for ``resume``), storing each result.
+
+    Uses the Ray this process is already connected to, if any; otherwise starts (and afterwards
+    stops) a local one, or connects to ``ray.address``.
+    """
+    stream = stream or sys.stderr
     report = RunReport()
-    with StoreWriter(settings.results_dir) as writer:
+    with StoreWriter(settings.results_dir, flush_seconds=settings.flush_seconds) as writer:
         report.quarantined = writer.quarantined
         for note in writer.quarantined:
             print(f"warning: unreadable results file set aside, its trials will run again: {note}", file=stream)
@@ -123,17 +128,23 @@ def run_trials(plan: Plan, settings: RunSettings, rerun_failed: bool, stream: Te
             return report
         check_tasks(todo)
         logger = make_logger(settings.logger, settings.results_dir)
+        import ray
+
+        connected = ray.is_initialized()
         started = time.monotonic()
-        ray = _start_ray(settings)
+        if not connected:
+            start_ray(settings.ray)
         report.ray_start_s = time.monotonic() - started
         try:
             _schedule(ray, todo, plan.sweep, settings, writer, logger, report, stream)
         finally:
-            ray.shutdown()
+            if not connected:
+                ray.shutdown()
     return report
 
 
-def _start_ray(settings: RunSettings) -> Any:
+def start_ray(settings: RaySettings) -> None:
+    """Start a local Ray, or connect to ``settings.address``, with what trial workers need."""
     import ray
 
     data = Path(os.environ.get("FP4SWEEP_DATA", "data")).resolve()
@@ -143,16 +154,15 @@ def _start_ray(settings: RunSettings) -> Any:
         # This checkout first, so local workers run the driver's code (and tests' task modules).
         "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}${{PYTHONPATH}}",
     }
-    local = settings.ray.address is None
+    local = settings.address is None
     ray.init(
-        address=settings.ray.address,
-        num_cpus=settings.ray.num_cpus if local else None,
+        address=settings.address,
+        num_cpus=settings.num_cpus if local else None,
         runtime_env={"env_vars": env_vars},
         include_dashboard=False,
         log_to_driver=False,  # trial output would break the progress line; failures are stored
         logging_level="WARNING",
     )
-    return ray
 
 
 @dataclass(frozen=True)
@@ -213,6 +223,7 @@ def _schedule(
                 ref = place.remote.remote(trial.spec, trial.task.module, place.device, place.threads)
                 in_flight[ref] = trial
             progress.running = min(len(in_flight), report.slots)
+            progress.update()
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             for ref in ready:
                 trial = in_flight.pop(ref)
@@ -228,7 +239,6 @@ def _schedule(
                 report.trial_wall_s += outcome.timing.get("wall_s", 0.0)
                 progress.counts[outcome.status] += 1
             writer.maybe_flush()
-            progress.update()
     except KeyboardInterrupt:
         report.interrupted = True
         for ref in in_flight:
