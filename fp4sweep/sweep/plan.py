@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fp4sweep.quant import Recipe
@@ -106,17 +106,26 @@ def expand(tree: ConfigTree, settings: RunSettings) -> Plan:
     axes = {axis: settings.axes.get(axis, [option]) for axis, option in defaults.items()}
     tasks = [_task_plan(tree, settings, name) for name in settings.tasks]
 
-    recipes = [_preset(settings.baseline, is_baseline=True)]
-    recipes += [_preset(name) for name in settings.presets if name != settings.baseline]
+    crossed: dict[str, RecipePlan] = {}
     excluded: Counter[str] = Counter()
     for combination in _combinations(axes):
         rule = next((c for c in settings.constraints if c.excludes(combination)), None)
         if rule is not None:
             excluded[rule.reason] += 1
             continue
-        recipes.append(_axes_recipe(tree, combination, defaults))
+        recipe = _axes_recipe(tree, combination, defaults)
+        crossed.setdefault(recipe.recipe_id, recipe)
+    recipes = []
+    named = [settings.baseline] + [name for name in settings.presets if name != settings.baseline]
+    for name in named:
+        preset = _preset(name, is_baseline=name == settings.baseline)
+        # A preset that some combination of axes also builds runs once, with both its name and its
+        # axes, so that the crossed axes stay a full factorial design.
+        same = crossed.pop(preset.recipe_id, None)
+        recipes.append(preset if same is None else replace(same, label=name, is_baseline=preset.is_baseline))
+    recipes += crossed.values()
 
-    trials: dict[str, Trial] = {}
+    trials = []
     for seed, task, recipe in itertools.product(settings.seeds, tasks, recipes):
         spec = {
             "task": task.name,
@@ -126,10 +135,8 @@ def expand(tree: ConfigTree, settings: RunSettings) -> Plan:
             "recipe": recipe.recipe,
             "seed": seed,
         }
-        trial = Trial(trial_id(spec), spec, task, recipe)
-        # A preset equal to a combination of axes is one trial, not two.
-        trials.setdefault(trial.trial_id, trial)
-    return Plan(settings.sweep or "", list(trials.values()), axes, recipes, dict(excluded))
+        trials.append(Trial(trial_id(spec), spec, task, recipe))
+    return Plan(settings.sweep or "", trials, axes, recipes, dict(excluded))
 
 
 def _combinations(axes: dict[str, list[str]]) -> Iterator[dict[str, str]]:

@@ -67,13 +67,7 @@ def run_trial(spec: dict[str, Any], module: str, device: str, threads: int) -> T
         outcome.metrics = {name: float(value) for name, value in result.metrics.items()}
         finite = all(math.isfinite(v) for v in outcome.metrics.values())
         outcome.status = "done" if finite and not result.diverged else "diverged"
-        outcome.overhead = {
-            "model": cost.total,
-            "model_fwd": cost.forward,
-            "model_bwd": cost.backward,
-            "points": cost.points,
-            **{f"detail.{k}": float(v) for k, v in cost.as_dict().items()},
-        }
+        outcome.overhead = cost.as_dict()  # model, model_fwd, model_bwd, points, per technique
         outcome.timing = {"train_s": train_s, "step_s": train_s / steps}
         outcome.curve = result.curve
         outcome.artifacts = result.artifacts

@@ -44,12 +44,16 @@ def test_full_sweep_size_and_merged_configs(tree):
     plan = plan_of(tree, "+sweep=full")
     crossed = math.prod(len(choices) for choices in plan.axes.values())
     assert plan.excluded == {
-        "a Hadamard transform longer than the block would mix blocks that have separate scales": 384,
-        "fp32 scales are exact, so only the ideal (nearest) rule is worth running": 448,
+        "a Hadamard transform longer than the block spreads an outlier over blocks scaled apart": 384,
+        "with fp32 scales floor repeats e8m0 and ceil has nothing to round; nearest is the ideal": 448,
     }
-    recipes = crossed - sum(plan.excluded.values()) + 4  # + baseline and three presets
-    assert len(plan.recipes) == recipes == 2244
-    assert len(plan.trials) == recipes * 4 * 3 == 26928  # 4 tasks, 3 seeds
+    # The baseline and three presets, of which mxfp4 and paper_best are also combinations of axes.
+    assert [(r.label, r.axes is not None) for r in plan.recipes[:4]] == [
+        ("bf16", False), ("mxfp4", True), ("nvfp4", False), ("paper_best", True)
+    ]
+    recipes = crossed - sum(plan.excluded.values()) + 2
+    assert len(plan.recipes) == recipes == 2242
+    assert len(plan.trials) == recipes * 4 * 3 == 26904  # 4 tasks, 3 seeds
     assert len({t.trial_id for t in plan.trials}) == len(plan.trials)
     sample = random.Random(0).sample([t for t in plan.trials if t.recipe.axes], 20)
     assert_merged_equals_composed(tree, sample)
@@ -109,6 +113,6 @@ def test_bad_input_is_named(tree, overrides, message):
 
 
 def test_an_invalid_combination_asks_for_a_constraint(tree):
-    # rhadamard32 on 16-blocks is left out by the full sweep's constraint; without it, it is an error.
+    # The NVFP4 scale rule is defined for narrow scale formats only.
     with pytest.raises(SweepError, match="leave such combinations out with a constraint"):
-        plan_of(tree, "+sweep=full", "constraints=[]", "quant.transform=rhadamard32", "quant.block=16")
+        plan_of(tree, "+sweep=smoke", "quant.scale_rule=nvfp4", "quant.scale=e8m0")

@@ -73,11 +73,15 @@ def test_nan_is_diverged(tmp_path):
     code = fp4sweep("run", "+sweep=mini", "seeds=[0]", "task=regression", "task.sizes.tiny.lr=inf",
                     f"results_dir={results}")
     assert code == 0
-    latest = ResultsStore(results).trials()
-    assert latest["status"].tolist() == ["diverged", "diverged"]
+    store = ResultsStore(results)
+    latest = store.trials().set_index("recipe_label")
+    assert latest["status"].to_dict() == {"bf16": "diverged", "scale=ue5m3": "diverged"}
     assert latest["metric.val_loss"].apply(math.isnan).all()
-    curves = ResultsStore(results).curves()
-    assert curves.groupby("trial_id")["value"].apply(lambda v: v.isna().any()).all()
+    # In bf16 the infinite step makes the weights NaN; FP4's saturation keeps the loss finite
+    # but blown up, which the divergence guard catches too.
+    curves = store.curves().set_index("trial_id")
+    assert math.isnan(curves.loc[latest.loc["bf16", "trial_id"], "value"])
+    assert curves.loc[latest.loc["scale=ue5m3", "trial_id"], "value"] > 1e6
 
 
 def test_a_dead_worker_is_retried(tmp_path):
