@@ -39,6 +39,7 @@ class WandbLogger:
             mode=self.mode,
             dir=str(self.dir),
             resume="allow",
+            settings=self._wandb.Settings(silent=True),  # its messages would break the progress line
         )
         try:
             for point in curve:

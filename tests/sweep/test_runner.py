@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -149,3 +151,22 @@ def test_bad_input_exits_with_a_message(overrides, message, capsys):
     assert fp4sweep("run", *overrides) == 2
     err = capsys.readouterr().err
     assert err.startswith("fp4sweep: error: ") and message in err
+
+
+def wandb_installed() -> bool:
+    return importlib.util.find_spec("wandb") is not None
+
+
+@pytest.mark.skipif(not wandb_installed(), reason="wandb is not installed (it is optional)")
+def test_wandb_logs_one_offline_run_per_trial(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    results = tmp_path / "results"
+    assert fp4sweep("run", "+sweep=mini", "seeds=[0]", "logger=wandb", f"results_dir={results}") == 0
+    runs = sorted((results / "wandb" / "wandb").glob("offline-run-*"))
+    assert sorted(r.name.rsplit("-", 1)[1] for r in runs) == sorted(ResultsStore(results).trials()["trial_id"])
+
+
+def test_wandb_missing_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` meets without it
+    assert fp4sweep("run", "+sweep=mini", "logger=wandb", f"results_dir={tmp_path}") == 2
+    assert "logger=wandb needs the wandb package: pip install 'fp4sweep[wandb]'" in capsys.readouterr().err

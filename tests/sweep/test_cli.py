@@ -1,0 +1,52 @@
+"""The command line: plan and status output, and errors as one message with exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from fp4sweep.cli import main
+from fp4sweep.sweep.runner import PROJECT_ROOT
+
+
+def test_plan_counts_trials_per_task_and_lists_axes(tmp_path, capsys):
+    assert main(["plan", "+sweep=smoke", f"results_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep smoke: 20 trials (10 recipes x 2 seeds x 1 tasks)" in out
+    assert "  scale         e8m0, ue5m3" in out
+    assert "  block         32" in out
+    assert "regression  tiny  20      0       20      no timings stored yet" in out
+
+
+def test_plan_narrowed_by_overrides(tmp_path, capsys):
+    args = ["plan", "+sweep=full", "task=gpt", "quant.block=16", "seeds=[0]", f"results_dir={tmp_path}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "x 1 seeds x 1 tasks" in out and "\ngpt " in out and "regression" not in out
+
+
+def test_status_of_an_empty_store(tmp_path, capsys):
+    assert main(["status", f"results_dir={tmp_path}"]) == 0
+    assert "no trials" in capsys.readouterr().out
+
+
+def test_an_error_is_one_message_without_traceback(tmp_path):
+    # The real entry point, as a user runs it.
+    done = subprocess.run(
+        [sys.executable, "-m", "fp4sweep", "run", "+sweep=smoke", "quant.scale=ue9m9", f"results_dir={tmp_path}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "fp4sweep: error: quant.scale: unknown scale 'ue9m9'; valid: ['e8m0', 'fp32', 'ue4m3', 'ue5m3']"
+    )
+    assert not (tmp_path / "trials").exists()  # nothing ran, nothing was written
+
+
+def test_unknown_option_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--bogus"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
