@@ -54,8 +54,11 @@ def cmd_run(args: argparse.Namespace, rerun_failed: bool = False) -> int:
     print(
         f"{finished} of {report.to_run} trials finished ("
         + ", ".join(f"{n} {s}" for s, n in sorted(report.counts.items()))
-        + f") in {report.loop_s:.1f} s after a {report.ray_start_s:.1f} s Ray start; "
-        f"{report.slots} at a time, scheduling overhead {report.overhead_per_trial_s:.2f} s per trial."
+        + f") in {report.loop_s:.1f} s after a {report.ray_start_s:.1f} s Ray start, {report.slots} at a time."
+    )
+    print(
+        f"Scheduling: {report.worker_start_s:.1f} s to the first trial (worker start-up), then a median "
+        f"{report.handover_s * 1e3:.0f} ms from a trial finishing to the next starting in its slot."
     )
     print(f"Results: {settings.results_dir}")
     if report.interrupted:

@@ -8,7 +8,11 @@ writer of the store; Ctrl-C cancels what is in flight and keeps everything finis
 
 from __future__ import annotations
 
+import bisect
+import datetime as dt
+import math
 import os
+import statistics
 import sys
 import time
 import uuid
@@ -41,13 +45,27 @@ class RunReport:
     ray_start_s: float = 0.0
     loop_s: float = 0.0  # from the first submission to the last result
     slots: int = 0  # trials the cluster runs at once
-    trial_wall_s: float = 0.0  # summed over finished trials
+    loop_started_at: dt.datetime | None = None
+    # (started_at, finished_at) of every finished trial, as its worker saw them
+    spans: list[tuple[dt.datetime, dt.datetime]] = field(default_factory=list)
 
     @property
-    def overhead_per_trial_s(self) -> float:
-        """Slot time not spent inside trials, per finished trial: what scheduling costs."""
-        finished = sum(self.counts.values())
-        return (self.loop_s * self.slots - self.trial_wall_s) / finished if finished else float("nan")
+    def worker_start_s(self) -> float:
+        """From the first submission to the first trial starting: Ray starting worker processes."""
+        if not self.spans or self.loop_started_at is None:
+            return math.nan
+        return (min(start for start, _ in self.spans) - self.loop_started_at).total_seconds()
+
+    @property
+    def handover_s(self) -> float:
+        """Median time from a trial finishing to the next one starting in the freed slot."""
+        finishes = sorted(finish for _, finish in self.spans)
+        gaps = []
+        for start in sorted(start for start, _ in self.spans)[self.slots :]:
+            earlier = finishes[: bisect.bisect_right(finishes, start)]
+            if earlier:
+                gaps.append((start - earlier[-1]).total_seconds())
+        return statistics.median(gaps) if gaps else math.nan
 
 
 def trials_to_run(plan: Plan, statuses: dict[str, str], rerun_failed: bool) -> list[Trial]:
@@ -215,6 +233,7 @@ def _schedule(
     queue = list(reversed(todo))
     in_flight: dict[Any, Trial] = {}
     started = time.monotonic()
+    report.loop_started_at = dt.datetime.now(dt.timezone.utc)
     try:
         while queue or in_flight:
             while queue and len(in_flight) < window:
@@ -236,7 +255,7 @@ def _schedule(
                 if logger is not None:
                     logger.log(row, outcome.curve)
                 report.counts[outcome.status] += 1
-                report.trial_wall_s += outcome.timing.get("wall_s", 0.0)
+                report.spans.append((outcome.started_at, outcome.finished_at))
                 progress.counts[outcome.status] += 1
             writer.maybe_flush()
     except KeyboardInterrupt:
