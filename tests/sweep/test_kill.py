@@ -1,4 +1,8 @@
-"""The runner killed mid-sweep (SIGKILL) or stopped with Ctrl-C (SIGINT), then run again."""
+"""The runner killed mid-sweep (SIGKILL) and stopped with Ctrl-C (SIGINT), then run again.
+
+The interrupted runs are separate processes (each starting its own Ray); the uninterrupted
+reference and the final run use the tests' Ray in this process.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
+from fp4sweep.cli import main
 from fp4sweep.sweep.runner import PROJECT_ROOT
 from fp4sweep.sweep.store import ResultsStore
 
@@ -18,22 +24,17 @@ TEST_CONF = str(Path(__file__).parent / "conf")
 METRICS = ["metric.train_loss", "metric.val_loss"]
 
 
-def command(results: Path) -> list[str]:
-    # Six trials of about a second each, two at a time; every result written as soon as it comes.
+def arguments(results: Path) -> list[str]:
+    # Six short trials, two at a time; every result written as soon as it comes.
     return [
-        sys.executable, "-m", "fp4sweep", "run", "--conf-dir", TEST_CONF, "+sweep=mini",
-        "task=regression", "task.sizes.tiny.steps=1000", "ray.num_cpus=2", "flush_seconds=0",
-        f"results_dir={results}",
+        "run", "--conf-dir", TEST_CONF, "+sweep=mini", "task=regression", "task.sizes.tiny.steps=300",
+        "ray.num_cpus=2", "flush_seconds=0", f"results_dir={results}",
     ]  # fmt: skip
 
 
-def environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-
-
 def run_to_the_end(results: Path) -> None:
-    done = subprocess.run(command(results), env=environment(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    """Run the sweep here, on the tests' Ray (also two CPUs, so the same threads per trial)."""
+    assert main(arguments(results)) == 0
 
 
 def stored_ids(results: Path) -> list[str]:
@@ -48,15 +49,16 @@ def stored_ids(results: Path) -> list[str]:
     return ids
 
 
-def interrupt_mid_sweep(results: Path, signum: int) -> subprocess.CompletedProcess:
-    """Start the sweep and send ``signum`` once some but not all trials are stored."""
+def interrupt_mid_sweep(results: Path, signum: int, stored_before: int = 0) -> subprocess.CompletedProcess:
+    """Start the sweep and send ``signum`` once it has stored a trial (beyond ``stored_before``)."""
     process = subprocess.Popen(
-        command(results), env=environment(), start_new_session=True, text=True,
+        [sys.executable, "-m", "fp4sweep", *arguments(results)],
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, start_new_session=True, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
-        while not (results / "trials").is_dir() or not stored_ids(results):
+        while not (results / "trials").is_dir() or len(stored_ids(results)) <= stored_before:
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline
             time.sleep(0.02)
@@ -71,7 +73,8 @@ def interrupt_mid_sweep(results: Path, signum: int) -> subprocess.CompletedProce
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-def test_sigkill_then_rerun_stores_each_trial_once_with_the_same_metrics(tmp_path):
+@pytest.mark.usefixtures("local_ray")
+def test_killed_then_interrupted_then_rerun_stores_each_trial_once_with_the_same_metrics(tmp_path):
     reference = tmp_path / "reference"
     run_to_the_end(reference)
     expected = ResultsStore(reference).trials().set_index("trial_id")[METRICS].sort_index()
@@ -80,21 +83,18 @@ def test_sigkill_then_rerun_stores_each_trial_once_with_the_same_metrics(tmp_pat
     results = tmp_path / "results"
     killed = interrupt_mid_sweep(results, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
-    assert 0 < len(set(stored_ids(results))) < 6
+    after_kill = len(set(stored_ids(results)))
+    assert 0 < after_kill < 6
+
+    # Ctrl-C: in-flight trials are cancelled, every finished one is kept.
+    stopped = interrupt_mid_sweep(results, signal.SIGINT, stored_before=after_kill)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "Interrupted: finished trials are stored; the same command continues." in stopped.stdout
+    finished = int(stopped.stdout.split(" of ")[0])
+    assert len(stored_ids(results)) == after_kill + finished
 
     run_to_the_end(results)
     attempts = ResultsStore(results).trials(latest=False)
     assert sorted(attempts["trial_id"]) == sorted(expected.index)  # each trial exactly once
     assert attempts["status"].eq("done").all()
     assert attempts.set_index("trial_id")[METRICS].sort_index().equals(expected)
-
-
-def test_ctrl_c_keeps_every_finished_result(tmp_path):
-    results = tmp_path / "results"
-    stopped = interrupt_mid_sweep(results, signal.SIGINT)
-    assert stopped.returncode == 130, stopped.stderr
-    assert "Interrupted: finished trials are stored" in stopped.stdout
-    finished = int(stopped.stdout.split(" of ")[0])
-    assert len(stored_ids(results)) == finished > 0
-    run_to_the_end(results)
-    assert sorted(ResultsStore(results).trials(latest=False)["status"]) == ["done"] * 6

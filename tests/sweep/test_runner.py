@@ -11,23 +11,11 @@ import pandas as pd
 import pytest
 
 from fp4sweep.cli import main
-from fp4sweep.sweep.config import RaySettings
-from fp4sweep.sweep.runner import start_ray
 from fp4sweep.sweep.store import ResultsStore
 
 TEST_CONF = str(Path(__file__).parent / "conf")
 COMMON = ["--conf-dir", TEST_CONF, "progress_every=5"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """One local Ray for these tests (two trials at a time, as on a 2-core CI machine): each run
-    uses it instead of starting its own, which saves seconds per run."""
-    import ray
-
-    start_ray(RaySettings(address=None, num_cpus=2, max_in_flight=None, max_retries=2))
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def fp4sweep(*args: str) -> int:
