@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = 1
 
 STATUSES = ("done", "diverged", "failed")
+TRIALS, CURVES, ARTIFACTS, QUARANTINE = "trials", "curves", "artifacts", "quarantine"
 
 _FIXED_COLUMNS: dict[str, pa.DataType] = {
     "trial_id": pa.string(),
@@ -178,20 +179,14 @@ class ResultsStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self.trials_dir = self.root / TRIALS
+        self.curves_dir = self.root / CURVES
         self.problems: list[Unreadable] = []
         self._trials: pa.Table | None = None
         self._curves: pa.Table | None = None
 
-    @property
-    def trials_dir(self) -> Path:
-        return self.root / "trials"
-
-    @property
-    def curves_dir(self) -> Path:
-        return self.root / "curves"
-
     def artifact_dir(self, trial_id: str) -> Path:
-        return self.root / "artifacts" / trial_id
+        return self.root / ARTIFACTS / trial_id
 
     def trials_table(self) -> pa.Table:
         """Every attempt's row, oldest first, with the schemas of all files unified."""
@@ -228,13 +223,24 @@ class ResultsStore:
 
 
 def _write_atomic(path: Path, write: Any) -> None:
-    """Write through ``write(temp_path)`` to a dot-file beside ``path``, then rename it into place."""
+    """Write through ``write(temp_path)`` to a dot-file beside ``path``, then rename it into place.
+
+    The data reaches the disk before the rename, and the rename before we return: not even a
+    power cut leaves a partial file under the final name.
+    """
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(temp)
+        with open(temp, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def _rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -261,6 +267,8 @@ class StoreWriter:
         max_parts: int = 16,
     ) -> None:
         self.root = Path(root)
+        self._trials_dir = self.root / TRIALS
+        self._curves_dir = self.root / CURVES
         self.flush_seconds = flush_seconds
         self.flush_rows = flush_rows
         self.max_parts = max_parts
@@ -269,21 +277,13 @@ class StoreWriter:
         self._curve_rows: list[dict[str, Any]] = []
         self._oldest: float | None = None
         self._lock = self._acquire_lock()
-        self._set_aside_damage()
+        reader = self._set_aside_damage()
         self._seq = max(_scan(self._trials_dir).last_seq, _scan(self._curves_dir).last_seq) + 1
-        self._columns = set(ResultsStore(self.root).trials_table().column_names)
-
-    @property
-    def _trials_dir(self) -> Path:
-        return self.root / "trials"
-
-    @property
-    def _curves_dir(self) -> Path:
-        return self.root / "curves"
+        self._columns = set(reader.trials_table().column_names)
 
     def _acquire_lock(self) -> Any:
         try:
-            for folder in (self._trials_dir, self._curves_dir, self.root / "artifacts"):
+            for folder in (self._trials_dir, self._curves_dir, self.root / ARTIFACTS):
                 folder.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".write-probe-{os.getpid()}"
             probe.write_bytes(b"")
@@ -300,23 +300,25 @@ class StoreWriter:
             ) from None
         return lock
 
-    def _set_aside_damage(self) -> None:
+    def _set_aside_damage(self) -> ResultsStore:
         """Delete leftovers of crashed writers and superseded files; move unreadable files aside.
 
         Safe because we hold the lock: no other writer's temporary file can be in flight.
+        Returns a reader of what is left.
         """
         for folder in (self._trials_dir, self._curves_dir):
-            for temp in folder.glob(".*.tmp"):
-                temp.unlink()
-            for path in _scan(folder).superseded:
+            for path in [*folder.glob(".*.tmp"), *_scan(folder).superseded]:
                 path.unlink()
-            problems: list[Unreadable] = []
-            _read_tables(_scan(folder).live, problems)
-            for problem in problems:
-                target = self.root / "quarantine" / f"{folder.name}-{problem.path.name}"
-                target.parent.mkdir(exist_ok=True)
-                os.replace(problem.path, target)
-                self.quarantined.append(f"{problem} (moved to {target})")
+        reader = ResultsStore(self.root)
+        # Reading every live file notes the ones that fail.
+        reader.trials_table()
+        reader.curves_table()
+        for problem in reader.problems:
+            target = self.root / QUARANTINE / f"{problem.path.parent.name}-{problem.path.name}"
+            target.parent.mkdir(exist_ok=True)
+            os.replace(problem.path, target)
+            self.quarantined.append(f"{problem} (moved to {target})")
+        return reader
 
     def add(
         self,
@@ -326,7 +328,7 @@ class StoreWriter:
     ) -> None:
         """Buffer one finished attempt: its row, its curve (dicts with a ``step``), its files."""
         for name, data in (artifacts or {}).items():
-            folder = self.root / "artifacts" / row["trial_id"]
+            folder = self.root / ARTIFACTS / row["trial_id"]
             folder.mkdir(parents=True, exist_ok=True)
             _write_atomic(folder / name, lambda temp, data=data: temp.write_bytes(data))
         self._rows.append(row)
