@@ -48,21 +48,19 @@ def synthetic_store(results_dir: Path, rows: int, rng: np.random.Generator) -> N
     recipes["effect"] = sum(recipes[axis].map(effects) for axis, effects in AXES.items())
     recipes["overhead"] = 0.02 + rng.uniform(0.0, 0.3, len(recipes))
 
-    per_seed = len(TASKS) * (len(recipes) + 1)
-    seeds = -(-rows // per_seed)
-    grid = []
-    for seed in range(seeds):
-        for task in TASKS:
-            baseline = pd.DataFrame({"recipe_label": ["bf16"], "recipe_id": ["bf16"], "effect": [0.0],
-                                     "overhead": [0.0]})
-            block = pd.concat([baseline, recipes], ignore_index=True).assign(task=task, seed=seed)
-            grid.append(block)
+    baseline = pd.DataFrame({"recipe_label": ["bf16"], "recipe_id": ["bf16"], "effect": [0.0],
+                             "overhead": [0.0]})
+    per_task = pd.concat([baseline, recipes], ignore_index=True)
+    seeds = -(-rows // (len(TASKS) * len(per_task)))
+    grid = [
+        per_task.assign(task=task, seed=seed) for seed in range(seeds) for task in TASKS
+    ]
     trials = pd.concat(grid, ignore_index=True).iloc[:rows]
     trials = _outcomes(trials, rng)
     results_dir.joinpath("trials").mkdir(parents=True, exist_ok=True)
     for part, start in enumerate(range(0, len(trials), ROWS_PER_PART)):
         chunk = pa.Table.from_pandas(trials.iloc[start:start + ROWS_PER_PART], preserve_index=False)
-        pq.write_table(chunk, results_dir / "trials" / f"part-{part:05d}.parquet")
+        pq.write_table(chunk, results_dir / "trials" / f"part-{part:06d}.parquet")
 
 
 def _outcomes(grid: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -71,10 +69,15 @@ def _outcomes(grid: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     baseline = grid["recipe_id"].eq("bf16").to_numpy()
     base_loss = 3.0 + grid["seed"].to_numpy() * 0.01
     gap = np.where(baseline, 0.0, 0.25 + grid["effect"].to_numpy() + rng.normal(0.0, 0.01, n))
-    unstable = grid["rounding_bwd"].eq("rne") & grid["scale"].eq("e8m0") & grid["transform"].eq("none")
+    unstable = (
+        grid["rounding_bwd"].eq("rne") & grid["scale"].eq("e8m0") & grid["transform"].eq("none")
+    ).to_numpy()
     draw = rng.uniform(size=n)
-    status = np.select([~baseline & unstable.to_numpy() & (draw < 0.5), ~baseline & (draw > 0.995)],
-                       ["diverged", "failed"], "done")
+    status = np.select(
+        [~baseline & unstable & (draw < 0.5), ~baseline & (draw > 0.995)],
+        ["diverged", "failed"],
+        "done",
+    )
     done = status == "done"
     now = pd.Timestamp("2025-01-01", tz="UTC")
     table = pd.DataFrame({
@@ -104,7 +107,7 @@ def _outcomes(grid: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
         "time.wall_s": step_s * 1100,
         "error.type": np.where(status == "failed", "RuntimeError", None),
         "error.message": np.where(status == "failed", "synthetic failure", None),
-        "error.traceback": np.where(status == "failed", "Traceback (most recent call last): ...", None),
+        "error.traceback": np.where(status == "failed", "Traceback (most recent call): ...", None),
         "host": "node0",
         "device": "cuda:0",
         "version.fp4sweep": "0.1.0",
@@ -120,9 +123,11 @@ def _outcomes(grid: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=100_000, help="trial rows in the store")
-    parser.add_argument("--store", type=Path, help="keep the store here (default: a temporary directory)")
+    parser.add_argument("--store", type=Path, help="keep the store here (default: a temp dir)")
     args = parser.parse_args()
     if args.rows < 1:
         parser.error(f"--rows must be positive, got {args.rows}")
@@ -138,9 +143,11 @@ def main() -> None:
         page = report_from_store(results_dir, Path(scratch) / "report")
         report_s = time.perf_counter() - start
 
-        print(f"rows: {args.rows}, recipes per task: {len(pd.read_csv(page.parent / 'recipes.csv')) // len(TASKS)}")
+        recipes = pd.read_csv(page.parent / "recipes.csv")
+        print(f"rows: {args.rows}, recipes per task: {len(recipes) // len(TASKS)}")
         print(f"pandas.read_parquet of the store: {read_s:.2f} s")
-        print(f"report_from_store:                {report_s:.2f} s ({report_s / read_s:.1f}x the plain read)")
+        print(f"report_from_store:                {report_s:.2f} s "
+              f"({report_s / read_s:.1f}x the plain read)")
         print(f"report page: {page.stat().st_size / 1e6:.1f} MB")
 
 

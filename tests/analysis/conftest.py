@@ -1,4 +1,4 @@
-"""Synthetic results stores in the contract's layout, with fronts and effects known by construction."""
+"""Synthetic results stores in the contract's layout: rows built one by one, written as parts."""
 
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def write_store(rows: list[dict], results_dir: Path, parts: int = 2) -> Path:
         chunk = frame.iloc[part * size:(part + 1) * size]
         # Parts written before an axis existed lack its column: drop all-null ones per part.
         chunk = chunk.dropna(axis=1, how="all")
-        pq.write_table(pa.Table.from_pandas(chunk, preserve_index=False), trials_dir / f"part-{part:05d}.parquet")
+        table = pa.Table.from_pandas(chunk, preserve_index=False)
+        pq.write_table(table, trials_dir / f"part-{part:06d}.parquet")
     return results_dir
 
 

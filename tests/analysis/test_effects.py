@@ -33,7 +33,8 @@ def planted_store(diverge: bool = False) -> pd.DataFrame:
         for values in itertools.product(*(levels.items() for levels in PLANTED.values())):
             axes = {axis: value for axis, (value, _) in zip(PLANTED, values)}
             gap = INTERCEPT + sum(effect for _, effect in values) + rng.normal(0.0, NOISE)
-            diverged = diverge and seed == 0 and axes["transform"] == "none" and axes["scale"] == "e8m0"
+            unstable = axes["transform"] == "none" and axes["scale"] == "e8m0"
+            diverged = diverge and seed == 0 and unstable
             rows.append(trial_row(
                 "gpt", seed, "/".join(axes.values()), axes=axes, val_loss=3.0 * (1 + gap),
                 status="diverged" if diverged else "done", overhead=0.1,

@@ -1,4 +1,4 @@
-"""The HTML report is self-contained and renders in headless Chromium with every figure and no errors.
+"""The HTML report is self-contained and renders in headless Chromium: all figures, no errors.
 
 Chromium is driven through chromedriver's W3C WebDriver HTTP API with the standard library only.
 """
@@ -52,11 +52,13 @@ def sweep_with_everything() -> pd.DataFrame:
                 status = "diverged" if (seed, scale, rounding) == (0, "e8m0", "rne") else "done"
                 gap = 0.3 - 0.05 * i + 0.01 * seed
                 rows.append(trial_row(
-                    task, seed, f"{scale}/{rounding}", axes={"scale": scale, "rounding_bwd": rounding},
+                    task, seed, f"{scale}/{rounding}",
+                    axes={"scale": scale, "rounding_bwd": rounding},
                     status=status, val_loss=2.0 * (1 + gap), overhead=0.02 * i + 0.01 * (i % 2),
                     step_s=None if step_s is None else step_s * (1 + 0.1 * i),
                 ))
-    rows.append(trial_row("gpt", 0, "int4/sr", axes={"scale": "e8m0", "rounding_bwd": "sr"}, status="failed"))
+    rows.append(trial_row("gpt", 0, "int4/sr", axes={"scale": "e8m0", "rounding_bwd": "sr"},
+                          status="failed"))
     return pd.DataFrame(rows)
 
 
@@ -64,9 +66,11 @@ def sweep_with_everything() -> pd.DataFrame:
 def report_page(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("report")
     trials = sweep_with_everything()
-    page = build_report(trials, out_dir, problems=["corrupt file trials/part-7.parquet was skipped"])
+    skipped = "corrupt file trials/part-7.parquet was skipped"
+    page = build_report(trials, out_dir, problems=[skipped])
     analysis = analyse(trials)
-    expected_figures = len(analysis.hypervolumes) + analysis.effects[["task", "size"]].drop_duplicates().shape[0]
+    fitted_tasks = analysis.effects[["task", "size"]].drop_duplicates()
+    expected_figures = len(analysis.hypervolumes) + len(fitted_tasks)
     return page, expected_figures
 
 
@@ -88,7 +92,8 @@ def test_page_references_nothing_outside_itself(report_page):
 def test_renders_in_headless_chromium_with_every_figure_and_no_errors(report_page, tmp_path):
     page, expected_figures = report_page
     broken = tmp_path / "broken.html"
-    broken.write_text(page.read_text().replace("<body>", '<body><img src="https://example.invalid/x.png">', 1))
+    remote_image = '<body><img src="https://example.invalid/x.png">'
+    broken.write_text(page.read_text().replace("<body>", remote_image, 1))
 
     with Chromium(tmp_path / "profile") as browser:
         shown, errors = browser.open(page.as_uri())
@@ -122,10 +127,14 @@ class Chromium:
             self._wait_until_ready()
             capabilities = {
                 "browserName": "chrome",
-                "goog:chromeOptions": {"args": [*CHROMIUM_FLAGS, f"--user-data-dir={self.profile_dir}"]},
+                "goog:chromeOptions": {
+                    "args": [*CHROMIUM_FLAGS, f"--user-data-dir={self.profile_dir}"]
+                },
                 "goog:loggingPrefs": {"browser": "ALL"},
             }
-            session = self._call("POST", "/session", {"capabilities": {"alwaysMatch": capabilities}})
+            session = self._call(
+                "POST", "/session", {"capabilities": {"alwaysMatch": capabilities}}
+            )
         except BaseException:
             self._stop_driver()
             raise

@@ -1,14 +1,17 @@
-"""Stores with corrupt parts, missing baselines or unfinished sweeps still report, naming the problem."""
+"""Stores with corrupt parts, missing baselines or unfinished sweeps still report what is wrong."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
 from conftest import trial_row
 
 from fp4sweep.analysis import analyse, report_from_store
+
+E8M0 = {"scale": "e8m0"}
 
 
 def small_sweep(tasks=("gpt", "mnist"), seeds=(0, 1), baselines=True) -> list[dict]:
@@ -30,13 +33,13 @@ def report(results_dir) -> tuple[dict, str]:
 
 def test_corrupt_file_is_named_and_the_rest_reported(rows_to_store):
     store = rows_to_store(small_sweep(), parts=2)
-    (store / "trials" / "part-99999.parquet").write_bytes(b"PAR1 truncated by a crash")
-    (store / "trials" / ".part-00002.parquet.tmp.parquet").write_bytes(b"being written")
+    (store / "trials" / "part-000099.parquet").write_bytes(b"PAR1 truncated by a crash")
+    (store / "trials" / ".part-000002.parquet").write_bytes(b"being written")
 
     summary, page = report(store)
     corrupt = [p for p in summary["problems"] if "corrupt" in p]
-    assert len(corrupt) == 1 and "trials/part-99999.parquet" in corrupt[0]
-    assert "trials/part-99999.parquet" in page
+    assert len(corrupt) == 1 and "trials/part-000099.parquet" in corrupt[0]
+    assert "trials/part-000099.parquet" in page
     assert {(h["task"], h["overhead"]) for h in summary["hypervolumes"]} == {
         ("gpt", "model"), ("gpt", "measured"), ("mnist", "model"), ("mnist", "measured"),
     }
@@ -50,10 +53,12 @@ def test_missing_baselines_are_named(rows_to_store):
 
     problems = summary["problems"]
     assert any(p.startswith("mnist (tiny): no bf16 baseline trial") for p in problems)
-    assert any(p.startswith("gpt (tiny): no finished bf16 baseline for seed(s) [1]") for p in problems)
+    seed_1 = "gpt (tiny): no finished bf16 baseline for seed(s) [1]"
+    assert any(p.startswith(seed_1) for p in problems)
     assert "mnist (tiny): no bf16 baseline trial" in page
     # gpt still has its front from seed 0; mnist has none.
-    assert {(h["task"], h["overhead"]) for h in summary["hypervolumes"]} == {("gpt", "model"), ("gpt", "measured")}
+    fronts = {(h["task"], h["overhead"]) for h in summary["hypervolumes"]}
+    assert fronts == {("gpt", "model"), ("gpt", "measured")}
     recipes = pd.read_csv(store / "report" / "recipes.csv")
     assert recipes[recipes["task"] == "gpt"]["n_gaps"].eq(1).all()
 
@@ -62,7 +67,8 @@ def test_an_unfinished_sweep_says_what_is_missing(rows_to_store):
     rows = small_sweep(seeds=(0, 1, 2))
     rows = [r for r in rows if not (r["seed"] == 2 and r["recipe_label"] == "ue5m3")]
     summary, _ = report(rows_to_store(rows))
-    assert "gpt (tiny): 1 of 2 recipes have trials for fewer than the task's 3 seeds" in " ".join(summary["problems"])
+    unfinished = "gpt (tiny): 1 of 2 recipes have trials for fewer than the task's 3 seeds"
+    assert unfinished in " ".join(summary["problems"])
 
 
 def test_latest_attempt_of_a_trial_counts(rows_to_store):
@@ -70,7 +76,9 @@ def test_latest_attempt_of_a_trial_counts(rows_to_store):
     retried = trial_row("gpt", 0, "e8m0", axes={"scale": "e8m0"}, status="failed", overhead=0.1)
     rows.insert(0, retried)  # the first attempt failed; the rerun in small_sweep finished later
     summary, page = report(rows_to_store(rows))
-    assert summary["trials"] == [{"task": "gpt", "size": "tiny", "baseline": 2, "done": 4, "diverged": 0, "failed": 0}]
+    assert summary["trials"] == [
+        {"task": "gpt", "size": "tiny", "baseline": 2, "done": 4, "diverged": 0, "failed": 0}
+    ]
     assert "Failed trials" not in page
 
 
@@ -84,10 +92,12 @@ def test_failed_trials_are_listed_with_their_error(rows_to_store):
 
 def test_axis_added_by_a_later_part_is_unset_in_earlier_ones(rows_to_store):
     rows = small_sweep(tasks=("gpt",), seeds=(0,))
-    rows.append(trial_row("gpt", 1, "bf16", val_loss=2.0, axes={"scale": None, "rounding_bwd": None}))
-    rows.append(trial_row("gpt", 1, "e8m0+sr", axes={"scale": "e8m0", "rounding_bwd": "sr"}, val_loss=2.1))
+    new_axes = {"scale": "e8m0", "rounding_bwd": "sr"}
+    rows.append(trial_row("gpt", 1, "bf16", val_loss=2.0, axes=dict.fromkeys(new_axes)))
+    rows.append(trial_row("gpt", 1, "e8m0+sr", axes=new_axes, val_loss=2.1))
     store = rows_to_store(rows, parts=2)
-    assert "axis.rounding_bwd" not in pd.read_parquet(store / "trials" / "part-00000.parquet").columns
+    first_part = pd.read_parquet(store / "trials" / "part-000000.parquet")
+    assert "axis.rounding_bwd" not in first_part.columns
 
     report_from_store(store)
     recipes = pd.read_csv(store / "report" / "recipes.csv")
@@ -115,7 +125,8 @@ def test_rows_without_a_required_column_are_refused():
 def test_an_unknown_status_is_refused():
     trials = pd.DataFrame(small_sweep())
     trials.loc[3, "status"] = "running"
-    with pytest.raises(ValueError, match=r"unknown trial status\(es\) \['running'\]; valid: \['done', 'diverged', 'failed'\]"):
+    valid = r"valid: \['done', 'diverged', 'failed'\]"
+    with pytest.raises(ValueError, match=r"unknown trial status\(es\) \['running'\]; " + valid):
         analyse(trials)
 
 
@@ -123,9 +134,9 @@ def test_an_unknown_status_is_refused():
     "rows, unfinished",
     [
         ([trial_row("gpt", 0, "bf16"), trial_row("gpt", 1, "bf16")], 0),
-        ([trial_row("gpt", 0, "e8m0", axes={"scale": "e8m0"}, status="failed")], 1),
-        ([trial_row("gpt", 0, "bf16"), trial_row("gpt", 0, "e8m0", axes={"scale": "e8m0"}, status="diverged")], 1),
-        ([trial_row("gpt", 0, "bf16"), trial_row("gpt", 0, "e8m0", axes={"scale": "e8m0"}, val_loss=float("nan"))], 1),
+        ([trial_row("gpt", 0, "e8m0", axes=E8M0, status="failed")], 1),
+        ([trial_row("gpt", 0, "bf16"), trial_row("gpt", 0, "e8m0", axes=E8M0, status="diverged")], 1),
+        ([trial_row("gpt", 0, "bf16"), trial_row("gpt", 0, "e8m0", axes=E8M0, val_loss=math.nan)], 1),
     ],
     ids=["only baselines", "only failures", "only divergence", "non-finite loss"],
 )
