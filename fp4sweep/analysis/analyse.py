@@ -97,4 +97,4 @@ def _failure_note(trials: pd.DataFrame) -> list[str]:
     failed = int(trials["status"].eq("failed").sum())
     if not failed:
         return []
-    return [f"{failed} trials failed with an error and have no result (listed under Failed trials)"]
+    return [f"{failed} trial(s) failed with an error and have no result (see Failed trials)"]

@@ -154,7 +154,8 @@ def _front(analysis: Analysis, eligible: pd.DataFrame, name: str, overhead: str)
     front = eligible[eligible[flag]].sort_values([column, QUALITY])
     return (
         f"<h3>Pareto front against {OVERHEAD_LABELS[overhead]}</h3>\n"
-        f"<p>{row['n_front']} of {row['n_recipes']} recipes are Pareto-optimal; hypervolume "
+        f"<p>{row['n_front']} of the {row['n_recipes']} recipes with a gap and no diverged seed "
+        "are Pareto-optimal; hypervolume "
         f"<b>{row['hypervolume']:.6g}</b> from reference point "
         f"({corner[0]:g}, {corner[1]:g}).</p>\n"
         + _figure(image, f"{name}: recipes and Pareto front, {overhead} overhead")

@@ -86,7 +86,7 @@ def test_failed_trials_are_listed_with_their_error(rows_to_store):
     rows = small_sweep(tasks=("gpt",))
     rows.append(trial_row("gpt", 0, "int4", axes={"scale": "e8m0"}, status="failed"))
     summary, page = report(rows_to_store(rows))
-    assert "1 trials failed with an error" in " ".join(summary["problems"])
+    assert "1 trial(s) failed with an error" in " ".join(summary["problems"])
     assert "CUDA error in int4" in page
 
 
