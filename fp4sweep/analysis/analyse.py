@@ -43,8 +43,7 @@ class Analysis:
 
     @property
     def tasks(self) -> list[tuple[str, str]]:
-        if self.trials.empty:
-            return []
+        """The (task, size) pairs in the store, sorted."""
         return list(self.trials.index)
 
 

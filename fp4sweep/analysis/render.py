@@ -32,20 +32,13 @@ th { background: #f3f3f3; } .num { text-align: right; } .text { text-align: left
 .scroll { overflow-x: auto; } .problems li { color: #8a1c00; } .note { color: #555; }
 img { max-width: 100%; }
 """
-FILES = {
-    "recipes.csv": "every recipe per task: seed statistics, outcome counts, front membership",
-    "fronts.csv": "the Pareto-optimal recipes per task and overhead",
-    "hypervolumes.csv": "each front's hypervolume and reference point",
-    "effects.csv": "each axis value's effect on the loss gap",
-    "outcomes_by_axis.csv": "finished, diverged and failed trials per axis value",
-    "robust.csv": "recipes on or near every task's front",
-    "failed.csv": "every failed trial with its error",
-    "report.json": "reference point, tolerance, hypervolumes and problems, for comparing runs",
-}
 
 
-def render_html(analysis: Analysis, source: str) -> str:
-    """The report page for ``analysis`` of the store at ``source``."""
+def render_html(analysis: Analysis, source: str, files: dict[str, str]) -> str:
+    """The report page for ``analysis`` of the store at ``source``.
+
+    ``files`` names the files written beside the page, with what each holds, to link to.
+    """
     parts = [
         _header(analysis, source),
         _problems(analysis),
@@ -53,7 +46,7 @@ def render_html(analysis: Analysis, source: str) -> str:
         _robust(analysis),
         *(_task_section(analysis, task, size) for task, size in analysis.tasks),
         _failed(analysis),
-        _files(),
+        _files(files),
     ]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
@@ -221,10 +214,10 @@ def _failed(analysis: Analysis) -> str:
     return "<h2>Failed trials</h2>\n" + _table(_with_task_names(analysis.failed))
 
 
-def _files() -> str:
+def _files(files: dict[str, str]) -> str:
     items = "\n".join(
-        f"<li><a href=\"{name}\">{name}</a>: {html.escape(what)}</li>"
-        for name, what in FILES.items()
+        f"<li><a href=\"{html.escape(name)}\">{html.escape(name)}</a>: {html.escape(what)}</li>"
+        for name, what in files.items()
     )
     return f"<h2>Files beside this report</h2>\n<ul>\n{items}\n</ul>"
 

@@ -17,6 +17,7 @@ from fp4sweep.analysis.render import render_html
 
 REPORT_DIR = "report"  # default output directory inside the results store
 HTML_NAME = "report.html"
+SUMMARY_NAME = "report.json"
 
 
 def report_from_store(
@@ -51,25 +52,34 @@ def build_report(
     analysis = analyse(trials, reference, tolerance, problems)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_tables(analysis, out_dir)
-    (out_dir / "report.json").write_text(json.dumps(_summary(analysis, source), indent=2) + "\n")
+    files = {}
+    for name, (table, what) in _tables(analysis).items():
+        table.to_csv(out_dir / name, index=False)
+        files[name] = what
+    (out_dir / SUMMARY_NAME).write_text(json.dumps(_summary(analysis, source), indent=2) + "\n")
+    files[SUMMARY_NAME] = "reference point, tolerance, hypervolumes and problems, to compare runs"
     page = out_dir / HTML_NAME
-    page.write_text(render_html(analysis, source), encoding="utf-8")
+    page.write_text(render_html(analysis, source, files), encoding="utf-8")
     return page
 
 
-def _write_tables(analysis: Analysis, out_dir: Path) -> None:
-    tables = {
-        "recipes.csv": analysis.recipes,
-        "fronts.csv": front_members(analysis.recipes),
-        "hypervolumes.csv": analysis.hypervolumes,
-        "effects.csv": analysis.effects,
-        "outcomes_by_axis.csv": analysis.outcomes_by_axis,
-        "robust.csv": analysis.robust,
-        "failed.csv": analysis.failed,
+def _tables(analysis: Analysis) -> dict[str, tuple[pd.DataFrame, str]]:
+    """The CSV files beside the page: file name -> (table, what it holds)."""
+    return {
+        "recipes.csv": (
+            analysis.recipes, "every recipe per task: seed statistics, outcomes, front membership"
+        ),
+        "fronts.csv": (
+            front_members(analysis.recipes), "the Pareto-optimal recipes per task and overhead"
+        ),
+        "hypervolumes.csv": (analysis.hypervolumes, "each front's hypervolume and reference point"),
+        "effects.csv": (analysis.effects, "each axis value's effect on the loss gap"),
+        "outcomes_by_axis.csv": (
+            analysis.outcomes_by_axis, "finished, diverged and failed trials per axis value"
+        ),
+        "robust.csv": (analysis.robust, "recipes on or near every task's front"),
+        "failed.csv": (analysis.failed, "every failed trial with its error"),
     }
-    for name, table in tables.items():
-        table.to_csv(out_dir / name, index=False)
 
 
 def _summary(analysis: Analysis, source: str) -> dict:
