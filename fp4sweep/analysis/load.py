@@ -3,7 +3,8 @@
 The store is a directory of Parquet parts (see the results-store contract). A report must come out
 of any store a sweep leaves behind, so a part that cannot be read is named as a problem rather than
 raised, parts written by older versions of the schema are unified with newer ones, and the
-driver's temporary dot-files are ignored.
+driver's temporary dot-files are ignored. Files the sweep's writer found unreadable and moved to
+``quarantine/`` are named too: the trials they held count as not run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TRIALS_DIR = "trials"
+QUARANTINE_DIR = "quarantine"
 
 # Large and never shown in a report; skipping them keeps big stores quick to load.
 UNREAD_COLUMNS = ("spec", "error.traceback")
@@ -28,7 +30,11 @@ def read_trials(results_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"no results store at {results_dir}: not a directory")
-    problems: list[str] = []
+    problems = [
+        f"unreadable file {path.relative_to(results_dir)} was set aside by the sweep; the "
+        "trials it held count as not run"
+        for path in sorted((results_dir / QUARANTINE_DIR).glob("*"))
+    ]
     tables = []
     for path in sorted((results_dir / TRIALS_DIR).glob("*.parquet")):
         if path.name.startswith("."):

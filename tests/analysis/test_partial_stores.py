@@ -45,6 +45,18 @@ def test_corrupt_file_is_named_and_the_rest_reported(rows_to_store):
     }
 
 
+def test_files_the_sweep_set_aside_are_named(rows_to_store):
+    store = rows_to_store(small_sweep())
+    (store / "quarantine").mkdir()
+    (store / "quarantine" / "trials-part-000003.parquet").write_bytes(b"torn")
+    summary, page = report(store)
+    assert summary["problems"] == [
+        "unreadable file quarantine/trials-part-000003.parquet was set aside by the sweep; "
+        "the trials it held count as not run"
+    ]
+    assert "quarantine/trials-part-000003.parquet" in page
+
+
 def test_missing_baselines_are_named(rows_to_store):
     rows = [r for r in small_sweep() if not (r["task"] == "mnist" and r["is_baseline"])]
     rows = [r for r in rows if not (r["task"] == "gpt" and r["is_baseline"] and r["seed"] == 1)]
