@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fp4sweep.quant.rng import uniform
+from fp4sweep.quant.rng import check_seed, uniform
 from fp4sweep.quant.rounding import grid_step, round_signed
 from fp4sweep.quant.scaling import ScaledBlocks, scale_blocks
 from fp4sweep.quant.spec import QuantSpec
@@ -126,41 +126,51 @@ def _element_counters(x: torch.Tensor, axis: int, blocking: _Blocking) -> torch.
     return blocking.split(index.movedim(axis, -1))
 
 
-def _round_elements(
-    spec: QuantSpec, scaled: ScaledBlocks, x: torch.Tensor, axis: int, blocking: _Blocking,
-    seed: int,
-) -> torch.Tensor:
-    if spec.rounding == "rne":
-        return round_signed(spec.elem_format, scaled.elements, "nearest")
-    u = uniform(_element_counters(x, axis, blocking), seed, spec.sr_bits)
-    return round_signed(spec.elem_format, scaled.elements, "stochastic", u)
+@dataclass(frozen=True)
+class _Quantised:
+    """The blocked intermediate values of one quantisation (axis last, float32)."""
+
+    axis: int
+    blocking: _Blocking
+    blocks: torch.Tensor
+    scaled: ScaledBlocks
+    elements: torch.Tensor
+    dequantized: torch.Tensor
+
+    def to_x_layout(self, blocked: torch.Tensor) -> torch.Tensor:
+        """A blocked (or per-block) tensor back in ``x``'s layout."""
+        full = blocked.expand(self.blocks.shape)
+        return self.blocking.merge(full).movedim(-1, self.axis)
 
 
-def _quantize_blocks(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int):
+def _quantise(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int) -> _Quantised:
     axis = _check_input(x, spec, axis)
+    check_seed(seed)
     t = apply_transform(x.detach(), spec, axis).movedim(axis, -1)
     blocking = _Blocking(t.shape, spec.block, spec.block_2d)
     blocks = blocking.split(t)
-    scaled = scale_blocks(
-        spec.scale_rule, blocks, spec.elem_format, spec.scale_format, spec.tensor_scale
-    )
-    q = _round_elements(spec, scaled, x, axis, blocking, seed)
-    dequantized = q * scaled.decode
+    elem = spec.elem_format
+    scaled = scale_blocks(spec.scale_rule, blocks, elem, spec.scale_format, spec.tensor_scale)
+    if spec.rounding == "rne":
+        q = round_signed(elem, scaled.elements, "nearest")
+    else:
+        u = uniform(_element_counters(x, axis, blocking), seed, spec.sr_bits)
+        q = round_signed(elem, scaled.elements, "stochastic", u)
+    return _Quantised(axis, blocking, blocks, scaled, q, q * scaled.decode)
 
-    def to_x_layout(blocked: torch.Tensor) -> torch.Tensor:
-        return blocking.merge(blocked.expand(blocks.shape)).movedim(-1, axis)
 
-    output = invert_transform(to_x_layout(dequantized), spec, axis).to(x.dtype)
-    return output, blocks, scaled, q, dequantized, to_x_layout
+def _output(x: torch.Tensor, spec: QuantSpec, quantised: _Quantised) -> torch.Tensor:
+    dequantized = quantised.to_x_layout(quantised.dequantized)
+    return invert_transform(dequantized, spec, quantised.axis).to(x.dtype)
 
 
 @torch.no_grad()
 def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
     """Quantise-dequantise ``x`` along ``axis`` as ``spec`` says; same shape and dtype as ``x``.
 
-    ``seed`` (an int in [0, 2**64)) keys stochastic rounding; it is unused with "rne".
+    ``seed`` (an int in [0, 2**64)) keys stochastic rounding; "rne" ignores it.
     """
-    return _quantize_blocks(x, spec, axis, seed)[0]
+    return _output(x, spec, _quantise(x, spec, axis, seed))
 
 
 @torch.no_grad()
@@ -168,18 +178,19 @@ def quantize_detailed(
     x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0
 ) -> QuantResult:
     """``fake_quantize`` with its intermediate values (see ``QuantResult``)."""
-    output, blocks, scaled, q, dequantized, to_x_layout = _quantize_blocks(x, spec, axis, seed)
-    elem = spec.elem_format
+    quantised = _quantise(x, spec, axis, seed)
+    layout = quantised.to_x_layout
+    scaled, elem = quantised.scaled, spec.elem_format
     magnitude = scaled.elements.abs()
     return QuantResult(
-        output=output,
-        transformed=to_x_layout(blocks),
-        dequantized=to_x_layout(dequantized),
-        elements=to_x_layout(q),
-        scale=to_x_layout(scaled.decode),
-        block_scale=to_x_layout(scaled.scale),
-        block_amax=to_x_layout(blocks.abs().amax(dim=-1, keepdim=True)),
-        step=to_x_layout(grid_step(elem, magnitude) * scaled.decode),
-        saturated=to_x_layout(magnitude > elem.max),
+        output=_output(x, spec, quantised),
+        transformed=layout(quantised.blocks),
+        dequantized=layout(quantised.dequantized),
+        elements=layout(quantised.elements),
+        scale=layout(scaled.decode),
+        block_scale=layout(scaled.scale),
+        block_amax=layout(quantised.blocks.abs().amax(dim=-1, keepdim=True)),
+        step=layout(grid_step(elem, magnitude) * scaled.decode),
+        saturated=layout(magnitude > elem.max),
         tensor_scale=scaled.tensor_scale,
     )

@@ -55,10 +55,15 @@ def fmix32(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def stream_key(seed: int, stream: int) -> int:
-    """The 32-bit key of one random stream of ``seed`` (an int in [0, 2**64))."""
+def check_seed(seed: int) -> None:
+    """Seeds are ints in [0, 2**64): two 32-bit words of key material."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+
+
+def stream_key(seed: int, stream: int) -> int:
+    """The 32-bit key of one random stream of ``seed``."""
+    check_seed(seed)
     return fmix32_int(fmix32_int((seed & MASK32) ^ stream) ^ (seed >> 32))
 
 

@@ -58,6 +58,12 @@ def round_magnitude(
     n = (a * pow2(-e)) * float(2**fmt.man_bits)
     if mode == "nearest":
         r = torch.round(n)  # round half to even
+        if fmt.man_bits == 0:
+            # Without mantissa bits, "even" is the exponent code (IEEE 754): a tie between
+            # 2**e and 2**(e+1) goes to whichever has the even biased exponent.
+            lower = torch.floor(n)
+            odd_code = (lower >= 1) & ((e + fmt.bias) % 2 == 1)
+            r = torch.where(n - lower == 0.5, lower + odd_code.to(n.dtype), r)
     elif mode == "down":
         r = torch.floor(n)
     elif mode == "up":

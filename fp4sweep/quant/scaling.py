@@ -98,15 +98,10 @@ def tensor_target(elem: FloatFormat, scale: FloatFormat, like: torch.Tensor) -> 
     return _f32(min(scale.max, TENSOR_TARGET_CAP), like) * _f32(elem.max, like)
 
 
-def global_encode_scale(
-    amax: torch.Tensor, elem: FloatFormat, scale: FloatFormat, enabled: bool
-) -> torch.Tensor:
+def global_encode_scale(amax: torch.Tensor, elem: FloatFormat, scale: FloatFormat) -> torch.Tensor:
     """The tensor's encode scale ``g`` (0-d float32), as TransformerEngine computes it."""
-    one = _f32(1.0, amax)
-    if not enabled:
-        return one
     g = torch.clamp(tensor_target(elem, scale, amax) / amax, max=FLT_MAX)
-    return torch.where((amax == 0) | (g == 0), one, g)
+    return torch.where((amax == 0) | (g == 0), _f32(1.0, amax), g)
 
 
 def _at_least_smallest(scale: FloatFormat, s: torch.Tensor) -> torch.Tensor:
@@ -141,12 +136,15 @@ def _nvfp4_rule(
 
 
 def _torchao_rule(
-    t: torch.Tensor, amax: torch.Tensor, tensor_amax: torch.Tensor, enabled: bool,
+    t: torch.Tensor, amax: torch.Tensor, tensor_amax: torch.Tensor | None,
     elem: FloatFormat, scale: FloatFormat,
 ) -> ScaledBlocks:
     one = _f32(1.0, t)
-    p = tensor_amax / tensor_target(elem, scale, t) if enabled else one
-    p = torch.where(p == 0, one, p)
+    if tensor_amax is None:
+        p = one
+    else:
+        p = tensor_amax / tensor_target(elem, scale, t)
+        p = torch.where(p == 0, one, p)
     ideal = torch.clamp((amax / _f32(elem.max, t)) / p, min=scale.min_normal, max=scale.max)
     s = round_magnitude(scale, ideal, "nearest")
     d = p * s
@@ -160,10 +158,13 @@ def scale_blocks(
     if rule not in SCALE_RULES:
         raise ValueError(f"unknown scale rule {rule!r}; valid: {list(SCALE_RULES)}")
     amax = t.abs().amax(dim=-1, keepdim=True)  # NaN-propagating: a NaN poisons its block only
-    tensor_amax = finite_amax(t)
+    tensor_amax = finite_amax(t) if tensor_scaling else None
     if rule == "nvfp4_torchao":
-        return _torchao_rule(t, amax, tensor_amax, tensor_scaling, elem, scale)
-    g = global_encode_scale(tensor_amax, elem, scale, tensor_scaling)
+        return _torchao_rule(t, amax, tensor_amax, elem, scale)
+    if tensor_amax is None:
+        g = _f32(1.0, t)
+    else:
+        g = global_encode_scale(tensor_amax, elem, scale)
     if rule == "nvfp4":
         return _nvfp4_rule(t, amax, g, elem, scale)
     return _amax_rule(rule, t, amax, g, elem, scale)

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fp4sweep.quant.formats import ELEMENT_FORMATS, FloatFormat, element_format, scale_format
-
-SCALE_RULES = ("floor", "ceil", "nearest", "nvfp4", "nvfp4_torchao")
+from fp4sweep.quant.scaling import SCALE_RULES
 ROUNDINGS = ("rne", "sr")
 HADAMARD_SIZES = (16, 32, 64, 128, 256)
 TRANSFORMS = ("none",) + tuple(
