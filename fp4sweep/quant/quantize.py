@@ -43,7 +43,8 @@ class QuantResult:
     output: the dequantised tensor mapped back through the inverse transform, ``x.dtype``.
     transformed: ``t``, ``x`` after the transform, before any scaling.
     dequantized: ``q * scale`` before the inverse transform (what the GEMM sees).
-    elements: ``q``, the rounded elements: values of the element format (element units).
+    scaled: ``v``, the block-scaled values in element units, before element rounding.
+    elements: ``q``, ``v`` rounded onto the element grid (values of the element format).
     scale: effective scale of each element's block in units of ``t`` (block scale combined with
         the tensor scale): ``dequantized = fl(elements * scale)``.
     block_scale: each element's block scale, a value of the scale format.
@@ -57,6 +58,7 @@ class QuantResult:
     output: torch.Tensor
     transformed: torch.Tensor
     dequantized: torch.Tensor
+    scaled: torch.Tensor
     elements: torch.Tensor
     scale: torch.Tensor
     block_scale: torch.Tensor
@@ -186,6 +188,7 @@ def quantize_detailed(
         output=_output(x, spec, quantised),
         transformed=layout(quantised.blocks),
         dequantized=layout(quantised.dequantized),
+        scaled=layout(scaled.elements),
         elements=layout(quantised.elements),
         scale=layout(scaled.decode),
         block_scale=layout(scaled.scale),

@@ -44,9 +44,11 @@ instead keeps the zero scale (such a block then dequantises to zero): the only p
 "nvfp4" departs from it, and only for blocks below about 2**-10 / 448 of the tensor amax.
 torchao's rule never underflows (its lower clamp is the smallest normal).
 
-Non-finite values: a NaN makes its block's amax, scale and every element NaN; an infinity makes
-its block's scale the format's max and saturates to +-E there. The tensor amax ignores both, so
-other blocks are unaffected.
+Non-finite values: a NaN makes its block's amax, scale and every element NaN. An infinity makes
+its block's scale the format's max and rounds to +-E there, so it dequantises to +-fl(E * d)
+(which overflows back to infinity where E times the scale format's max exceeds float32, as with
+E8M0). The tensor amax ignores both, so other blocks are unaffected. (With a transform, a
+non-finite value first spreads over its Hadamard run.)
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ from typing import Any
 
 from fp4sweep.quant.formats import ELEMENT_FORMATS, FloatFormat, element_format, scale_format
 from fp4sweep.quant.scaling import SCALE_RULES
+
+# The NVFP4 conventions multiply block scales by the tensor's decode scale; with a scale format
+# as wide as float32 (E8M0, fp32) that product underflows, so they are defined for narrow ones.
+NARROW_SCALE_RULES = ("nvfp4", "nvfp4_torchao")
 ROUNDINGS = ("rne", "sr")
 HADAMARD_SIZES = (16, 32, 64, 128, 256)
 TRANSFORMS = ("none",) + tuple(
@@ -35,7 +39,8 @@ class QuantSpec:
         "nearest" (amax / elem_max rounded to nearest-even in the scale format),
         "nvfp4" (TransformerEngine's NVFP4 operation order; subnormal scales kept),
         "nvfp4_torchao" (torchao's NVFP4 operation order; scales clamped below at the scale
-        format's smallest normal, 2**-6 for UE4M3). ``scaling.py`` gives each one exactly.
+        format's smallest normal, 2**-6 for UE4M3); the two NVFP4 rules need a scale format
+        with at most 5 exponent bits. ``scaling.py`` gives each rule exactly.
     rounding: element rounding: "rne" (round to nearest, ties to even) or "sr" (stochastic).
     sr_bits: random bits per stochastic rounding decision, 1..24 (24: exactly unbiased).
     transform: "none", "hadamardK" or "rhadamardK" (K in 16..256): block-diagonal orthonormal
@@ -82,6 +87,11 @@ class QuantSpec:
         if self.transform_seed < 0:
             raise ValueError(f"QuantSpec.transform_seed must be >= 0, got {self.transform_seed}")
         _check_type("tensor_scale", self.tensor_scale, bool)
+        if self.scale_rule in NARROW_SCALE_RULES and self.scale_format.exp_bits > 5:
+            raise ValueError(
+                f"QuantSpec.scale_rule={self.scale_rule!r} needs a scale format with at most 5 "
+                f"exponent bits (e.g. 'ue4m3', 'ue5m3'), got scale={self.scale!r}"
+            )
 
     # -- derived -------------------------------------------------------------------------------
 

@@ -81,6 +81,13 @@ def test_invalid_values_name_field_and_choices(field, value, message):
         QuantSpec(**{field: value})
 
 
+@pytest.mark.parametrize("rule", ["nvfp4", "nvfp4_torchao"])
+@pytest.mark.parametrize("scale", ["e8m0", "fp32", "ue6m2"])
+def test_nvfp4_rules_need_a_narrow_scale_format(rule, scale):
+    with pytest.raises(ValueError, match="at most 5 exponent bits"):
+        QuantSpec(scale=scale, scale_rule=rule)
+
+
 def test_spec_is_frozen_and_hashable():
     spec = QuantSpec()
     with pytest.raises(dataclasses.FrozenInstanceError):
