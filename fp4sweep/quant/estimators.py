@@ -143,18 +143,23 @@ def quantize_for_training(
     if estimator == "ste" and scale_grad == "stop":
         return fake_quantize(x, spec, axis, seed), GradientMap(spec, axis)
     r = quantize_detailed(x, spec, axis, seed)
-    derivative = DERIVATIVES[estimator](r) if estimator != "ste" else None
-    gradient_map = GradientMap(spec, axis, derivative)
-    if scale_grad == "amax":
-        t = r.transformed
-        d = 1.0 if derivative is None else derivative
-        gradient_map.residual = r.dequantized - t * d
-        is_max = (t.abs() == r.block_amax) & (r.block_amax > 0)
-        ties = block_sum(is_max.to(torch.float32), spec, axis)
-        gradient_map.argmax_weight = torch.where(
-            is_max, torch.sign(t) / (r.block_amax * ties.clamp(min=1.0)), 0.0
-        )
-    return r.output, gradient_map
+    derivative = None if estimator == "ste" else DERIVATIVES[estimator](r)
+    if scale_grad == "stop":
+        return r.output, GradientMap(spec, axis, derivative)
+    residual, argmax_weight = _scale_gradient_terms(r, derivative, spec, axis)
+    return r.output, GradientMap(spec, axis, derivative, residual, argmax_weight)
+
+
+def _scale_gradient_terms(
+    r: QuantResult, derivative: torch.Tensor | None, spec: QuantSpec, axis: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y - t * D`` and ``sign(t) / (a * ties)`` at each block's arg-max (0 elsewhere)."""
+    t = r.transformed
+    residual = r.dequantized - (t if derivative is None else t * derivative)
+    is_max = (t.abs() == r.block_amax) & (r.block_amax > 0)
+    ties = block_sum(is_max.to(torch.float32), spec, axis)
+    argmax_weight = torch.where(is_max, torch.sign(t) / (r.block_amax * ties.clamp(min=1.0)), 0.0)
+    return residual, argmax_weight
 
 
 class FakeQuantize(torch.autograd.Function):

@@ -13,7 +13,7 @@ scale gradient, ``estimators.py``) and the bias gradient is ``dy`` summed over m
 The weight-gradient GEMM reduces over m, the token (or pixel) axis, whose length follows the
 batch: it is zero-padded to a multiple of the block and Hadamard sizes, as a kernel pads a
 partial tile (zero rows change neither block maxima nor the exact product). k and n are fixed
-by the model and must suit the recipe (``QuantSpec`` errors say how).
+by the model: a layer checks when it is built that they suit the recipe (``check_recipe_fits``).
 
 Stochastic rounding needs a fresh, reproducible seed per layer, operand and step: each layer
 holds ``layer_seed`` (from ``quantize_model``'s seed and the layer's qualified name) and a step
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fp4sweep.quant.estimators import GradientMap, quantize_for_training
+from fp4sweep.quant.estimators import quantize_for_training
 from fp4sweep.quant.quantize import fake_quantize
 from fp4sweep.quant.recipe import OPERANDS, Recipe
 from fp4sweep.quant.spec import QuantSpec
@@ -164,12 +164,19 @@ class _QuantizedLayer:
     layer_seed: int
     step: int
     training: bool
+    weight: nn.Parameter
+    bias: nn.Parameter | None
 
     def _init_quantization(self, recipe: Recipe, seed: int, k: int, n: int) -> None:
         if not isinstance(recipe, Recipe):
             raise ValueError(f"recipe must be a Recipe, got {type(recipe).__name__}")
         check_recipe_fits(recipe, k, n)
         self.recipe, self.layer_seed, self.step = recipe, seed, 0
+
+    def _share_parameters(self, source: nn.Module):
+        """Take ``source``'s weight and bias (the same Parameter objects) and training mode."""
+        self.weight, self.bias = source.weight, source.bias
+        return self.train(source.training)
 
     def _next_seeds(self) -> dict[str, int]:
         seeds = operand_seeds(self.layer_seed, self.step)
@@ -203,8 +210,7 @@ class QuantLinear(_QuantizedLayer, nn.Linear):
             linear.in_features, linear.out_features, linear.bias is not None,
             device="meta", recipe=recipe, seed=seed,
         )
-        layer.weight, layer.bias = linear.weight, linear.bias
-        return layer.train(linear.training)
+        return layer._share_parameters(linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.recipe.quantizes_anything:
@@ -257,8 +263,7 @@ class QuantConv2d(_QuantizedLayer, nn.Conv2d):
             conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
             device="meta", recipe=recipe, seed=seed,
         )
-        layer.weight, layer.bias = conv.weight, conv.bias
-        return layer.train(conv.training)
+        return layer._share_parameters(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.recipe.quantizes_anything:
