@@ -10,16 +10,11 @@ from fp4sweep.quant.formats import E2M1, E8M0, UE4M3, UE5M3, decode, encode
 from fp4sweep.quant.quantize import fake_quantize, quantize_detailed
 from fp4sweep.quant.spec import QuantSpec
 from fp4sweep.quant.transforms import invert_transform
+from tests.quant.common import wide_range
 
 RULES = ("floor", "ceil", "nearest", "nvfp4", "nvfp4_torchao")
 MXFP4 = QuantSpec.preset("mxfp4")
 NVFP4 = QuantSpec.preset("nvfp4")
-
-
-def wide_range(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
-    """randn times logspace(-3, 3) per column: six decades within one tensor."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, cols, generator=generator) * torch.logspace(-3, 3, cols)
 
 
 def all_specs():

@@ -9,6 +9,7 @@ from fp4sweep.quant.quantize import fake_quantize, quantize_detailed
 from fp4sweep.quant.rng import uniform
 from fp4sweep.quant.rounding import grid_step, round_magnitude
 from fp4sweep.quant.spec import QuantSpec
+from tests.quant.common import wide_range
 
 SR_SPECS = [
     QuantSpec(rounding="sr"),
@@ -20,11 +21,6 @@ SR_SPECS = [
 
 def spec_id(spec: QuantSpec) -> str:
     return f"{spec.elem}-{spec.scale}-{spec.scale_rule}-{spec.transform}"
-
-
-def wide_range(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, cols, generator=generator) * torch.logspace(-3, 3, cols)
 
 
 @pytest.mark.parametrize("spec", SR_SPECS, ids=spec_id)
