@@ -53,6 +53,10 @@ class QuantResult:
         ``t`` (the top binade's spacing for saturated elements).
     saturated: the element's scaled magnitude exceeded the element format's max.
     tensor_scale: the global encode scale (0-d; 1 without tensor scaling).
+
+    ``scale`` and ``step`` are positive, except where the decode scale underflows float32: with
+    tensor scaling on a scale format as wide as float32 (E8M0, fp32), blocks near zero get
+    ``scale == 0`` (and dequantise to 0).
     """
 
     output: torch.Tensor
