@@ -75,7 +75,9 @@ def random_bits(counter: torch.Tensor, seed: int, stream: int = STREAM_ROUNDING)
     return fmix32(h ^ (counter >> 32) ^ ROUND2)
 
 
-def uniform(counter: torch.Tensor, seed: int, bits: int, stream: int = STREAM_ROUNDING) -> torch.Tensor:
+def uniform(
+    counter: torch.Tensor, seed: int, bits: int, stream: int = STREAM_ROUNDING
+) -> torch.Tensor:
     """float32 in [0, 1) on a grid of 2**-bits: the top ``bits`` random bits times 2**-bits.
 
     Exact in float32 for bits <= 24.

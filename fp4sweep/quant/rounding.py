@@ -62,7 +62,10 @@ def round_magnitude(
 
     ``mode``: "nearest" (ties to even), "down" (toward zero), "up" (away from zero), or
     "stochastic": up iff ``u < p``, where ``p = (a - lo) / (hi - lo)`` is the exact position of
-    ``a`` between its neighbours ``lo <= a < hi`` and ``u`` is uniform in [0, 1).
+    ``a`` between its neighbours ``lo <= a < hi`` and ``u`` is uniform on the grid k * 2**-b
+    (b random bits). So P(up) = ceil(p * 2**b) / 2**b: exactly p when b = 24 for every ``a`` of
+    at least half the format's smallest subnormal (p then has at most 24 fraction bits); with
+    fewer bits, p is effectively rounded up to the next multiple of 2**-b.
     Results below the format's smallest positive value may be 0, even for E8M0 (no zero code):
     callers that need a positive value clamp.
     """

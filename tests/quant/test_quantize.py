@@ -19,8 +19,8 @@ NVFP4 = QuantSpec.preset("nvfp4")
 
 def all_specs():
     for rule in RULES:
-        scales = ("ue4m3", "ue5m3") if rule.startswith("nvfp4") else ("e8m0", "ue4m3", "ue5m3", "fp32")
-        for scale in scales:
+        narrow = rule.startswith("nvfp4")  # the NVFP4 rules need narrow scale formats
+        for scale in ("ue4m3", "ue5m3") if narrow else ("e8m0", "ue4m3", "ue5m3", "fp32"):
             for tensor_scale in (False, True):
                 yield QuantSpec(scale=scale, block=16, scale_rule=rule, tensor_scale=tensor_scale)
 
@@ -104,7 +104,8 @@ def test_zero_blocks_quantise_to_zero_with_the_smallest_scale(spec):
     x[1, 16:32] = 0.0
     r = quantize_detailed(x, spec)
     assert torch.equal(r.output[1, 16:32], torch.zeros(16))
-    minimum = spec.scale_format.min_normal if spec.scale_rule == "nvfp4_torchao" else spec.scale_format.min_positive
+    torchao = spec.scale_rule == "nvfp4_torchao"  # clamps at the smallest normal instead
+    minimum = spec.scale_format.min_normal if torchao else spec.scale_format.min_positive
     assert (r.block_scale[1, 16:32] == minimum).all()
     zero = quantize_detailed(torch.zeros(2, 32), spec)
     assert torch.equal(zero.output, torch.zeros(2, 32)) and torch.isfinite(zero.scale).all()
@@ -241,7 +242,8 @@ def test_empty_tensor():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: fake_quantize(torch.randn(4, 48), MXFP4), "length 48.*multiple of the block size 32"),
+        (lambda: fake_quantize(torch.randn(4, 48), MXFP4),
+         "length 48.*multiple of the block size 32"),
         (lambda: fake_quantize(torch.randn(48, 32), MXFP4, axis=0), "axis 0, length 48"),
         (lambda: fake_quantize(torch.randn(4, 32), dataclasses.replace(NVFP4, block_2d=True)),
          "both axes to be multiples of the block size 16"),
@@ -262,3 +264,19 @@ def test_bad_inputs_raise_clear_errors(call, message):
 def test_result_carries_no_gradient():
     x = torch.randn(4, 32, requires_grad=True)
     assert not fake_quantize(x, MXFP4).requires_grad
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("spec", SPECS[::3] + [
+    dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16", block_2d=True),
+    QuantSpec(scale="ue5m3", scale_rule="ceil", rounding="sr", transform="hadamard64",
+              tensor_scale=True),
+], ids=spec_id)
+def test_cuda_reference_equals_cpu_bit_for_bit(spec):
+    x = wide_range(64, 256, seed=7)
+    for axis in (0, 1):
+        cpu = quantize_detailed(x, spec, axis=axis, seed=3)
+        gpu = quantize_detailed(x.cuda(), spec, axis=axis, seed=3)
+        for field in ("output", "elements", "block_scale", "scale"):
+            assert torch.equal(getattr(gpu, field).cpu(), getattr(cpu, field)), field

@@ -101,7 +101,8 @@ def test_unsigned_scale_formats_match_gfloat(scale, rule):
     scaled = (blocks / block_scale.astype(np.float32)).astype(np.float64)
     elements = round_ndarray(format_info_ocp_e2m1, scaled, RoundMode.TiesToEven, sat=True)
 
-    assert np.array_equal(r.block_scale.numpy().reshape(-1, 16), np.broadcast_to(block_scale, (len(blocks), 16)))
+    per_element = np.broadcast_to(block_scale, blocks.shape)
+    assert np.array_equal(r.block_scale.numpy().reshape(-1, 16), per_element)
     assert np.array_equal(r.elements.double().numpy().reshape(-1, 16), elements)
     assert np.array_equal(r.output.double().numpy().reshape(-1, 16), elements * block_scale)
 

@@ -16,11 +16,13 @@ SR_SPECS = [
     QuantSpec(scale="ue5m3", block=16, scale_rule="nearest", rounding="sr", tensor_scale=True),
     dataclasses.replace(QuantSpec.preset("nvfp4"), rounding="sr", transform="rhadamard16"),
     QuantSpec(elem="e4m3", scale="ue5m3", block=16, scale_rule="ceil", rounding="sr"),
+    dataclasses.replace(QuantSpec.preset("nvfp4"), rounding="sr", block_2d=True),
 ]
 
 
 def spec_id(spec: QuantSpec) -> str:
-    return f"{spec.elem}-{spec.scale}-{spec.scale_rule}-{spec.transform}"
+    tiles = "-2d" if spec.block_2d else ""
+    return f"{spec.elem}-{spec.scale}-{spec.scale_rule}-{spec.transform}{tiles}"
 
 
 @pytest.mark.parametrize("spec", SR_SPECS, ids=spec_id)
@@ -71,7 +73,8 @@ def test_mean_of_many_draws_converges_to_the_input(spec):
         target = row[0].double()
     assert ((mean - target).abs()[inside] <= tolerance[inside]).all()
     # Rounding to nearest is biased for these values; stochastic rounding is not.
-    rne = fake_quantize(row, dataclasses.replace(spec, rounding="rne", transform="none"))
+    nearest = dataclasses.replace(spec, rounding="rne", transform="none", block_2d=False)
+    rne = fake_quantize(row, nearest)
     assert (rne[0] - row[0]).abs().sum() > (mean - target).abs().sum()
 
 
