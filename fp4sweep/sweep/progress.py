@@ -53,6 +53,8 @@ class Progress:
             print(self.line(), file=self.stream, flush=True)
 
     def finish(self) -> None:
+        """The final line, kept on screen."""
+        self.running = 0
         if self.tty:
             self.stream.write("\r\033[K")
         print(self.line(), file=self.stream, flush=True)

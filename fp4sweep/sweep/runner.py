@@ -264,5 +264,4 @@ def _schedule(
             ray.cancel(ref, force=True)
     finally:
         report.loop_s = time.monotonic() - started
-        progress.running = 0
         progress.finish()
