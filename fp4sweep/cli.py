@@ -87,7 +87,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     latest = store.trials()
     _warn_unreadable(store)
 
-    per_task = len(plan.recipes) * len(settings.seeds)
     print(f"sweep {plan.sweep or '(none)'}: {len(plan.trials)} trials "
           f"({len(plan.recipes)} recipes x {len(settings.seeds)} seeds x {len(settings.tasks)} tasks)")
     print("axes:")
@@ -97,12 +96,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(format_table([[f"  {n}", reason] for reason, n in plan.excluded.items()]))
     seconds = mean_trial_seconds(latest)
     counts = counts_by_task(plan, latest)
-    rows = [["task", "size", "trials", "stored", "to run", "estimated trial time to run"]]
+    rows = [["task", "size", "trials", "stored", "to run", "compute to run (from stored timings)"]]
     for task in {t.task.name: t.task for t in plan.trials}.values():
-        to_run = counts[task.name]["pending"]
+        total, to_run = sum(counts[task.name].values()), counts[task.name]["pending"]
         mean = seconds.get((task.name, task.size))
-        estimate = f"{mean * to_run / 3600:.1f} h ({mean:.1f} s each)" if mean else "no timings stored yet"
-        rows.append([task.name, task.size, str(per_task), str(per_task - to_run), str(to_run), estimate])
+        estimate = f"{mean * to_run / 3600:.1f} trial-hours ({mean:.1f} s each)" if mean else "no timings stored yet"
+        rows.append([task.name, task.size, str(total), str(total - to_run), str(to_run), estimate])
     print(format_table(rows))
     print(f"Expanded and validated in {expanded_s:.1f} s.")
     return 0

@@ -41,7 +41,6 @@ class RunReport:
     to_run: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     interrupted: bool = False
-    quarantined: list[str] = field(default_factory=list)
     ray_start_s: float = 0.0
     loop_s: float = 0.0  # from the first submission to the last result
     slots: int = 0  # trials the cluster runs at once
@@ -107,8 +106,6 @@ def outcome_row(trial: Trial, sweep: str, outcome: TrialOutcome) -> dict[str, An
         "started_at": outcome.started_at,
         "finished_at": outcome.finished_at,
         "spec": canonical_json(trial.spec),
-        "version.fp4sweep": fp4sweep.__version__,
-        "version.torch": _torch_version(),
     }
     families = {
         "axis": trial.recipe.axes or {},
@@ -116,16 +113,11 @@ def outcome_row(trial: Trial, sweep: str, outcome: TrialOutcome) -> dict[str, An
         "overhead": outcome.overhead,
         "time": outcome.timing,
         "error": outcome.error or dict.fromkeys(("type", "message", "traceback")),
+        "version": outcome.versions,
     }
     for family, values in families.items():
         row.update({f"{family}.{name}": value for name, value in values.items()})
     return row
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 def run_trials(plan: Plan, settings: RunSettings, rerun_failed: bool, stream: TextIO | None = None) -> RunReport:
@@ -137,7 +129,6 @@ def run_trials(plan: Plan, settings: RunSettings, rerun_failed: bool, stream: Te
     stream = stream or sys.stderr
     report = RunReport()
     with StoreWriter(settings.results_dir, flush_seconds=settings.flush_seconds) as writer:
-        report.quarantined = writer.quarantined
         for note in writer.quarantined:
             print(f"warning: unreadable results file set aside, its trials will run again: {note}", file=stream)
         todo = trials_to_run(plan, ResultsStore(settings.results_dir).statuses(), rerun_failed)

@@ -17,11 +17,17 @@ from typing import Any
 
 import torch
 
+import fp4sweep
 from fp4sweep.quant import Recipe, overhead
 from fp4sweep.tasks import load_task
 from fp4sweep.tasks.base import build_config
 
 TRACEBACK_CHARS = 8000  # the end of a traceback is where the cause is
+
+
+def _versions() -> dict[str, str]:
+    """What the trial ran with, on its worker (a cluster's nodes may differ from the driver)."""
+    return {"fp4sweep": fp4sweep.__version__, "torch": torch.__version__}
 
 
 @dataclass
@@ -37,6 +43,7 @@ class TrialOutcome:
     overhead: dict[str, float] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
     error: dict[str, str] | None = None
+    versions: dict[str, str] = field(default_factory=_versions)
     curve: list[dict[str, float]] = field(default_factory=list)
     artifacts: dict[str, bytes] = field(default_factory=dict)
 
@@ -53,7 +60,7 @@ def run_trial(spec: dict[str, Any], module: str, device: str, threads: int) -> T
     """Train the spec's task with its recipe and seed on ``device``; catch whatever it raises."""
     started = _now()
     wall = time.perf_counter()
-    outcome = TrialOutcome("failed", started, started, platform.node(), device)
+    outcome = TrialOutcome("failed", started, started, platform.node(), device)  # until it ends well
     try:
         torch.set_num_threads(threads)  # fixed per trial, so results do not depend on the host
         task = load_task(module)
@@ -72,7 +79,6 @@ def run_trial(spec: dict[str, Any], module: str, device: str, threads: int) -> T
         outcome.curve = result.curve
         outcome.artifacts = result.artifacts
     except Exception as error:  # noqa: BLE001 - any failure of a trial is a result to record
-        outcome.status = "failed"
         outcome.error = error_record(error)
     finally:
         if device.startswith("cuda"):

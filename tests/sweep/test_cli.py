@@ -8,7 +8,10 @@ import sys
 import pytest
 
 from fp4sweep.cli import main
+from fp4sweep.sweep.config import ConfigTree, load_settings
+from fp4sweep.sweep.plan import expand
 from fp4sweep.sweep.runner import PROJECT_ROOT
+from fp4sweep.sweep.store import StoreWriter
 
 
 def test_plan_counts_trials_per_task_and_lists_axes(tmp_path, capsys):
@@ -50,3 +53,13 @@ def test_unknown_option_is_a_usage_error(capsys):
         main(["run", "--bogus"])
     assert exit_.value.code == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_plan_estimates_compute_from_stored_timings(tmp_path, capsys):
+    tree = ConfigTree()
+    first = expand(tree, load_settings(tree, ["+sweep=smoke"])).trials[0]
+    with StoreWriter(tmp_path) as writer:
+        writer.add({"trial_id": first.trial_id, "attempt_id": "a", "task": "regression", "size": "tiny",
+                    "status": "done", "time.wall_s": 7200.0})
+    assert main(["plan", "+sweep=smoke", f"results_dir={tmp_path}"]) == 0
+    assert "regression  tiny  20      1       19      38.0 trial-hours (7200.0 s each)" in capsys.readouterr().out
