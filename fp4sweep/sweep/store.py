@@ -141,18 +141,24 @@ class Unreadable:
         return f"{self.path}: {self.error}"
 
 
-def _read_tables(paths: Sequence[Path], problems: list[Unreadable]) -> list[pa.Table]:
-    tables = []
-    for path in paths:
-        try:
-            table = pq.read_table(path)
-            if "trial_id" not in table.column_names:
-                raise ValueError("no trial_id column")
-        except (OSError, ValueError, pa.ArrowException) as error:
-            problems.append(Unreadable(path, f"{type(error).__name__}: {error}"))
-            continue
-        tables.append(table)
-    return tables
+def _read_folder(folder: Path, problems: list[Unreadable]) -> list[pa.Table]:
+    """The tables of a folder's live files; those that cannot be read go to ``problems``."""
+    while True:
+        tables, found = [], []
+        for path in _scan(folder).live:
+            try:
+                table = pq.read_table(path)
+                if "trial_id" not in table.column_names:
+                    raise ValueError("no trial_id column")
+            except FileNotFoundError:
+                break  # a writer compacted it away meanwhile; its base file is in place: scan again
+            except (OSError, ValueError, pa.ArrowException) as error:
+                found.append(Unreadable(path, f"{type(error).__name__}: {error}"))
+                continue
+            tables.append(table)
+        else:
+            problems += found
+            return tables
 
 
 def _concat(tables: list[pa.Table], empty: pa.Schema) -> pa.Table:
@@ -191,7 +197,7 @@ class ResultsStore:
     def trials_table(self) -> pa.Table:
         """Every attempt's row, oldest first, with the schemas of all files unified."""
         if self._trials is None:
-            tables = _read_tables(_scan(self.trials_dir).live, self.problems)
+            tables = _read_folder(self.trials_dir, self.problems)
             empty = trials_schema(["trial_id", "attempt_id", "task", "size", "status"])
             self._trials = _concat(tables, empty)
         return self._trials
@@ -199,7 +205,7 @@ class ResultsStore:
     def curves_table(self) -> pa.Table:
         """Every curve point of every attempt, including attempts whose row was never written."""
         if self._curves is None:
-            tables = _read_tables(_scan(self.curves_dir).live, self.problems)
+            tables = _read_folder(self.curves_dir, self.problems)
             self._curves = _concat(tables, CURVE_SCHEMA)
         return self._curves
 
