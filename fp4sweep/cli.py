@@ -13,20 +13,24 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError, load_settings
+from fp4sweep.sweep.search import SearchSettings, split_search
 from fp4sweep.sweep.store import ResultsStore, StoreError
 
 if TYPE_CHECKING:
+    from fp4sweep.sweep.adaptive import SearchReport
     from fp4sweep.sweep.plan import Plan
+    from fp4sweep.sweep.runner import RunReport
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_TRIALS = 1
 EXIT_INTERRUPTED = 130
 
 
-def _settings(args: argparse.Namespace) -> tuple[ConfigTree, RunSettings]:
-    """The config tree and the command line's validated settings."""
+def _settings(args: argparse.Namespace) -> tuple[ConfigTree, RunSettings, SearchSettings | None]:
+    """The config tree, the command line's validated settings and its adaptive search, if any."""
     tree = ConfigTree(args.conf_dir)
-    return tree, load_settings(tree, args.overrides)
+    search, overrides = split_search(tree, args.overrides)
+    return tree, load_settings(tree, overrides), search
 
 
 def _plan(tree: ConfigTree, settings: RunSettings) -> Plan:
@@ -41,10 +45,12 @@ def _warn_unreadable(store: ResultsStore) -> None:
 
 
 def cmd_run(args: argparse.Namespace, rerun_failed: bool = False) -> int:
-    """Run every trial of the sweep that has no result yet."""
+    """Run every trial of the sweep that has no result yet (or search it, for an adaptive sweep)."""
     from fp4sweep.sweep.runner import run_trials
 
-    tree, settings = _settings(args)
+    tree, settings, search = _settings(args)
+    if search is not None:
+        return _run_search(tree, settings, search, rerun_failed)
     plan = _plan(tree, settings)
     report = run_trials(plan, settings, rerun_failed=rerun_failed)
     if not report.to_run:
@@ -61,6 +67,10 @@ def cmd_run(args: argparse.Namespace, rerun_failed: bool = False) -> int:
         f"{report.handover_s * 1e3:.0f} ms from a trial finishing to the next starting in its slot."
     )
     print(f"Results: {settings.results_dir}")
+    return _exit_status(report)
+
+
+def _exit_status(report: RunReport) -> int:
     if report.interrupted:
         print("Interrupted: finished trials are stored; the same command continues.")
         return EXIT_INTERRUPTED
@@ -68,6 +78,33 @@ def cmd_run(args: argparse.Namespace, rerun_failed: bool = False) -> int:
         print(f"{report.counts['failed']} failed (`fp4sweep status` lists them); `fp4sweep resume` reruns them.")
         return EXIT_FAILED_TRIALS
     return 0
+
+
+def _run_search(tree: ConfigTree, settings: RunSettings, search: SearchSettings, rerun_failed: bool) -> int:
+    from fp4sweep.sweep.adaptive import run_search
+
+    report = run_search(tree, settings, search, rerun_failed=rerun_failed)
+    _print_search(report)
+    if report.blocked is not None:
+        print(f"The search cannot go on: {report.blocked}.")
+    elif report.stopped is not None:
+        print(f"Stopped before the budget: {report.stopped}.")
+    status = _exit_status(report.run)
+    return EXIT_FAILED_TRIALS if status == 0 and report.blocked is not None else status
+
+
+def _print_search(report: SearchReport) -> None:
+    from fp4sweep.sweep.status import format_table
+
+    trained = sum(report.run.counts.values())
+    print(
+        f"Study {report.study!r}: {report.evaluated} of {report.budget} recipes evaluated; this run trained "
+        f"{trained} trials ({', '.join(f'{n} {s}' for s, n in sorted(report.run.counts.items())) or 'none'}) "
+        f"and read {report.from_store} recipes from the store."
+    )
+    print(f"Pareto front (quality gap, modelled overhead), {len(report.front)} recipes:")
+    print(format_table([[f"  {gap:.4g}", f"{cost:.4g}", label] for label, (gap, cost) in report.front]) if report.front else "  (none yet)")
+    print(f"Study journal: {report.journal}")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -80,7 +117,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from fp4sweep.sweep.status import counts_by_task, format_table, mean_trial_seconds
 
     started = time.perf_counter()
-    tree, settings = _settings(args)
+    tree, settings, search = _settings(args)
     plan = _plan(tree, settings)
     expanded_s = time.perf_counter() - started
     store = ResultsStore(settings.results_dir)
@@ -89,6 +126,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     print(f"sweep {plan.sweep or '(none)'}: {len(plan.trials)} trials "
           f"({len(plan.recipes)} recipes x {len(settings.seeds)} seeds x {len(settings.tasks)} tasks)")
+    if search is not None:
+        print(f"an adaptive search of these recipes: it evaluates {search.describe()}")
     print("axes:")
     print(format_table([[f"  {axis}", ", ".join(choices)] for axis, choices in plan.axes.items()]))
     if plan.excluded:
@@ -111,7 +150,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Count done / diverged / failed (/ pending, with a sweep) trials per task; list failures."""
     from fp4sweep.sweep.status import COLUMNS, counts_by_task, format_table
 
-    tree, settings = _settings(args)
+    tree, settings, _ = _settings(args)
     plan = _plan(tree, settings) if settings.has_sweep else None
     store = ResultsStore(settings.results_dir)
     latest = store.trials()

@@ -1,9 +1,12 @@
-"""Running a plan's trials on Ray and storing what they return.
+"""Running trials on Ray and storing what they return.
 
 Plain Ray core: one remote function per task family with that family's resources, a bounded
 window of trials in flight, workers reused across trials (Ray gives GPU tasks a fresh process per
 call unless told otherwise), Ray's retries for a trial whose worker died. The driver is the only
 writer of the store; Ctrl-C cancels what is in flight and keeps everything finished.
+
+The loop takes its trials from a ``TrialFeed``: a plan's fixed list (``PlanFeed``), or a proposer
+that decides what to run next from the results so far (``fp4sweep.sweep.adaptive``).
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import statistics
 import sys
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import fp4sweep
 from fp4sweep.sweep.config import RaySettings, RunSettings, SweepError
@@ -73,18 +77,45 @@ def trials_to_run(plan: Plan, statuses: dict[str, str], rerun_failed: bool) -> l
     return [t for t in plan.trials if statuses.get(t.trial_id) in wanted]
 
 
-def check_tasks(trials: list[Trial]) -> None:
+def check_tasks(tasks: Iterable[TaskPlan]) -> None:
     """Import each task module and build each task config once, before anything runs."""
-    seen: set[tuple[str, str, str]] = set()
-    for trial in trials:
-        task = trial.task
-        if (task.module, task.name, task.size) in seen:
-            continue
-        seen.add((task.module, task.name, task.size))
+    for task in tasks:
         try:
-            task_config(trial.spec, load_task(task.module).Config)
+            task_config({"params": task.params, "exclude": task.exclude}, load_task(task.module).Config)
         except ValueError as error:
             raise SweepError(f"task {task.name!r} (size {task.size!r}): {error}") from None
+
+
+class TrialFeed(Protocol):
+    """Where the scheduling loop gets the trials it runs, and whom it tells of each result."""
+
+    tasks: list[TaskPlan]  # every task the feed may hand out: validated and placed up front
+
+    def take(self, room: int) -> list[Trial]:
+        """At most ``room`` trials to submit now; none while waiting for those in flight."""
+
+    def finished(self, trial: Trial, row: dict[str, Any]) -> None:
+        """A trial's results-store row, once the store writer has flushed as its settings say."""
+
+    def remaining(self) -> int:
+        """How many trials are still to come, at most (for progress)."""
+
+
+class PlanFeed:
+    """A fixed list of trials, handed out in order."""
+
+    def __init__(self, trials: list[Trial]) -> None:
+        self._queue = deque(trials)
+        self.tasks = list({trial.task.name: trial.task for trial in trials}.values())
+
+    def take(self, room: int) -> list[Trial]:
+        return [self._queue.popleft() for _ in range(min(room, len(self._queue)))]
+
+    def finished(self, trial: Trial, row: dict[str, Any]) -> None:
+        """Nothing to learn: the list is fixed."""
+
+    def remaining(self) -> int:
+        return len(self._queue)
 
 
 def outcome_row(trial: Trial, sweep: str, outcome: TrialOutcome) -> dict[str, Any]:
@@ -121,8 +152,23 @@ def outcome_row(trial: Trial, sweep: str, outcome: TrialOutcome) -> dict[str, An
 
 
 def run_trials(plan: Plan, settings: RunSettings, rerun_failed: bool, stream: TextIO | None = None) -> RunReport:
-    """Run what the store lacks (and what failed, for ``resume``), storing each result.
+    """Run what the store lacks (and what failed, for ``resume``), storing each result."""
 
+    def plan_feed(store: ResultsStore) -> PlanFeed:
+        return PlanFeed(trials_to_run(plan, store.statuses(), rerun_failed))
+
+    return run_feed(plan_feed, plan.sweep, settings, stream)
+
+
+def run_feed(
+    make_feed: Callable[[ResultsStore], TrialFeed],
+    sweep: str,
+    settings: RunSettings,
+    stream: TextIO | None = None,
+) -> RunReport:
+    """Run the trials of the feed that ``make_feed`` builds from the store, storing each result.
+
+    The feed is built once the store is locked for writing and its damaged files are set aside.
     Uses the Ray this process is already connected to, if any; otherwise starts (and afterwards
     stops) a local one, or connects to ``ray.address``.
     """
@@ -131,11 +177,11 @@ def run_trials(plan: Plan, settings: RunSettings, rerun_failed: bool, stream: Te
     with StoreWriter(settings.results_dir, flush_seconds=settings.flush_seconds) as writer:
         for note in writer.quarantined:
             print(f"warning: unreadable results file set aside, its trials will run again: {note}", file=stream)
-        todo = trials_to_run(plan, ResultsStore(settings.results_dir).statuses(), rerun_failed)
-        report.to_run = len(todo)
-        if not todo:
+        feed = make_feed(ResultsStore(settings.results_dir))
+        report.to_run = feed.remaining()
+        if not report.to_run:
             return report
-        check_tasks(todo)
+        check_tasks(feed.tasks)
         logger = make_logger(settings.logger, settings.results_dir)
         import ray
 
@@ -145,7 +191,7 @@ def run_trials(plan: Plan, settings: RunSettings, rerun_failed: bool, stream: Te
             start_ray(settings.ray)
         report.ray_start_s = time.monotonic() - started
         try:
-            _schedule(ray, todo, plan.sweep, settings, writer, logger, report, stream)
+            _schedule(ray, feed, sweep, settings, writer, logger, report, stream)
         finally:
             if not connected:
                 ray.shutdown()
@@ -206,7 +252,7 @@ def _placement(ray: Any, task: TaskPlan, settings: RunSettings) -> _Placement:
 
 def _schedule(
     ray: Any,
-    todo: list[Trial],
+    feed: TrialFeed,
     sweep: str,
     settings: RunSettings,
     writer: StoreWriter,
@@ -214,27 +260,26 @@ def _schedule(
     report: RunReport,
     stream: TextIO,
 ) -> None:
-    placements: dict[str, _Placement] = {}
-    for trial in todo:
-        if trial.task.name not in placements:
-            placements[trial.task.name] = _placement(ray, trial.task, settings)
+    placements = {task.name: _placement(ray, task, settings) for task in feed.tasks}
     report.slots = max(p.fits for p in placements.values())
     window = settings.ray.max_in_flight or 2 * report.slots
-    progress = Progress(len(todo), stream, settings.progress_every)
-    queue = list(reversed(todo))
+    progress = Progress(report.to_run, stream, settings.progress_every)
     in_flight: dict[Any, Trial] = {}
     started = time.monotonic()
     report.loop_started_at = dt.datetime.now(dt.timezone.utc)
     try:
-        while queue or in_flight:
-            while queue and len(in_flight) < window:
-                trial = queue.pop()
+        while True:
+            for trial in feed.take(window - len(in_flight)):
                 place = placements[trial.task.name]
                 ref = place.remote.remote(trial.spec, trial.task.module, place.device, place.threads)
                 in_flight[ref] = trial
+            if not in_flight:
+                break
             progress.running = min(len(in_flight), report.slots)
+            progress.total = progress.finished + len(in_flight) + feed.remaining()
             progress.update()
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            results = []
             for ref in ready:
                 trial = in_flight.pop(ref)
                 try:
@@ -248,7 +293,10 @@ def _schedule(
                 report.counts[outcome.status] += 1
                 report.spans.append((outcome.started_at, outcome.finished_at))
                 progress.counts[outcome.status] += 1
+                results.append((trial, row))
             writer.maybe_flush()
+            for trial, row in results:
+                feed.finished(trial, row)
     except KeyboardInterrupt:
         report.interrupted = True
         for ref in in_flight:

@@ -1,0 +1,390 @@
+"""Adaptive search: an Optuna study proposes recipes, the sweep's runner trains them.
+
+``fp4sweep run +sweep=adaptive task=regression search.n_trials=200`` searches the sweep's axes
+(its choices and constraints, as the grid would cross them) for the Pareto front of two objectives,
+both minimised: the quality gap, the recipe's mean over the sweep's seeds of the relative
+validation-loss gap to the bf16 baseline of the same task and seed, and the modelled overhead
+(``overhead.model``). One study trial is one recipe; its trials (one per seed) go through the same
+task code, Ray runner and results store as a grid's, with the same trial ids, so a recipe that the
+store already holds (from this search, an earlier one or a grid sweep) is read from it, not trained
+again. The baselines run first. ``n_trials`` counts distinct recipes; a proposal of a recipe the
+study has already evaluated (NSGA-II makes many) is answered with the same result and costs
+nothing.
+
+Ask and tell: the runner asks this feed for trials whenever its window of trials in flight has
+room; the feed asks the study for recipes until the window is full and tells the study each
+recipe's result once all its trials are in the store (the store is flushed first, so the study is
+never ahead of the store).
+
+What the study is told, beside the two objectives of a finished recipe:
+
+- a trial that raised (``failed``): ``TrialState.FAIL``. The failure says nothing about the
+  recipe, so both samplers leave it out of their models.
+- a diverged trial: ``TrialState.PRUNED``, as the training loop stopped it early. TPE ranks
+  pruned trials below every finished one (so it learns to stay away from that region), NSGA-II
+  never picks them as parents, and neither sees an invented loss that would distort its density
+  estimates or crowding distances; the store keeps the truth (``status`` diverged).
+- a combination that a constraint of the sweep leaves out: ``PRUNED`` too, without running
+  anything, so that TPE learns to avoid it as well.
+
+The study lives in an Optuna journal (``optuna-journal.log`` in the results directory): every ask
+and tell is appended and synced as it happens. A search that is killed resumes with the same
+command: the trials the study had asked for but not been told of are evaluated then, from the
+store where their training finished, by training otherwise. ``resume`` also reruns failed
+baselines, and a failed recipe when it is proposed again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import statistics
+import sys
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError
+from fp4sweep.sweep.ids import content_hash
+from fp4sweep.sweep.plan import Plan, RecipePlan, TaskPlan, Trial, expand
+from fp4sweep.sweep.runner import RunReport, run_feed
+from fp4sweep.sweep.search import SearchSettings
+from fp4sweep.sweep.store import ResultsStore
+
+JOURNAL = "optuna-journal.log"
+OBJECTIVES = ("quality gap", "modelled overhead")
+VAL_LOSS, OVERHEAD = "metric.val_loss", "overhead.model"
+
+
+class SearchSpace:
+    """The axes a search proposes choices on, and the grid trials each combination stands for."""
+
+    def __init__(self, tree: ConfigTree, settings: RunSettings) -> None:
+        if len(settings.tasks) != 1:
+            raise SweepError(
+                f"tasks: an adaptive search covers one task; choose one with task=NAME, of {settings.tasks}"
+            )
+        self._tree = tree
+        self._settings = settings
+        # The whole grid, expanded once: it validates every combination before anything runs,
+        # and its trial ids name the search space.
+        grid = expand(tree, settings)
+        self.task: TaskPlan = grid.trials[0].task
+        self.seeds: list[int] = settings.seeds
+        self.distributions = {
+            axis: CategoricalDistribution(choices) for axis, choices in grid.axes.items() if len(choices) > 1
+        }
+        self.fixed = {axis: choices[0] for axis, choices in grid.axes.items() if len(choices) == 1}
+        self.baselines = [t for t in grid.trials if t.recipe.is_baseline]
+        self.n_recipes = sum(r.axes is not None and not r.is_baseline for r in grid.recipes)
+        self.space_id = content_hash(sorted(t.trial_id for t in grid.trials))
+        self._trials = _trials_by_recipe(grid)
+        self._grid_recipes = {r.recipe_id: r for r in grid.recipes}
+        self._recipes: dict[tuple[str, ...], RecipePlan] = {}
+
+    def left_out(self, params: dict[str, Any]) -> str | None:
+        """The reason a constraint of the sweep gives for leaving this combination out, if any."""
+        combination = {**self.fixed, **params}
+        return next((c.reason for c in self._settings.constraints if c.excludes(combination)), None)
+
+    def recipe(self, params: dict[str, Any]) -> RecipePlan:
+        """The recipe a combination of choices builds (not left out by a constraint)."""
+        key = tuple(params[axis] for axis in self.distributions)
+        if key not in self._recipes:
+            # Expanding the one combination builds its recipe exactly as the grid does; two
+            # combinations may build the same recipe, which the grid holds once.
+            narrowed = {axis: [choice] for axis, choice in {**self.fixed, **params}.items()}
+            one = expand(self._tree, replace(self._settings, axes=narrowed, presets=[]))
+            built = next(r for r in one.recipes if not r.is_baseline)
+            self._recipes[key] = self._grid_recipes[built.recipe_id]  # labelled as in the grid
+        return self._recipes[key]
+
+    def trials(self, recipe: RecipePlan) -> list[Trial]:
+        """The recipe's trials in the grid, one per seed."""
+        return self._trials[recipe.recipe_id]
+
+    def trial_ids(self) -> set[str]:
+        """Every trial of the grid, baselines included."""
+        return {t.trial_id for trials in self._trials.values() for t in trials}
+
+
+def _trials_by_recipe(grid: Plan) -> dict[str, list[Trial]]:
+    trials: dict[str, list[Trial]] = {}
+    for trial in grid.trials:
+        trials.setdefault(trial.recipe.recipe_id, []).append(trial)
+    return trials
+
+
+def recipe_result(rows: Sequence[dict[str, Any]], baselines: dict[int, float]) -> tuple[TrialState, list[float] | None]:
+    """What the study is told of a recipe, from its trials' store rows (one per seed).
+
+    ``baselines`` maps a seed to the baseline's validation loss: each seed's gap is relative to
+    the baseline of that seed; the recipe's gap is their mean.
+    """
+    statuses = {row["status"] for row in rows}
+    if "failed" in statuses:
+        return TrialState.FAIL, None
+    losses = [float(row[VAL_LOSS]) for row in rows if row["status"] == "done"]
+    if "diverged" in statuses or not all(math.isfinite(loss) for loss in losses):
+        return TrialState.PRUNED, None
+    gaps = [(float(row[VAL_LOSS]) - baselines[row["seed"]]) / baselines[row["seed"]] for row in rows]
+    return TrialState.COMPLETE, [statistics.fmean(gaps), statistics.fmean(float(row[OVERHEAD]) for row in rows)]
+
+
+class _FlockLock:
+    """The journal's lock for Optuna's JournalFileBackend: an flock, which the system releases
+    when its holder dies, so that a killed search leaves no stale lock file behind (Optuna's own
+    file locks make the next process wait out a grace period for one)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file: Any = None
+
+    def acquire(self) -> bool:
+        self._file = open(self._path, "a")  # noqa: SIM115 - held until release
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        return True
+
+    def release(self) -> None:
+        self._file.close()
+        self._file = None
+
+
+def _drop_torn_record(path: Path) -> None:
+    """Cut a last journal record that lacks its newline (a write cut short by a power loss or a
+    full disk): it was never acknowledged, and Optuna would append the next record onto it."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        os.truncate(path, data.rfind(b"\n") + 1)
+
+
+def make_sampler(search: SearchSettings) -> optuna.samplers.BaseSampler:
+    if search.sampler == "tpe":
+        # Multivariate: the axes interact (a scale format's worth depends on the block size).
+        return optuna.samplers.TPESampler(
+            n_startup_trials=search.startup, seed=search.seed, multivariate=True, constant_liar=True
+        )
+    if search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=search.startup, seed=search.seed)
+    return optuna.samplers.RandomSampler(seed=search.seed)
+
+
+def open_study(results_dir: Path, name: str, space_id: str, search: SearchSettings) -> optuna.Study:
+    """Create the study in the results directory's journal, or load it to continue."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per tell would break the progress line
+    journal = results_dir / JOURNAL
+    _drop_torn_record(journal)
+    backend = optuna.storages.journal.JournalFileBackend(str(journal), lock_obj=_FlockLock(journal.with_suffix(".lock")))
+    study = optuna.create_study(
+        storage=optuna.storages.JournalStorage(backend),
+        study_name=name,
+        directions=["minimize", "minimize"],
+        sampler=make_sampler(search),
+        load_if_exists=True,
+    )
+    if "search_space" not in study.user_attrs:
+        study.set_user_attr("search_space", space_id)
+        study.set_user_attr("objectives", list(OBJECTIVES))
+    elif study.user_attrs["search_space"] != space_id:
+        raise SweepError(
+            f"search.study: study {name!r} in {journal} searched other axes, seeds or task settings; "
+            "choose another search.study or results_dir"
+        )
+    return study
+
+
+class SearchFeed:
+    """The runner's trial feed for one study: baselines first, then recipes the study proposes."""
+
+    def __init__(self, space: SearchSpace, search: SearchSettings, study_name: str, settings: RunSettings, rerun_failed: bool) -> None:
+        self.space = space
+        self.search = search
+        self.study_name = study_name
+        self.tasks = [space.task]
+        self._results_dir = settings.results_dir
+        self._rerun_failed = rerun_failed
+        self.study: optuna.Study | None = None
+        self.stopped: str | None = None  # why the sampler's proposals ended before the budget
+        self.blocked: str | None = None  # why the search could not go on (a baseline's result)
+        self.from_store = 0  # recipes this run answered from the store without training
+        self._rows: dict[str, dict[str, Any]] = {}  # trial id -> store row, of this task's trials
+        self._counted: set[str] = set()  # recipe ids the study has evaluated or is evaluating
+        self._waiting: dict[str, list[int]] = {}  # recipe id -> study trials awaiting its result
+        self._outstanding: dict[str, set[str]] = {}  # recipe id -> its trial ids not finished yet
+        self._queue: deque[Trial] = deque()
+        self._resumed: list[FrozenTrial] = []  # asked by an earlier run, never told
+        self._baselines: dict[int, float] | None = None
+        self._baselines_queued = False
+        self._stalls = 0
+
+    def open(self, store: ResultsStore) -> SearchFeed:
+        """Load the study and the store's results of this task (called with the store locked)."""
+        self.study = open_study(self._results_dir, self.study_name, self.space.space_id, self.search)
+        latest = store.trials()
+        for row in latest[latest["trial_id"].isin(self.space.trial_ids())].to_dict("records"):
+            if not (self._rerun_failed and row["status"] == "failed"):
+                self._rows[row["trial_id"]] = row
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.state == TrialState.RUNNING:
+                self._resumed.append(trial)
+            elif self._complete_params(trial.params) and self.space.left_out(trial.params) is None:
+                self._counted.add(self.space.recipe(trial.params).recipe_id)
+        return self
+
+    @property
+    def budget(self) -> int:
+        return min(self.search.n_trials, self.space.n_recipes)
+
+    @property
+    def evaluated(self) -> int:
+        """Distinct recipes the study has evaluated or is evaluating."""
+        return len(self._counted)
+
+    def remaining(self) -> int:
+        baselines = 0 if self._baselines_queued else len(self._missing(self.space.baselines))
+        unproposed = max(0, self.budget - len(self._counted)) if self.stopped is None and self.blocked is None else 0
+        resumed = len(self._resumed) * len(self.space.seeds)
+        return len(self._queue) + baselines + resumed + unproposed * len(self.space.seeds)
+
+    def take(self, room: int) -> list[Trial]:
+        if self._baselines is None:
+            if not self._baselines_queued:
+                self._queue.extend(self._missing(self.space.baselines))
+                self._baselines_queued = True
+            if not self._queue and not self._missing(self.space.baselines):
+                self._baselines = self._baseline_losses()
+        if self._baselines is not None:
+            while self._resumed:
+                trial = self._resumed.pop()
+                if self._complete_params(trial.params):
+                    self._queue.extend(self._evaluate(trial.number, trial.params))
+                else:  # killed while its choices were being drawn: it never ran
+                    self.study.tell(trial.number, state=TrialState.FAIL)
+            while len(self._queue) < room and self._may_propose():
+                trial = self.study.ask(self.space.distributions)
+                self._queue.extend(self._evaluate(trial.number, trial.params))
+        return [self._queue.popleft() for _ in range(min(room, len(self._queue)))]
+
+    def finished(self, trial: Trial, row: dict[str, Any]) -> None:
+        self._rows[trial.trial_id] = row
+        recipe_id = trial.recipe.recipe_id
+        outstanding = self._outstanding.get(recipe_id)
+        if outstanding is None:
+            return  # a baseline: take() looks at the baselines once all are in
+        outstanding.discard(trial.trial_id)
+        if not outstanding:
+            del self._outstanding[recipe_id]
+            for number in self._waiting.pop(recipe_id):
+                self._tell(number, trial.recipe)
+
+    def front(self) -> list[FrozenTrial]:
+        """The study's Pareto-optimal trials, one per recipe."""
+        unique = {self.space.recipe(t.params).recipe_id: t for t in self.study.best_trials}
+        return sorted(unique.values(), key=lambda t: t.values)
+
+    def _may_propose(self) -> bool:
+        if len(self._counted) >= self.budget:
+            return False
+        if self._stalls >= self.search.stall_limit:
+            self.stopped = (
+                f"the sampler proposed {self._stalls} recipes in a row that the study had already "
+                "evaluated or that constraints leave out (search.stall_limit)"
+            )
+            return False
+        return True
+
+    def _evaluate(self, number: int, params: dict[str, Any]) -> list[Trial]:
+        """Answer study trial ``number`` now if possible; otherwise the trials to run for it."""
+        reason = self.space.left_out(params)
+        if reason is not None:
+            self._stalls += 1
+            self.study.tell(number, state=TrialState.PRUNED)
+            return []
+        recipe = self.space.recipe(params)
+        new = recipe.recipe_id not in self._counted
+        self._stalls = 0 if new else self._stalls + 1
+        self._counted.add(recipe.recipe_id)
+        if recipe.recipe_id in self._waiting:  # being trained for another study trial
+            self._waiting[recipe.recipe_id].append(number)
+            return []
+        missing = self._missing(self.space.trials(recipe))
+        if not missing:
+            self.from_store += new
+            self._tell(number, recipe)
+            return []
+        self._waiting[recipe.recipe_id] = [number]
+        self._outstanding[recipe.recipe_id] = {t.trial_id for t in missing}
+        return missing
+
+    def _tell(self, number: int, recipe: RecipePlan) -> None:
+        rows = [self._rows[t.trial_id] for t in self.space.trials(recipe)]
+        state, values = recipe_result(rows, self._baselines)
+        self.study.tell(number, values, state=state)
+
+    def _missing(self, trials: list[Trial]) -> list[Trial]:
+        return [t for t in trials if t.trial_id not in self._rows]
+
+    def _complete_params(self, params: dict[str, Any]) -> bool:
+        return params.keys() == self.space.distributions.keys()
+
+    def _baseline_losses(self) -> dict[int, float] | None:
+        """Each seed's baseline validation loss; None (and the search stopped) if one lacks it."""
+        losses = {}
+        for trial in self.space.baselines:
+            row = self._rows[trial.trial_id]
+            loss = float(row.get(VAL_LOSS, math.nan))
+            if row["status"] != "done" or not math.isfinite(loss):
+                error = f" ({row['error.type']}: {row['error.message']})" if row["status"] == "failed" else ""
+                self.blocked = (
+                    f"the {trial.recipe.label} baseline of {trial.task.name} ({trial.task.size}) seed "
+                    f"{trial.spec['seed']} {row['status']}{error}: quality gaps need it"
+                    + ("; `fp4sweep resume` reruns it" if row["status"] == "failed" else "")
+                )
+                return None
+            losses[trial.spec["seed"]] = loss
+        return losses
+
+
+@dataclass
+class SearchReport:
+    run: RunReport
+    study: str
+    journal: Path
+    budget: int
+    evaluated: int
+    from_store: int
+    front: list[tuple[str, list[float]]]  # (recipe label, objective values) on the study's front
+    stopped: str | None  # why the sampler's proposals ended before the budget
+    blocked: str | None  # why the search could not go on
+
+
+def study_name(settings: RunSettings, space: SearchSpace, search: SearchSettings) -> str:
+    """The study's name: given, or the sweep, task and size with the search space's id."""
+    return search.study or f"{settings.sweep or 'search'}-{space.task.name}-{space.task.size}-{space.space_id[:8]}"
+
+
+def run_search(
+    tree: ConfigTree,
+    settings: RunSettings,
+    search: SearchSettings,
+    rerun_failed: bool = False,
+    stream: TextIO | None = None,
+) -> SearchReport:
+    """Run (or continue) the adaptive search that ``search`` describes over the sweep's axes."""
+    space = SearchSpace(tree, settings)
+    feed = SearchFeed(space, search, study_name(settings, space, search), settings, rerun_failed)
+    # Each result is written before the study hears of it: flush at once.
+    run = run_feed(feed.open, settings.sweep or "", replace(settings, flush_seconds=0.0), stream or sys.stderr)
+    front = [(space.recipe(t.params).label, list(t.values)) for t in feed.front()]
+    return SearchReport(
+        run, feed.study_name, settings.results_dir / JOURNAL, feed.budget, feed.evaluated, feed.from_store, front, feed.stopped, feed.blocked
+    )
