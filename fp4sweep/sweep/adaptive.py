@@ -83,7 +83,9 @@ class SearchSpace:
         }
         self.fixed = {axis: choices[0] for axis, choices in grid.axes.items() if len(choices) == 1}
         self.baselines = [t for t in grid.trials if t.recipe.is_baseline]
-        self.n_recipes = sum(r.axes is not None and not r.is_baseline for r in grid.recipes)
+        # The recipes a search may propose: combinations of the axes (a preset no combination
+        # builds is outside the search space).
+        self.recipes = [r for r in grid.recipes if r.axes is not None and not r.is_baseline]
         self.space_id = content_hash(sorted(t.trial_id for t in grid.trials))
         self._trials = _trials_by_recipe(grid)
         self._grid_recipes = {r.recipe_id: r for r in grid.recipes}
@@ -216,12 +218,15 @@ class SearchFeed:
         self.stopped: str | None = None  # why the sampler's proposals ended before the budget
         self.blocked: str | None = None  # why the search could not go on (a baseline's result)
         self.from_store = 0  # recipes this run answered from the store without training
+        self.proposals = 0  # study trials this run asked for
         self._rows: dict[str, dict[str, Any]] = {}  # trial id -> store row, of this task's trials
         self._counted: set[str] = set()  # recipe ids the study has evaluated or is evaluating
         self._waiting: dict[str, list[int]] = {}  # recipe id -> study trials awaiting its result
         self._outstanding: dict[str, set[str]] = {}  # recipe id -> its trial ids not finished yet
         self._queue: deque[Trial] = deque()
         self._resumed: list[FrozenTrial] = []  # asked by an earlier run, never told
+        self._retries: list[dict[str, Any]] = []  # failed recipes' choices, for `resume` to rerun
+        self._enqueued = 0  # retries in the study's queue (enqueued by an earlier run, not yet asked)
         self._baselines: dict[int, float] | None = None
         self._baselines_queued = False
         self._stalls = 0
@@ -233,16 +238,24 @@ class SearchFeed:
         for row in latest[latest["trial_id"].isin(self.space.trial_ids())].to_dict("records"):
             if not (self._rerun_failed and row["status"] == "failed"):
                 self._rows[row["trial_id"]] = row
+        retries: dict[str, dict[str, Any]] = {}
         for trial in self.study.get_trials(deepcopy=False):
             if trial.state == TrialState.RUNNING:
                 self._resumed.append(trial)
+            elif trial.state == TrialState.WAITING:
+                self._enqueued += 1
             elif self._complete_params(trial.params) and self.space.left_out(trial.params) is None:
-                self._counted.add(self.space.recipe(trial.params).recipe_id)
+                recipe = self.space.recipe(trial.params)
+                self._counted.add(recipe.recipe_id)
+                # With `resume`, the failed rows were left out above: such a recipe runs again.
+                if trial.state == TrialState.FAIL and self._missing(self.space.trials(recipe)):
+                    retries[recipe.recipe_id] = trial.params
+        self._retries = list(retries.values())
         return self
 
     @property
     def budget(self) -> int:
-        return min(self.search.n_trials, self.space.n_recipes)
+        return min(self.search.n_trials, len(self.space.recipes))
 
     @property
     def evaluated(self) -> int:
@@ -252,7 +265,7 @@ class SearchFeed:
     def remaining(self) -> int:
         baselines = 0 if self._baselines_queued else len(self._missing(self.space.baselines))
         unproposed = max(0, self.budget - len(self._counted)) if self.stopped is None and self.blocked is None else 0
-        resumed = len(self._resumed) * len(self.space.seeds)
+        resumed = (len(self._resumed) + len(self._retries) + self._enqueued) * len(self.space.seeds)
         return len(self._queue) + baselines + resumed + unproposed * len(self.space.seeds)
 
     def take(self, room: int) -> list[Trial]:
@@ -269,9 +282,16 @@ class SearchFeed:
                     self._queue.extend(self._evaluate(trial.number, trial.params))
                 else:  # killed while its choices were being drawn: it never ran
                     self.study.tell(trial.number, state=TrialState.FAIL)
+            # A recipe to rerun goes through the study's queue, as a new trial with its choices.
+            for params in self._retries:
+                self.study.enqueue_trial(params)
+            self._enqueued += len(self._retries)
+            self._retries = []
+            while self._enqueued:
+                self._enqueued -= 1
+                self._propose()
             while len(self._queue) < room and self._may_propose():
-                trial = self.study.ask(self.space.distributions)
-                self._queue.extend(self._evaluate(trial.number, trial.params))
+                self._propose()
         return [self._queue.popleft() for _ in range(min(room, len(self._queue)))]
 
     def finished(self, trial: Trial, row: dict[str, Any]) -> None:
@@ -290,6 +310,11 @@ class SearchFeed:
         """The study's Pareto-optimal trials, one per recipe."""
         unique = {self.space.recipe(t.params).recipe_id: t for t in self.study.best_trials}
         return sorted(unique.values(), key=lambda t: t.values)
+
+    def _propose(self) -> None:
+        trial = self.study.ask(self.space.distributions)  # an enqueued trial first, if any
+        self.proposals += 1
+        self._queue.extend(self._evaluate(trial.number, trial.params))
 
     def _may_propose(self) -> bool:
         if len(self._counted) >= self.budget:
@@ -362,6 +387,7 @@ class SearchReport:
     budget: int
     evaluated: int
     from_store: int
+    proposals: int
     front: list[tuple[str, list[float]]]  # (recipe label, objective values) on the study's front
     stopped: str | None  # why the sampler's proposals ended before the budget
     blocked: str | None  # why the search could not go on
@@ -386,5 +412,5 @@ def run_search(
     run = run_feed(feed.open, settings.sweep or "", replace(settings, flush_seconds=0.0), stream or sys.stderr)
     front = [(space.recipe(t.params).label, list(t.values)) for t in feed.front()]
     return SearchReport(
-        run, feed.study_name, settings.results_dir / JOURNAL, feed.budget, feed.evaluated, feed.from_store, front, feed.stopped, feed.blocked
+        run, feed.study_name, settings.results_dir / JOURNAL, feed.budget, feed.evaluated, feed.from_store, feed.proposals, front, feed.stopped, feed.blocked
     )

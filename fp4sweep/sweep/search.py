@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fp4sweep.sweep.config import ConfigTree, SweepError
+from fp4sweep.sweep.config import ConfigTree, SweepError, _check_int
 
 SAMPLERS = ("tpe", "nsga2", "random")
 
@@ -48,30 +48,23 @@ def parse_search(node: Any) -> SearchSettings:
     """SearchSettings from plain values; a SweepError names the offending key and the choices."""
     if not isinstance(node, dict):
         raise SweepError(f"search: expected a mapping of {sorted(_KEYS)}, got {node!r}")
-    unknown = sorted(set(node) - _KEYS)
-    missing = sorted(_KEYS - set(node))
-    if unknown or missing:
-        raise SweepError(f"search: unknown key(s) {unknown}, missing key(s) {missing}; valid: {sorted(_KEYS)}")
+    for problem, keys in (("unknown", set(node) - _KEYS), ("missing", _KEYS - set(node))):
+        if keys:
+            raise SweepError(f"search: {problem} key(s) {sorted(keys)}; valid: {sorted(_KEYS)}")
     if node["sampler"] not in SAMPLERS:
         raise SweepError(f"search.sampler: unknown sampler {node['sampler']!r}; valid: {list(SAMPLERS)}")
     seed = node["seed"]
     if seed is not None:
-        seed = _positive_int("search.seed", seed, minimum=0)
+        seed = _check_int("search.seed", seed, minimum=0)
     study = node["study"]
     if study is not None and (not isinstance(study, str) or not study):
         raise SweepError(f"search.study: expected a non-empty name or null, got {study!r}")
     return SearchSettings(
-        n_trials=_positive_int("search.n_trials", node["n_trials"], minimum=1),
+        n_trials=_check_int("search.n_trials", node["n_trials"], minimum=1),
         sampler=node["sampler"],
         # NSGA-II needs two parents to cross.
-        startup=_positive_int("search.startup", node["startup"], minimum=2 if node["sampler"] == "nsga2" else 0),
+        startup=_check_int("search.startup", node["startup"], minimum=2 if node["sampler"] == "nsga2" else 0),
         seed=seed,
         study=study,
-        stall_limit=_positive_int("search.stall_limit", node["stall_limit"], minimum=1),
+        stall_limit=_check_int("search.stall_limit", node["stall_limit"], minimum=1),
     )
-
-
-def _positive_int(where: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SweepError(f"{where}: expected an integer >= {minimum}, got {value!r}")
-    return value
