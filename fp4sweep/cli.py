@@ -58,9 +58,8 @@ def cmd_run(args: argparse.Namespace, rerun_failed: bool = False) -> int:
         return 0
     finished = sum(report.counts.values())
     print(
-        f"{finished} of {report.to_run} trials finished ("
-        + ", ".join(f"{n} {s}" for s, n in sorted(report.counts.items()))
-        + f") in {report.loop_s:.1f} s after a {report.ray_start_s:.1f} s Ray start, {report.slots} at a time."
+        f"{finished} of {report.to_run} trials finished ({_by_status(report)}) in {report.loop_s:.1f} s "
+        f"after a {report.ray_start_s:.1f} s Ray start, {report.slots} at a time."
     )
     print(
         f"Scheduling: {report.worker_start_s:.1f} s to the first trial (worker start-up), then a median "
@@ -68,6 +67,10 @@ def cmd_run(args: argparse.Namespace, rerun_failed: bool = False) -> int:
     )
     print(f"Results: {settings.results_dir}")
     return _exit_status(report)
+
+
+def _by_status(report: RunReport) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(report.counts.items())) or "none"
 
 
 def _exit_status(report: RunReport) -> int:
@@ -99,11 +102,12 @@ def _print_search(report: SearchReport) -> None:
     trained = sum(report.run.counts.values())
     print(
         f"Study {report.study!r}: {report.evaluated} of {report.budget} recipes evaluated; this run trained "
-        f"{trained} trials ({', '.join(f'{n} {s}' for s, n in sorted(report.run.counts.items())) or 'none'}) "
+        f"{trained} trials ({_by_status(report.run)}) "
         f"and read {report.from_store} recipes from the store."
     )
     print(f"Pareto front (quality gap, modelled overhead), {len(report.front)} recipes:")
-    print(format_table([[f"  {gap:.4g}", f"{cost:.4g}", label] for label, (gap, cost) in report.front]) if report.front else "  (none yet)")
+    rows = [[f"  {gap:.4g}", f"{cost:.4g}", label] for label, (gap, cost) in report.front]
+    print(format_table(rows) if rows else "  (none yet)")
     print(f"Study journal: {report.journal}")
 
 
@@ -150,8 +154,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Count done / diverged / failed (/ pending, with a sweep) trials per task; list failures."""
     from fp4sweep.sweep.status import COLUMNS, counts_by_task, format_table
 
-    tree, settings, _ = _settings(args)
-    plan = _plan(tree, settings) if settings.has_sweep else None
+    tree, settings, search = _settings(args)
+    # A search runs what it proposes, not its whole grid: count what the store holds.
+    plan = _plan(tree, settings) if settings.has_sweep and search is None else None
     store = ResultsStore(settings.results_dir)
     latest = store.trials()
     _warn_unreadable(store)

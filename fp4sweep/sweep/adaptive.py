@@ -31,7 +31,7 @@ The study lives in an Optuna journal (``optuna-journal.log`` in the results dire
 and tell is appended and synced as it happens. A search that is killed resumes with the same
 command: the trials the study had asked for but not been told of are evaluated then, from the
 store where their training finished, by training otherwise. ``resume`` also reruns failed
-baselines, and a failed recipe when it is proposed again.
+baselines and failed recipes (each as a new study trial with the recipe's choices).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ class SearchSpace:
     def __init__(self, tree: ConfigTree, settings: RunSettings) -> None:
         if len(settings.tasks) != 1:
             raise SweepError(
-                f"tasks: an adaptive search covers one task; choose one with task=NAME, of {settings.tasks}"
+                f"tasks: an adaptive search covers one task; choose one with task=NAME, of "
+                f"{settings.tasks}"
             )
         self._tree = tree
         self._settings = settings
@@ -91,10 +92,10 @@ class SearchSpace:
         self._grid_recipes = {r.recipe_id: r for r in grid.recipes}
         self._recipes: dict[tuple[str, ...], RecipePlan] = {}
 
-    def left_out(self, params: dict[str, Any]) -> str | None:
-        """The reason a constraint of the sweep gives for leaving this combination out, if any."""
+    def left_out(self, params: dict[str, Any]) -> bool:
+        """Whether a constraint of the sweep leaves this combination of choices out."""
         combination = {**self.fixed, **params}
-        return next((c.reason for c in self._settings.constraints if c.excludes(combination)), None)
+        return any(c.excludes(combination) for c in self._settings.constraints)
 
     def recipe(self, params: dict[str, Any]) -> RecipePlan:
         """The recipe a combination of choices builds (not left out by a constraint)."""
@@ -124,7 +125,9 @@ def _trials_by_recipe(grid: Plan) -> dict[str, list[Trial]]:
     return trials
 
 
-def recipe_result(rows: Sequence[dict[str, Any]], baselines: dict[int, float]) -> tuple[TrialState, list[float] | None]:
+def recipe_result(
+    rows: Sequence[dict[str, Any]], baselines: dict[int, float]
+) -> tuple[TrialState, list[float] | None]:
     """What the study is told of a recipe, from its trials' store rows (one per seed).
 
     ``baselines`` maps a seed to the baseline's validation loss: each seed's gap is relative to
@@ -137,7 +140,8 @@ def recipe_result(rows: Sequence[dict[str, Any]], baselines: dict[int, float]) -
     if "diverged" in statuses or not all(math.isfinite(loss) for loss in losses):
         return TrialState.PRUNED, None
     gaps = [(float(row[VAL_LOSS]) - baselines[row["seed"]]) / baselines[row["seed"]] for row in rows]
-    return TrialState.COMPLETE, [statistics.fmean(gaps), statistics.fmean(float(row[OVERHEAD]) for row in rows)]
+    overhead = statistics.fmean(float(row[OVERHEAD]) for row in rows)  # the same for every seed
+    return TrialState.COMPLETE, [statistics.fmean(gaps), overhead]
 
 
 class _FlockLock:
@@ -185,7 +189,8 @@ def open_study(results_dir: Path, name: str, space_id: str, search: SearchSettin
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per tell would break the progress line
     journal = results_dir / JOURNAL
     _drop_torn_record(journal)
-    backend = optuna.storages.journal.JournalFileBackend(str(journal), lock_obj=_FlockLock(journal.with_suffix(".lock")))
+    lock = _FlockLock(journal.with_suffix(".lock"))
+    backend = optuna.storages.journal.JournalFileBackend(str(journal), lock_obj=lock)
     study = optuna.create_study(
         storage=optuna.storages.JournalStorage(backend),
         study_name=name,
@@ -207,12 +212,19 @@ def open_study(results_dir: Path, name: str, space_id: str, search: SearchSettin
 class SearchFeed:
     """The runner's trial feed for one study: baselines first, then recipes the study proposes."""
 
-    def __init__(self, space: SearchSpace, search: SearchSettings, study_name: str, settings: RunSettings, rerun_failed: bool) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        search: SearchSettings,
+        study_name: str,
+        results_dir: Path,
+        rerun_failed: bool,
+    ) -> None:
         self.space = space
         self.search = search
         self.study_name = study_name
         self.tasks = [space.task]
-        self._results_dir = settings.results_dir
+        self._results_dir = results_dir
         self._rerun_failed = rerun_failed
         self.study: optuna.Study | None = None
         self.stopped: str | None = None  # why the sampler's proposals ended before the budget
@@ -244,7 +256,7 @@ class SearchFeed:
                 self._resumed.append(trial)
             elif trial.state == TrialState.WAITING:
                 self._enqueued += 1
-            elif self._complete_params(trial.params) and self.space.left_out(trial.params) is None:
+            elif self._complete_params(trial.params) and not self.space.left_out(trial.params):
                 recipe = self.space.recipe(trial.params)
                 self._counted.add(recipe.recipe_id)
                 # With `resume`, the failed rows were left out above: such a recipe runs again.
@@ -264,9 +276,10 @@ class SearchFeed:
 
     def remaining(self) -> int:
         baselines = 0 if self._baselines_queued else len(self._missing(self.space.baselines))
-        unproposed = max(0, self.budget - len(self._counted)) if self.stopped is None and self.blocked is None else 0
-        resumed = (len(self._resumed) + len(self._retries) + self._enqueued) * len(self.space.seeds)
-        return len(self._queue) + baselines + resumed + unproposed * len(self.space.seeds)
+        ended = self.stopped is not None or self.blocked is not None
+        unproposed = 0 if ended else max(0, self.budget - len(self._counted))
+        recipes = len(self._resumed) + len(self._retries) + self._enqueued + unproposed
+        return len(self._queue) + baselines + recipes * len(self.space.seeds)
 
     def take(self, room: int) -> list[Trial]:
         if self._baselines is None:
@@ -329,8 +342,7 @@ class SearchFeed:
 
     def _evaluate(self, number: int, params: dict[str, Any]) -> list[Trial]:
         """Answer study trial ``number`` now if possible; otherwise the trials to run for it."""
-        reason = self.space.left_out(params)
-        if reason is not None:
+        if self.space.left_out(params):
             self._stalls += 1
             self.study.tell(number, state=TrialState.PRUNED)
             return []
@@ -368,11 +380,13 @@ class SearchFeed:
             row = self._rows[trial.trial_id]
             loss = float(row.get(VAL_LOSS, math.nan))
             if row["status"] != "done" or not math.isfinite(loss):
-                error = f" ({row['error.type']}: {row['error.message']})" if row["status"] == "failed" else ""
+                failed = row["status"] == "failed"
                 self.blocked = (
                     f"the {trial.recipe.label} baseline of {trial.task.name} ({trial.task.size}) seed "
-                    f"{trial.spec['seed']} {row['status']}{error}: quality gaps need it"
-                    + ("; `fp4sweep resume` reruns it" if row["status"] == "failed" else "")
+                    f"{trial.spec['seed']} {row['status']}"
+                    + (f" ({row['error.type']}: {row['error.message']})" if failed else "")
+                    + ": quality gaps need it"
+                    + ("; `fp4sweep resume` reruns it" if failed else "")
                 )
                 return None
             losses[trial.spec["seed"]] = loss
@@ -395,7 +409,8 @@ class SearchReport:
 
 def study_name(settings: RunSettings, space: SearchSpace, search: SearchSettings) -> str:
     """The study's name: given, or the sweep, task and size with the search space's id."""
-    return search.study or f"{settings.sweep or 'search'}-{space.task.name}-{space.task.size}-{space.space_id[:8]}"
+    task = space.task
+    return search.study or f"{settings.sweep or 'search'}-{task.name}-{task.size}-{space.space_id[:8]}"
 
 
 def run_search(
@@ -407,10 +422,20 @@ def run_search(
 ) -> SearchReport:
     """Run (or continue) the adaptive search that ``search`` describes over the sweep's axes."""
     space = SearchSpace(tree, settings)
-    feed = SearchFeed(space, search, study_name(settings, space, search), settings, rerun_failed)
+    name = study_name(settings, space, search)
+    feed = SearchFeed(space, search, name, settings.results_dir, rerun_failed)
     # Each result is written before the study hears of it: flush at once.
-    run = run_feed(feed.open, settings.sweep or "", replace(settings, flush_seconds=0.0), stream or sys.stderr)
-    front = [(space.recipe(t.params).label, list(t.values)) for t in feed.front()]
+    flushing = replace(settings, flush_seconds=0.0)
+    run = run_feed(feed.open, settings.sweep or "", flushing, stream or sys.stderr)
     return SearchReport(
-        run, feed.study_name, settings.results_dir / JOURNAL, feed.budget, feed.evaluated, feed.from_store, feed.proposals, front, feed.stopped, feed.blocked
+        run=run,
+        study=name,
+        journal=settings.results_dir / JOURNAL,
+        budget=feed.budget,
+        evaluated=feed.evaluated,
+        from_store=feed.from_store,
+        proposals=feed.proposals,
+        front=[(space.recipe(t.params).label, list(t.values)) for t in feed.front()],
+        stopped=feed.stopped,
+        blocked=feed.blocked,
     )

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pyarrow.parquet as pq
 import pytest
 from optuna.trial import TrialState
 
@@ -23,6 +22,7 @@ from fp4sweep.sweep.config import ConfigTree, SweepError, load_settings
 from fp4sweep.sweep.runner import PROJECT_ROOT
 from fp4sweep.sweep.search import parse_search, split_search
 from fp4sweep.sweep.store import ResultsStore
+from tests.sweep.test_kill import stored_ids
 
 TEST_CONF = str(Path(__file__).parent / "conf")
 # Two transforms x two scales x two scale rules, less the fp32 + floor combinations a constraint
@@ -184,16 +184,6 @@ def test_a_torn_journal_record_is_dropped(tmp_path):
     study = open_study(tmp_path, "torn", "space", settings)
     study.enqueue_trial({"x": 2})
     assert [t.system_attrs["fixed_params"] for t in load(tmp_path, "torn").trials] == [{"x": 1}, {"x": 2}]
-
-
-def stored_ids(results: Path) -> list[str]:
-    ids = []
-    for path in (results / "trials").glob("*.parquet"):
-        try:
-            ids += pq.read_table(path, columns=["trial_id"])["trial_id"].to_pylist()
-        except FileNotFoundError:  # compacted away between listing and reading
-            return stored_ids(results)
-    return ids
 
 
 @pytest.mark.usefixtures("local_ray")
