@@ -173,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SweepError, StoreError) as error:
         print(f"fp4sweep: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # before trials run (a running sweep stops cleanly by itself)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

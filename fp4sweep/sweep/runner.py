@@ -192,16 +192,17 @@ def _placement(ray: Any, task: TaskPlan, settings: RunSettings) -> _Placement:
     if use_gpu and not resources.get("num_gpus"):
         raise SweepError(f"conf/task/{task.name}.yaml: resources.gpu needs num_gpus > 0")
     resources.setdefault("num_cpus", 1)
-    fits = cluster.get("CPU", 0) // resources["num_cpus"] if resources["num_cpus"] else float("inf")
+    limits = [cluster.get("CPU", 0) / resources["num_cpus"]] if resources["num_cpus"] else []
     if use_gpu:
-        fits = min(fits, gpus // resources["num_gpus"])
+        limits.append(gpus / resources["num_gpus"])
+    fits = max(1, int(min(limits, default=1)))
     remote = ray.remote(
         **resources,
         max_calls=0,  # reuse workers: Ray's default for GPU tasks is a new process per trial
         max_retries=settings.ray.max_retries,  # reruns when the worker process dies
         retry_exceptions=False,  # an exception is a result (run_trial records it), not a retry
     )(run_trial)
-    return _Placement(remote, "cuda" if use_gpu else "cpu", max(1, int(resources["num_cpus"])), max(1, int(fits)))
+    return _Placement(remote, "cuda" if use_gpu else "cpu", max(1, int(resources["num_cpus"])), fits)
 
 
 def _schedule(
