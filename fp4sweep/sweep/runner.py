@@ -164,14 +164,17 @@ def start_ray(settings: RaySettings) -> None:
         "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}${{PYTHONPATH}}",
     }
     local = settings.address is None
-    ray.init(
-        address=settings.address,
-        num_cpus=settings.num_cpus if local else None,
-        runtime_env={"env_vars": env_vars},
-        include_dashboard=False,
-        log_to_driver=False,  # trial output would break the progress line; failures are stored
-        logging_level="WARNING",
-    )
+    try:
+        ray.init(
+            address=settings.address,
+            num_cpus=settings.num_cpus if local else None,
+            runtime_env={"env_vars": env_vars},
+            include_dashboard=False,
+            log_to_driver=False,  # trial output would break the progress line; failures are stored
+            logging_level="WARNING",
+        )
+    except ConnectionError as error:
+        raise SweepError(f"ray.address={settings.address!r}: {error}") from None
 
 
 @dataclass(frozen=True)
