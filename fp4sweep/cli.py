@@ -54,7 +54,8 @@ def cmd_run(args: argparse.Namespace, rerun_failed: bool = False) -> int:
     print(
         f"{finished} of {report.to_run} trials finished ("
         + ", ".join(f"{n} {s}" for s, n in sorted(report.counts.items()))
-        + f") in {report.loop_s:.1f} s after a {report.ray_start_s:.1f} s Ray start, {report.slots} at a time."
+        + f") in {report.loop_s:.1f} s after a {report.ray_start_s:.1f} s Ray start, "
+        f"{report.slots} at a time."
     )
     print(
         f"Scheduling: {report.worker_start_s:.1f} s to the first trial (worker start-up), then a median "
@@ -65,7 +66,8 @@ def cmd_run(args: argparse.Namespace, rerun_failed: bool = False) -> int:
         print("Interrupted: finished trials are stored; the same command continues.")
         return EXIT_INTERRUPTED
     if report.counts["failed"]:
-        print(f"{report.counts['failed']} failed (`fp4sweep status` lists them); `fp4sweep resume` reruns them.")
+        failed = report.counts["failed"]
+        print(f"{failed} failed (`fp4sweep status` lists them); `fp4sweep resume` reruns them.")
         return EXIT_FAILED_TRIALS
     return 0
 
@@ -100,7 +102,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for task in {t.task.name: t.task for t in plan.trials}.values():
         total, to_run = sum(counts[task.name].values()), counts[task.name]["pending"]
         mean = seconds.get((task.name, task.size))
-        estimate = f"{mean * to_run / 3600:.1f} trial-hours ({mean:.1f} s each)" if mean else "no timings stored yet"
+        estimate = "no timings stored yet"
+        if mean:
+            estimate = f"{mean * to_run / 3600:.1f} trial-hours ({mean:.1f} s each)"
         rows.append([task.name, task.size, str(total), str(total - to_run), str(to_run), estimate])
     print(format_table(rows))
     print(f"Expanded and validated in {expanded_s:.1f} s.")

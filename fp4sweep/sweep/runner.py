@@ -120,7 +120,9 @@ def outcome_row(trial: Trial, sweep: str, outcome: TrialOutcome) -> dict[str, An
     return row
 
 
-def run_trials(plan: Plan, settings: RunSettings, rerun_failed: bool, stream: TextIO | None = None) -> RunReport:
+def run_trials(
+    plan: Plan, settings: RunSettings, rerun_failed: bool, stream: TextIO | None = None
+) -> RunReport:
     """Run what the store lacks (and what failed, for ``resume``), storing each result.
 
     Uses the Ray this process is already connected to, if any; otherwise starts (and afterwards
@@ -130,7 +132,7 @@ def run_trials(plan: Plan, settings: RunSettings, rerun_failed: bool, stream: Te
     report = RunReport()
     with StoreWriter(settings.results_dir, flush_seconds=settings.flush_seconds) as writer:
         for note in writer.quarantined:
-            print(f"warning: unreadable results file set aside, its trials will run again: {note}", file=stream)
+            print(f"warning: unreadable results file set aside (its trials run again): {note}", file=stream)
         todo = trials_to_run(plan, ResultsStore(settings.results_dir).statuses(), rerun_failed)
         report.to_run = len(todo)
         if not todo:
