@@ -185,8 +185,8 @@ def load_settings(tree: ConfigTree, overrides: Sequence[str]) -> RunSettings:
     # `quant.AXIS=CHOICE` narrows the axis (or fixes one the sweep does not cross).
     for axis, pinned in cfg["quant"].items():
         if pinned is not None:
-            where = f"quant.{axis}"
-            axes[axis] = [tree.check_choice(where, axis, c) for c in _as_list(where, pinned)]
+            key = f"quant.{axis}"
+            axes[axis] = [tree.check_choice(key, axis, c) for c in _as_list(key, pinned)]
 
     task_node = cfg.get("task")
     tasks = [tree.check_choice("tasks", "task", name) for name in _as_list("tasks", cfg["tasks"])]
