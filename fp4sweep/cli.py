@@ -78,7 +78,8 @@ def _exit_status(report: RunReport) -> int:
         print("Interrupted: finished trials are stored; the same command continues.")
         return EXIT_INTERRUPTED
     if report.counts["failed"]:
-        print(f"{report.counts['failed']} failed (`fp4sweep status` lists them); `fp4sweep resume` reruns them.")
+        failed = report.counts["failed"]
+        print(f"{failed} failed (`fp4sweep status` lists them); `fp4sweep resume` reruns them.")
         return EXIT_FAILED_TRIALS
     return 0
 
@@ -143,7 +144,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for task in {t.task.name: t.task for t in plan.trials}.values():
         total, to_run = sum(counts[task.name].values()), counts[task.name]["pending"]
         mean = seconds.get((task.name, task.size))
-        estimate = f"{mean * to_run / 3600:.1f} trial-hours ({mean:.1f} s each)" if mean else "no timings stored yet"
+        estimate = "no timings stored yet"
+        if mean:
+            estimate = f"{mean * to_run / 3600:.1f} trial-hours ({mean:.1f} s each)"
         rows.append([task.name, task.size, str(total), str(total - to_run), str(to_run), estimate])
     print(format_table(rows))
     print(f"Expanded and validated in {expanded_s:.1f} s.")
@@ -217,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SweepError, StoreError) as error:
         print(f"fp4sweep: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # before trials run (a running sweep stops cleanly by itself)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

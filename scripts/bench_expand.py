@@ -46,10 +46,11 @@ def main() -> None:
     plan_s = time.perf_counter() - started
 
     print(f"full sweep: {trials} trials, {len(plan.recipes)} recipes")
-    print(f"compose per trial: {per_compose_s * 1e3:.1f} ms/trial -> {per_compose_s * trials:.0f} s for the sweep "
-          f"(measured on {len(sample)} trials)")
-    print(f"compose each option once + merge: {merged_s:.2f} s for the sweep, {merged_s / trials * 1e6:.0f} us/trial "
-          f"({per_compose_s * trials / merged_s:.0f}x faster); the {len(sample)} merged configs equal the composed ones")
+    print(f"compose per trial: {per_compose_s * 1e3:.1f} ms/trial -> {per_compose_s * trials:.0f} s "
+          f"for the sweep (measured on {len(sample)} trials)")
+    print(f"compose each option once + merge: {merged_s:.2f} s for the sweep, "
+          f"{merged_s / trials * 1e6:.0f} us/trial ({per_compose_s * trials / merged_s:.0f}x faster); "
+          f"the {len(sample)} merged configs equal the composed ones")
     print(f"`fp4sweep plan +sweep=full` in a fresh process: {plan_s:.1f} s")
 
 

@@ -54,7 +54,9 @@ class ConfigTree:
         self._searchpath = [f"hydra.searchpath=[{extra}]"] if extra else []
         self._nodes: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def compose(self, config_name: str | None, overrides: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def compose(
+        self, config_name: str | None, overrides: Sequence[str]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Compose a config; return it as plain values, with Hydra's record of group choices."""
         # Hydra's state is global; conf/ is the same for every tree (extra dirs come per call).
         if not GlobalHydra.instance().is_initialized():
@@ -91,7 +93,8 @@ class ConfigTree:
     def trial_defaults(self) -> dict[str, str]:
         """conf/trial.yaml's choice for each of its groups, in its order: the task, then the axes."""
         defaults = OmegaConf.load(CONF_DIR / "trial.yaml").defaults
-        return {group: str(option) for entry in defaults if not isinstance(entry, str) for group, option in entry.items()}
+        entries = [entry for entry in defaults if not isinstance(entry, str)]  # not `_self_`
+        return {group: str(option) for entry in entries for group, option in entry.items()}
 
     def compose_trial(self, choices: dict[str, str], seed: int) -> dict[str, Any]:
         """The reference: one Hydra compose of conf/trial.yaml (slow; tests compare against it)."""
@@ -182,7 +185,8 @@ def load_settings(tree: ConfigTree, overrides: Sequence[str]) -> RunSettings:
     # `quant.AXIS=CHOICE` narrows the axis (or fixes one the sweep does not cross).
     for axis, pinned in cfg["quant"].items():
         if pinned is not None:
-            axes[axis] = [tree.check_choice(f"quant.{axis}", axis, c) for c in _as_list(f"quant.{axis}", pinned)]
+            key = f"quant.{axis}"
+            axes[axis] = [tree.check_choice(key, axis, c) for c in _as_list(key, pinned)]
 
     task_node = cfg.get("task")
     tasks = [tree.check_choice("tasks", "task", name) for name in _as_list("tasks", cfg["tasks"])]
@@ -220,13 +224,11 @@ def _constraint(tree: ConfigTree, index: int, item: Any, axis_names: list[str]) 
     _check_keys(where, named, set(axis_names))
     if not named:
         raise SweepError(f"{where}: names no axis; valid axes: {axis_names}")
-    return Constraint(
-        reason=item["reason"],
-        choices={
-            axis: frozenset(tree.check_choice(f"{where}.{axis}", axis, c) for c in _as_list(f"{where}.{axis}", v))
-            for axis, v in named.items()
-        },
-    )
+    choices = {}
+    for axis, listed in named.items():
+        key = f"{where}.{axis}"
+        choices[axis] = frozenset(tree.check_choice(key, axis, c) for c in _as_list(key, listed))
+    return Constraint(reason=item["reason"], choices=choices)
 
 
 def _check_keys(where: str, mapping: Any, valid: set[str]) -> None:

@@ -165,7 +165,8 @@ def _task_plan(tree: ConfigTree, settings: RunSettings, name: str) -> TaskPlan:
         given = resources.get(kind)
         if not isinstance(given, dict) or not set(given) <= _RESOURCE_KEYS:
             raise SweepError(
-                f"{where}: resources.{kind} must map some of {sorted(_RESOURCE_KEYS)} to amounts, got {given!r}"
+                f"{where}: resources.{kind} must map some of {sorted(_RESOURCE_KEYS)} to amounts, "
+                f"got {given!r}"
             )
     return TaskPlan(
         name=node.get("name", name),

@@ -151,7 +151,9 @@ def outcome_row(trial: Trial, sweep: str, outcome: TrialOutcome) -> dict[str, An
     return row
 
 
-def run_trials(plan: Plan, settings: RunSettings, rerun_failed: bool, stream: TextIO | None = None) -> RunReport:
+def run_trials(
+    plan: Plan, settings: RunSettings, rerun_failed: bool, stream: TextIO | None = None
+) -> RunReport:
     """Run what the store lacks (and what failed, for ``resume``), storing each result."""
 
     def plan_feed(store: ResultsStore) -> PlanFeed:
@@ -176,7 +178,7 @@ def run_feed(
     report = RunReport()
     with StoreWriter(settings.results_dir, flush_seconds=settings.flush_seconds) as writer:
         for note in writer.quarantined:
-            print(f"warning: unreadable results file set aside, its trials will run again: {note}", file=stream)
+            print(f"warning: unreadable results file set aside (its trials run again): {note}", file=stream)
         feed = make_feed(ResultsStore(settings.results_dir))
         report.to_run = feed.remaining()
         if not report.to_run:
@@ -210,14 +212,17 @@ def start_ray(settings: RaySettings) -> None:
         "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}${{PYTHONPATH}}",
     }
     local = settings.address is None
-    ray.init(
-        address=settings.address,
-        num_cpus=settings.num_cpus if local else None,
-        runtime_env={"env_vars": env_vars},
-        include_dashboard=False,
-        log_to_driver=False,  # trial output would break the progress line; failures are stored
-        logging_level="WARNING",
-    )
+    try:
+        ray.init(
+            address=settings.address,
+            num_cpus=settings.num_cpus if local else None,
+            runtime_env={"env_vars": env_vars},
+            include_dashboard=False,
+            log_to_driver=False,  # trial output would break the progress line; failures are stored
+            logging_level="WARNING",
+        )
+    except ConnectionError as error:
+        raise SweepError(f"ray.address={settings.address!r}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -238,16 +243,17 @@ def _placement(ray: Any, task: TaskPlan, settings: RunSettings) -> _Placement:
     if use_gpu and not resources.get("num_gpus"):
         raise SweepError(f"conf/task/{task.name}.yaml: resources.gpu needs num_gpus > 0")
     resources.setdefault("num_cpus", 1)
-    fits = cluster.get("CPU", 0) // resources["num_cpus"] if resources["num_cpus"] else float("inf")
+    limits = [cluster.get("CPU", 0) / resources["num_cpus"]] if resources["num_cpus"] else []
     if use_gpu:
-        fits = min(fits, gpus // resources["num_gpus"])
+        limits.append(gpus / resources["num_gpus"])
+    fits = max(1, int(min(limits, default=1)))
     remote = ray.remote(
         **resources,
         max_calls=0,  # reuse workers: Ray's default for GPU tasks is a new process per trial
         max_retries=settings.ray.max_retries,  # reruns when the worker process dies
         retry_exceptions=False,  # an exception is a result (run_trial records it), not a retry
     )(run_trial)
-    return _Placement(remote, "cuda" if use_gpu else "cpu", max(1, int(resources["num_cpus"])), max(1, int(fits)))
+    return _Placement(remote, "cuda" if use_gpu else "cpu", max(1, int(resources["num_cpus"])), fits)
 
 
 def _schedule(

@@ -405,7 +405,8 @@ class StoreWriter:
         )
         # Curves of attempts that never got a row (a crash between the two writes) are dropped.
         curves = reader.curves_table()
-        curves = curves.filter(pc.is_in(curves["attempt_id"], value_set=trials["attempt_id"].combine_chunks()))
+        attempts = trials["attempt_id"].combine_chunks()
+        curves = curves.filter(pc.is_in(curves["attempt_id"], value_set=attempts))
         curves = pa.concat_tables([curves, _rows_to_table(self._curve_rows, CURVE_SCHEMA)])
         seq = self._next_seq()
         # Curves first: once trials/base-seq exists, curves/base-seq must too.

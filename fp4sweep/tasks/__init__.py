@@ -26,5 +26,7 @@ def load_task(module_name: str) -> ModuleType:
         raise ValueError(f"cannot import task module {module_name!r}: {error}") from error
     missing = [name for name in TASK_API if not hasattr(module, name)]
     if missing:
-        raise ValueError(f"task module {module_name!r} lacks {missing}; a task module defines {list(TASK_API)}")
+        raise ValueError(
+            f"task module {module_name!r} lacks {missing}; a task module defines {list(TASK_API)}"
+        )
     return module

@@ -55,7 +55,8 @@ class Student(nn.Module):
 def make_data(config: Config, device: torch.device) -> tuple[torch.Tensor, ...]:
     """(x_train, y_train, x_val, y_val) from the teacher that ``config.data_seed`` draws."""
     generator = torch.Generator().manual_seed(config.data_seed)
-    teacher = torch.randn(config.n_outputs, config.n_features, generator=generator) / math.sqrt(config.n_features)
+    teacher = torch.randn(config.n_outputs, config.n_features, generator=generator)
+    teacher /= math.sqrt(config.n_features)
     x = torch.randn(config.n_train + config.n_val, config.n_features, generator=generator)
     y = x @ teacher.T + config.noise_std * torch.randn(len(x), config.n_outputs, generator=generator)
     x, y = x.to(device), y.to(device)

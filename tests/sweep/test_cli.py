@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -35,12 +36,15 @@ def test_status_of_an_empty_store(tmp_path, capsys):
     assert "no trials" in capsys.readouterr().out
 
 
+def fp4sweep_process(*args: str) -> subprocess.CompletedProcess:
+    """The real entry point, as a user runs it, in a process of its own (no Ray yet)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, "-m", "fp4sweep", *args], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True)
+
+
 def test_an_error_is_one_message_without_traceback(tmp_path):
-    # The real entry point, as a user runs it.
-    done = subprocess.run(
-        [sys.executable, "-m", "fp4sweep", "run", "+sweep=smoke", "quant.scale=ue9m9", f"results_dir={tmp_path}"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+    done = fp4sweep_process("run", "+sweep=smoke", "quant.scale=ue9m9", f"results_dir={tmp_path}")
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "fp4sweep: error: quant.scale: unknown scale 'ue9m9'; valid: ['e8m0', 'fp32', 'ue4m3', 'ue5m3']"
@@ -63,3 +67,10 @@ def test_plan_estimates_compute_from_stored_timings(tmp_path, capsys):
                     "status": "done", "time.wall_s": 7200.0})
     assert main(["plan", "+sweep=smoke", f"results_dir={tmp_path}"]) == 0
     assert "regression  tiny  20      1       19      38.0 trial-hours (7200.0 s each)" in capsys.readouterr().out
+
+
+def test_no_cluster_at_the_address(tmp_path):
+    done = fp4sweep_process("run", "+sweep=smoke", "ray.address=auto", f"results_dir={tmp_path}")
+    assert done.returncode == 2
+    assert "fp4sweep: error: ray.address='auto': Could not find any running Ray instance" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -114,7 +114,7 @@ def test_a_damaged_file_is_named_and_its_trials_run_again(tmp_path, capsys):
 
     assert fp4sweep("run", *sweep, "seeds=[0,1]") == 0
     captured = capsys.readouterr()
-    assert f"set aside, its trials will run again: {damaged}" in captured.err
+    assert f"set aside (its trials run again): {damaged}" in captured.err
     assert "2 of 2 trials finished" in captured.out
     store = ResultsStore(results)
     after = store.trials(latest=False)
