@@ -1,0 +1,155 @@
+"""Host side of the fused quantiser: checks, tile geometry, tuning, launches.
+
+``fake_quantize`` here returns the same bits as ``fp4sweep.quant.quantize.fake_quantize`` (the
+reference) for every spec that ``supports`` accepts; the reference's own helpers supply the
+Hadamard signs and the stochastic-rounding key, so those agree by construction.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from fp4sweep.quant.formats import FloatFormat
+from fp4sweep.quant.kernels import quantiser
+from fp4sweep.quant.quantize import _check_input
+from fp4sweep.quant.rng import STREAM_ROUNDING, stream_key
+from fp4sweep.quant.scaling import SCALE_RULES, tensor_target
+from fp4sweep.quant.spec import QuantSpec
+from fp4sweep.quant.transforms import hadamard_signs
+
+WIDE_NUMEL = 2**31  # from here on, offsets (and counters) need 64 bits
+MAX_AXIS_COLS = 128  # positions per tile along a contiguous quantisation axis
+
+# (elements per tile, warps). The interpreter runs one: tuning there would only cost time.
+_TILES = ((4096, 4), (2048, 4), (8192, 8), (4096, 8))
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _TILES = _TILES[:1]
+_CONFIGS = [triton.Config({"TILE": tile}, num_warps=warps) for tile, warps in _TILES]
+
+
+def _rows(args: dict) -> int:
+    """Lines per tile: TILE elements, at least one 2-D block, at most what the tensor has."""
+    multiple = args["BLOCK"] if args["BLOCK_2D"] else 1
+    rows = max(args["TILE"] // args["COLS"], multiple)
+    return max(min(rows, triton.next_power_of_2(args["n_lines"])), multiple)
+
+
+def _tuned(kernel):
+    tuned = triton.heuristics({"ROWS": _rows})(kernel)
+    return triton.autotune(_CONFIGS, key=["n_lines", "n_axis_tiles", "axis_stride"])(tuned)
+
+
+_fake_quantize = _tuned(quantiser.fake_quantize_kernel)
+_tensor_amax = _tuned(quantiser.tensor_amax_kernel)
+
+
+def supports(spec: QuantSpec) -> bool:
+    """Whether the kernels implement ``spec``: every spec whose block is a power of two, and
+    1-D blocks of any size without a transform (a tile dimension must be a power of two)."""
+    power_of_two = spec.block & (spec.block - 1) == 0
+    return power_of_two or (not spec.block_2d and not spec.hadamard_size)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """The contiguous tensor as (outer, axis, inner) and its tiles (module ``quantiser``)."""
+
+    n_outer: int
+    n_lines: int
+    outer_stride: int
+    line_stride: int
+    axis_stride: int
+    n_axis_tiles: int
+    cols: int
+    padded: bool
+
+    @classmethod
+    def of(cls, shape: torch.Size, axis: int, spec: QuantSpec) -> _Geometry:
+        length = shape[axis]
+        outer, inner = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+        if inner == 1:  # the axis is contiguous: lines are rows
+            n_outer, n_lines, strides = 1, outer, (0, length, 1)
+        else:  # lines are the contiguous inner elements, one set per outer index
+            n_outer, n_lines, strides = outer, inner, (length * inner, 1, inner)
+        padded = spec.block & (spec.block - 1) != 0
+        if padded:
+            return cls(n_outer, n_lines, *strides, length // spec.block,
+                       triton.next_power_of_2(spec.block), True)
+        cols = max(spec.block, spec.hadamard_size)
+        if inner == 1:
+            # Longer contiguous runs per tile row, as long as they divide the axis.
+            while cols * 2 <= MAX_AXIS_COLS and length % (cols * 2) == 0:
+                cols *= 2
+        return cls(n_outer, n_lines, *strides, length // cols, cols, False)
+
+    def launch(self, kernel, x: torch.Tensor, *args, **constants) -> None:
+        def grid(meta: dict) -> tuple[int]:
+            return (self.n_axis_tiles * self.n_outer * triton.cdiv(self.n_lines, meta["ROWS"]),)
+
+        kernel[grid](
+            x, *args, self.n_lines, self.n_axis_tiles, self.outer_stride, self.line_stride,
+            self.axis_stride, COLS=self.cols, PADDED=self.padded,
+            WIDE=x.numel() >= WIDE_NUMEL, enable_fp_fusion=False, **constants,
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def _tensor_target(elem: FloatFormat, scale: FloatFormat) -> float:
+    return tensor_target(elem, scale, torch.empty(0)).item()
+
+
+@functools.lru_cache(maxsize=None)
+def _signs(size: int, seed: int, device: torch.device) -> torch.Tensor:
+    return hadamard_signs(size, seed).to(device)
+
+
+def _transform_constants(spec: QuantSpec) -> dict:
+    k = spec.hadamard_size
+    normaliser = torch.tensor(1.0 / math.sqrt(k), dtype=torch.float32).item() if k else 1.0
+    return dict(HAD=k, LOG_HAD=k.bit_length() - 1 if k else 0, NORMALISER=normaliser,
+                RANDOM_SIGNS=spec.random_signs)
+
+
+def _format_constants(prefix: str, fmt: FloatFormat) -> dict:
+    return {f"{prefix}_EMIN": fmt.emin, f"{prefix}_MAN": fmt.man_bits,
+            f"{prefix}_BIAS": fmt.bias, f"{prefix}_MAX": fmt.max}
+
+
+def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
+    """The reference's ``fake_quantize`` as fused kernels; same arguments, same bits."""
+    axis = _check_input(x, spec, axis)
+    key = stream_key(seed, STREAM_ROUNDING)  # also checks the seed
+    if not supports(spec):
+        raise ValueError(
+            f"the kernels need a power-of-two block for block_2d or a transform, got "
+            f"block={spec.block} (block_2d={spec.block_2d}, transform={spec.transform!r})"
+        )
+    x = x.detach().contiguous()
+    out = torch.empty_like(x)
+    if x.numel() == 0:
+        return out
+    geometry = _Geometry.of(x.shape, axis, spec)
+    transform = _transform_constants(spec)
+    signs = _signs(spec.hadamard_size, spec.transform_seed, x.device) if spec.random_signs else x
+    elem, scale = spec.elem_format, spec.scale_format
+    amax_bits = x
+    if spec.tensor_scale:
+        amax_bits = torch.zeros(1, dtype=torch.int32, device=x.device)
+        geometry.launch(_tensor_amax, x, signs, amax_bits, BLOCK=spec.block,
+                        BLOCK_2D=spec.block_2d, **transform)
+    geometry.launch(
+        _fake_quantize, x, out, signs, amax_bits, key - 2**32 if key >= 2**31 else key,
+        BLOCK=spec.block, BLOCK_2D=spec.block_2d, **transform,
+        RULE=SCALE_RULES.index(spec.scale_rule), TENSOR_SCALE=spec.tensor_scale,
+        TARGET=_tensor_target(elem, scale),
+        S_MIN_POSITIVE=scale.min_positive, S_MIN_NORMAL=scale.min_normal,
+        E_EMAX=elem.emax, SR=spec.rounding == "sr", SR_BITS=spec.sr_bits,
+        **_format_constants("S", scale), **_format_constants("E", elem),
+    )
+    return out

@@ -1,0 +1,230 @@
+"""The fused quantiser kernels: one pass over the tensor for ``fake_quantize``, one before it
+for the tensor amax of tensor scaling.
+
+A program owns a tile of ROWS lines by COLS positions along the quantisation axis (the last
+axis of the tile, whatever the memory layout): element (r, c) lies at
+``outer * outer_stride + line * line_stride + position * axis_stride`` of the contiguous
+input, and that offset is also its row-major index, the stochastic-rounding counter. With the
+quantisation axis last in memory the lines are rows (``axis_stride`` 1); with another axis
+they are the contiguous trailing elements (``line_stride`` 1), so neither case copies or
+transposes the tensor. COLS holds whole blocks and whole Hadamard runs; a block size that is
+no power of two is padded to one (masked lanes, one block per tile row).
+
+The steps are those of ``fp4sweep.quant.quantize``, in its order; ``device.py`` holds the
+float32 operations they share with the reference.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from fp4sweep.quant.kernels.device import (
+    DOWN, FLT_MAX, NEAREST, STOCHASTIC, UP, copy_sign, magnitude_bits, round_magnitude,
+    to_bfloat16, uniform, walsh_hadamard,
+)
+
+# Scale rules as constexpr integers, in ``scaling.SCALE_RULES`` order.
+FLOOR, CEIL, NEAREST_RULE, NVFP4, NVFP4_TORCHAO = range(5)
+
+
+@triton.jit
+def _tile(
+    n_lines, n_axis_tiles, outer_stride, line_stride, axis_stride,
+    ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """Offsets (= row-major indices) and mask of this program's [ROWS, COLS] tile.
+
+    Consecutive programs take consecutive tiles along the axis, then the next lines."""
+    pid = tl.program_id(0)
+    pid_axis = pid % n_axis_tiles
+    pid_lines = pid // n_axis_tiles
+    n_line_tiles = tl.cdiv(n_lines, ROWS)
+    outer = pid_lines // n_line_tiles
+    lines = (pid_lines % n_line_tiles) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, COLS)
+    if PADDED:
+        positions = pid_axis * BLOCK + cols  # one padded block per tile row
+        col_mask = cols < BLOCK
+    else:
+        positions = pid_axis * COLS + cols
+        col_mask = cols < COLS
+    if WIDE:
+        outer = outer.to(tl.int64)
+        lines = lines.to(tl.int64)
+        positions = positions.to(tl.int64)
+    offsets = outer * outer_stride + lines[:, None] * line_stride + positions[None, :] * axis_stride
+    mask = (lines < n_lines)[:, None] & col_mask[None, :]
+    return offsets, mask
+
+
+@triton.jit
+def _hadamard(t, signs_ptr, ROWS: tl.constexpr, COLS: tl.constexpr, HAD: tl.constexpr,
+              LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr, RANDOM_SIGNS: tl.constexpr,
+              INVERSE: tl.constexpr):
+    """``transforms.apply_transform`` (or ``invert_transform``) along the tile's last axis."""
+    if RANDOM_SIGNS:
+        signs = tl.load(signs_ptr + tl.arange(0, HAD))
+    if RANDOM_SIGNS and not INVERSE:
+        t = tl.reshape(tl.reshape(t, [ROWS, COLS // HAD, HAD]) * signs[None, None, :], [ROWS, COLS])
+    t = walsh_hadamard(t, ROWS, COLS, LOG_HAD) * NORMALISER
+    if RANDOM_SIGNS and INVERSE:
+        t = tl.reshape(tl.reshape(t, [ROWS, COLS // HAD, HAD]) * signs[None, None, :], [ROWS, COLS])
+    return t
+
+
+@triton.jit
+def _load_transformed(
+    x_ptr, signs_ptr, offsets, mask, ROWS: tl.constexpr, COLS: tl.constexpr,
+    HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
+    RANDOM_SIGNS: tl.constexpr,
+):
+    """``t``: the tile in float32, after the spec's transform."""
+    t = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if HAD > 0:
+        t = _hadamard(t, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, False)
+    return t
+
+
+@triton.jit
+def tensor_amax_kernel(
+    x_ptr, signs_ptr, amax_bits_ptr,
+    n_lines, n_axis_tiles, outer_stride, line_stride, axis_stride,
+    TILE: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
+    WIDE: tl.constexpr, HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
+    RANDOM_SIGNS: tl.constexpr,
+):
+    """``scaling.finite_amax`` of the transformed tensor, as float32 bits max-ed atomically
+    into ``amax_bits_ptr`` (an int32 zero): integer max of magnitudes is exact and order-free."""
+    offsets, mask = _tile(n_lines, n_axis_tiles, outer_stride, line_stride, axis_stride,
+                          ROWS, COLS, BLOCK, PADDED, WIDE)
+    t = _load_transformed(x_ptr, signs_ptr, offsets, mask, ROWS, COLS, HAD, LOG_HAD,
+                          NORMALISER, RANDOM_SIGNS)
+    bits = magnitude_bits(t)
+    finite = bits < 0x7F800000
+    tl.atomic_max(amax_bits_ptr, tl.max(tl.max(tl.where(finite, bits, 0), axis=1), axis=0))
+
+
+@triton.jit
+def _block_amax(t, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr,
+                PADDED: tl.constexpr, BLOCK_2D: tl.constexpr):
+    """Each block's NaN-propagating max |t|: [ROWS, COLS // BLOCK] (1-D blocks) or
+    [ROWS // BLOCK, COLS // BLOCK] (BLOCK x BLOCK tiles); [ROWS, 1] for a padded block."""
+    bits = magnitude_bits(t)
+    if PADDED:
+        amax = tl.max(bits, axis=1, keep_dims=True)
+    elif BLOCK_2D:
+        tiles = tl.reshape(bits, [ROWS // BLOCK, BLOCK, COLS // BLOCK, BLOCK])
+        amax = tl.max(tl.max(tiles, axis=3), axis=1)
+    else:
+        amax = tl.max(tl.reshape(bits, [ROWS, COLS // BLOCK, BLOCK]), axis=2)
+    return amax.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _per_element(block_values, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr,
+                 PADDED: tl.constexpr, BLOCK_2D: tl.constexpr):
+    """Per-block values (as ``_block_amax`` lays them out) broadcast to the [ROWS, COLS] tile."""
+    if PADDED:
+        full = tl.broadcast_to(block_values, [ROWS, COLS])
+    elif BLOCK_2D:
+        full = tl.broadcast_to(block_values[:, None, :, None],
+                               [ROWS // BLOCK, BLOCK, COLS // BLOCK, BLOCK])
+    else:
+        full = tl.broadcast_to(block_values[:, :, None], [ROWS, COLS // BLOCK, BLOCK])
+    return tl.reshape(full, [ROWS, COLS])
+
+
+@triton.jit
+def _tensor_scale(amax_bits_ptr, RULE: tl.constexpr, TARGET: tl.constexpr):
+    """``scaling.global_encode_scale`` (g), or torchao's per-tensor decode scale p for
+    NVFP4_TORCHAO, from the finite tensor amax A; TARGET = fl(S_top * E)."""
+    amax = tl.load(amax_bits_ptr).to(tl.float32, bitcast=True)
+    if RULE == NVFP4_TORCHAO:
+        p = tl.math.div_rn(amax, TARGET)
+        scale = tl.where(p == 0.0, 1.0, p)
+    else:
+        g = tl.minimum(tl.math.div_rn(TARGET, amax), FLT_MAX)
+        scale = tl.where((amax == 0.0) | (g == 0.0), 1.0, g)
+    return scale
+
+
+@triton.jit
+def fake_quantize_kernel(
+    x_ptr, out_ptr, signs_ptr, amax_bits_ptr, sr_key,
+    n_lines, n_axis_tiles, outer_stride, line_stride, axis_stride,
+    TILE: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
+    BLOCK_2D: tl.constexpr, WIDE: tl.constexpr,
+    HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
+    RANDOM_SIGNS: tl.constexpr,
+    RULE: tl.constexpr, TENSOR_SCALE: tl.constexpr, TARGET: tl.constexpr,
+    S_EMIN: tl.constexpr, S_MAN: tl.constexpr, S_BIAS: tl.constexpr, S_MAX: tl.constexpr,
+    S_MIN_POSITIVE: tl.constexpr, S_MIN_NORMAL: tl.constexpr,
+    E_EMIN: tl.constexpr, E_MAN: tl.constexpr, E_BIAS: tl.constexpr, E_MAX: tl.constexpr,
+    E_EMAX: tl.constexpr,
+    SR: tl.constexpr, SR_BITS: tl.constexpr,
+):
+    """``quantize.fake_quantize`` of one tile (see the module docstring)."""
+    offsets, mask = _tile(n_lines, n_axis_tiles, outer_stride, line_stride, axis_stride,
+                          ROWS, COLS, BLOCK, PADDED, WIDE)
+    t = _load_transformed(x_ptr, signs_ptr, offsets, mask, ROWS, COLS, HAD, LOG_HAD,
+                          NORMALISER, RANDOM_SIGNS)
+    amax = _block_amax(t, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
+
+    # Scale rule (``scaling.py``): block scale s, decode scale d per block, scaled elements v.
+    one = tl.full([], 1.0, tl.float32)
+    # Constants below float32's normal range would be typed float64: make them float32.
+    min_positive = tl.full([], S_MIN_POSITIVE, tl.float32)
+    if TENSOR_SCALE:
+        g = _tensor_scale(amax_bits_ptr, RULE, TARGET)
+    else:
+        g = one
+    if RULE == NVFP4:
+        ideal = tl.minimum(amax * (g * tl.math.div_rn(one, E_MAX)), FLT_MAX,
+                           propagate_nan=tl.PropagateNan.ALL)
+        s = round_magnitude(ideal, ideal, NEAREST, S_EMIN, S_MAN, S_BIAS, S_MAX)
+        s = tl.maximum(s, min_positive, propagate_nan=tl.PropagateNan.ALL)
+        d = s * tl.math.div_rn(one, g)
+        encode = tl.minimum(tl.math.div_rn(one, d), FLT_MAX, propagate_nan=tl.PropagateNan.ALL)
+        v = t * _per_element(encode, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
+    elif RULE == NVFP4_TORCHAO:
+        # g holds torchao's decode scale p here.
+        ideal = tl.math.div_rn(tl.math.div_rn(amax, E_MAX), g)
+        ideal = tl.maximum(ideal, S_MIN_NORMAL, propagate_nan=tl.PropagateNan.ALL)
+        ideal = tl.minimum(ideal, S_MAX, propagate_nan=tl.PropagateNan.ALL)
+        s = round_magnitude(ideal, ideal, NEAREST, S_EMIN, S_MAN, S_BIAS, S_MAX)
+        d = g * s
+        v = tl.math.div_rn(t, _per_element(d, ROWS, COLS, BLOCK, PADDED, BLOCK_2D))
+    else:
+        a_g = amax * g
+        if RULE == FLOOR:
+            s = round_magnitude(a_g * (2.0**-E_EMAX), a_g, DOWN, S_EMIN, S_MAN, S_BIAS, S_MAX)
+        elif RULE == CEIL:
+            s = round_magnitude(tl.math.div_rn(a_g, E_MAX), a_g, UP, S_EMIN, S_MAN, S_BIAS, S_MAX)
+        else:
+            s = round_magnitude(tl.math.div_rn(a_g, E_MAX), a_g, NEAREST, S_EMIN, S_MAN, S_BIAS,
+                                S_MAX)
+        s = tl.maximum(s, min_positive, propagate_nan=tl.PropagateNan.ALL)
+        d = tl.math.div_rn(s, g)
+        if S_MAN == 0:
+            # s is a power of two whose reciprocal is exact: fl(y * (1/s)) == fl(y / s).
+            v = (t * g) * _per_element(tl.math.div_rn(one, s), ROWS, COLS, BLOCK, PADDED,
+                                       BLOCK_2D)
+        else:
+            v = tl.math.div_rn(t * g, _per_element(s, ROWS, COLS, BLOCK, PADDED, BLOCK_2D))
+
+    # Element rounding (``rounding.round_signed``) and dequantisation.
+    magnitude = tl.abs(v)
+    if SR:
+        u = uniform(offsets, sr_key, SR_BITS, WIDE)
+        q = round_magnitude(magnitude, u, STOCHASTIC, E_EMIN, E_MAN, E_BIAS, E_MAX)
+    else:
+        q = round_magnitude(magnitude, magnitude, NEAREST, E_EMIN, E_MAN, E_BIAS, E_MAX)
+    y = copy_sign(q, v) * _per_element(d, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
+
+    if HAD > 0:
+        y = _hadamard(y, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, True)
+    if out_ptr.dtype.element_ty == tl.bfloat16:
+        y = to_bfloat16(y)
+    tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
