@@ -39,8 +39,12 @@ differentiate through the forward quantisers):
   transformed basis and back: two transforms of the operand's size.
 
 gemm_precision: an operand left unquantised (None) runs its GEMM at the machine's BF16 rate,
-a 6- or 8-bit element format at its FP8 rate; the extra time over the FP4 GEMM is the cost.
-The scale rule (floor, ceil, nearest, ...) costs the same for every rule: not a line item.
+a 6- or 8-bit element format at its FP8 rate (a 4-bit one, INT4 included, at the FP4 rate);
+the extra time over the FP4 GEMM is the cost. The scale rule (floor, ceil, nearest, ...)
+costs the same for every rule: not a line item.
+
+Arithmetic and memory time are added, not overlapped, and nothing is fused: the model ranks
+recipes by what they add on a given machine; ``Hardware`` holds that machine's rates.
 """
 
 from __future__ import annotations
@@ -60,16 +64,6 @@ TECHNIQUES = (
     "stochastic_rounding",
     "tensor_scaling",
     "scale_format",
-    "estimator",
-    "scale_grad",
-)
-# Techniques that earn a complexity point when enabled anywhere in a recipe.
-POINT_TECHNIQUES = (
-    "hadamard",
-    "stochastic_rounding",
-    "tensor_scaling",
-    "scale_format",
-    "weight_block_2d",
     "estimator",
     "scale_grad",
 )
@@ -273,7 +267,9 @@ def _transform_ops_per_element(spec: QuantSpec) -> float:
 
 
 def complexity_points(recipe: Recipe) -> int:
-    """One point per technique enabled anywhere in the recipe (``POINT_TECHNIQUES``)."""
+    """The paper's complexity points: one per technique enabled anywhere in the recipe (a
+    Hadamard transform, stochastic rounding, tensor scaling, a scale format other than E8M0,
+    2-D weight blocks, an estimator other than STE, a gradient through the scale)."""
     specs = [s for s in recipe.operands().values() if s is not None]
     enabled = {
         "hadamard": any(s.hadamard_size for s in specs),
@@ -284,4 +280,4 @@ def complexity_points(recipe: Recipe) -> int:
         "estimator": recipe.estimator != "ste",
         "scale_grad": recipe.scale_grad != "stop",
     }
-    return sum(enabled[t] for t in POINT_TECHNIQUES)
+    return sum(enabled.values())

@@ -53,7 +53,9 @@ class FloatFormat:
         if not 0 <= self.man_bits <= 23:
             raise ValueError(f"{self.name}: man_bits must be in 0..23, got {self.man_bits}")
         if self.specials not in SPECIALS:
-            raise ValueError(f"{self.name}: specials must be one of {SPECIALS}, got {self.specials!r}")
+            raise ValueError(
+                f"{self.name}: specials must be one of {SPECIALS}, got {self.specials!r}"
+            )
         if self.specials == "ieee" and self.exp_bits < 2:
             raise ValueError(f"{self.name}: an IEEE-style format needs at least 2 exponent bits")
 
@@ -114,7 +116,8 @@ class FloatFormat:
         """The value of every code point, in code order (NaN / +-inf where reserved)."""
         if self.bits > 16:
             raise ValueError(f"{self.name}: a table of all {self.num_codes} codes is not built")
-        magnitudes = [self._magnitude_of_code(c) for c in range(2 ** (self.exp_bits + self.man_bits))]
+        magnitude_codes = range(2 ** (self.exp_bits + self.man_bits))
+        magnitudes = [self._magnitude_of_code(c) for c in magnitude_codes]
         if not self.signed:
             return tuple(magnitudes)
         return tuple(magnitudes) + tuple(-v for v in magnitudes)

@@ -14,9 +14,12 @@ The one semantic definition of every quantiser in fp4sweep. For ``x`` and a ``Qu
    cast to ``x.dtype``.
 
 Every step is a fixed sequence of float32 operations whatever ``x.dtype`` is, so a kernel can
-reproduce it bit for bit. Lengths that the block (or the Hadamard size) does not divide are
-rejected with a ValueError; nothing is padded. The result carries no gradient: the gradient
-estimators wrap this function.
+reproduce it bit for bit, provided it rounds every operation as IEEE 754 does: correctly
+rounded division (``div_rn``, not an approximate reciprocal), no fused multiply-add contraction,
+``rint`` for ties-to-even, and the butterfly order of ``transforms.walsh_hadamard``.
+
+Lengths that the block (or the Hadamard size) does not divide are rejected with a ValueError;
+nothing is padded. The result carries no gradient: the gradient estimators wrap this function.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ class QuantResult:
         ``t`` (the top binade's spacing for saturated elements).
     saturated: the element's scaled magnitude exceeded the element format's max.
     tensor_scale: the global encode scale (0-d; 1 without tensor scaling).
+
+    ``scale`` and ``step`` are positive, except where the decode scale underflows float32: with
+    tensor scaling on a scale format as wide as float32 (E8M0, fp32), blocks near zero get
+    ``scale == 0`` (and dequantise to 0).
     """
 
     output: torch.Tensor

@@ -36,23 +36,24 @@ def fmix32_int(h: int) -> int:
     return h
 
 
-def _mul32(h: torch.Tensor, constant: int) -> torch.Tensor:
-    """(h * constant) mod 2**32 for h in [0, 2**32), without int64 overflow.
+def _mul32_(h: torch.Tensor, constant: int) -> torch.Tensor:
+    """(h * constant) mod 2**32 for h in [0, 2**32), without int64 overflow; overwrites h.
 
     The constant is split in 16-bit halves so that each partial product stays below 2**48.
+    (In-place steps: the stream is computed for every element of large tensors.)
     """
-    low = h * (constant & 0xFFFF)
-    high = ((h * (constant >> 16)) & 0xFFFF) << 16
-    return (low + high) & MASK32
+    high = (h * (constant >> 16)).bitwise_and_(0xFFFF).bitwise_left_shift_(16)
+    return h.mul_(constant & 0xFFFF).add_(high).bitwise_and_(MASK32)
 
 
 def fmix32(h: torch.Tensor) -> torch.Tensor:
     """MurmurHash3's finaliser, elementwise on an int64 tensor of 32-bit words."""
     h = h ^ (h >> 16)
-    h = _mul32(h, _FMIX_C1)
-    h = h ^ (h >> 13)
-    h = _mul32(h, _FMIX_C2)
-    return h ^ (h >> 16)
+    h = _mul32_(h, _FMIX_C1)
+    h ^= h >> 13
+    h = _mul32_(h, _FMIX_C2)
+    h ^= h >> 16
+    return h
 
 
 def check_seed(seed: int) -> None:
@@ -74,7 +75,9 @@ def random_bits(counter: torch.Tensor, seed: int, stream: int = STREAM_ROUNDING)
     return fmix32(h ^ (counter >> 32) ^ ROUND2)
 
 
-def uniform(counter: torch.Tensor, seed: int, bits: int, stream: int = STREAM_ROUNDING) -> torch.Tensor:
+def uniform(
+    counter: torch.Tensor, seed: int, bits: int, stream: int = STREAM_ROUNDING
+) -> torch.Tensor:
     """float32 in [0, 1) on a grid of 2**-bits: the top ``bits`` random bits times 2**-bits.
 
     Exact in float32 for bits <= 24.

@@ -1,8 +1,8 @@
 """Rounding float32 values onto a format's grid, as a fixed sequence of exact float32 steps.
 
 For a magnitude ``a`` the grid spacing is ``2**(e - M)`` where ``e`` is ``a``'s binary exponent
-(read from its float32 bits, so exact), raised to the format's ``emin`` (subnormal range).
-Then::
+(read from its float32 bits, so exact), raised to the format's ``emin`` (subnormal range)
+and capped one binade above its largest finite value (all of which saturates). Then::
 
     n = (a * 2**-e) * 2**M      # exact: multiplying by powers of two
     r = round(n)                # per mode: nearest-even, down, up, or stochastic
@@ -23,12 +23,17 @@ from fp4sweep.quant.formats import FloatFormat
 ROUND_MODES = ("nearest", "down", "up", "stochastic")
 
 
-def pow2(e: torch.Tensor) -> torch.Tensor:
-    """Exactly 2**e as float32 for integer e in [-149, 128] (128 gives +inf)."""
+def pow2(e: torch.Tensor, subnormal: bool = True) -> torch.Tensor:
+    """Exactly 2**e as float32 for integer e in [-149, 128] (128 gives +inf).
+
+    ``subnormal=False`` skips the float32-subnormal case, for callers whose ``e`` stays in
+    [-126, 127].
+    """
     e = e.to(torch.int32)
-    normal = (e + 127).clamp(min=0) << 23
-    subnormal = torch.ones_like(e) << (e + 149).clamp(0, 22)
-    return torch.where(e >= -126, normal, subnormal).view(torch.float32)
+    bits = (e + 127).clamp_(min=0).bitwise_left_shift_(23)
+    if subnormal:
+        bits = torch.where(e < -126, torch.ones_like(e) << (e + 149).clamp(0, 22), bits)
+    return bits.view(torch.float32)
 
 
 def exponent(a: torch.Tensor) -> torch.Tensor:
@@ -40,7 +45,14 @@ def exponent(a: torch.Tensor) -> torch.Tensor:
 
 
 def _grid_exponent(fmt: FloatFormat, a: torch.Tensor) -> torch.Tensor:
-    return exponent(a).clamp(min=fmt.emin)
+    """a's binade exponent, limited to the binades the format has: from emin (subnormals
+    share one spacing) to one above its top binade (everything there saturates)."""
+    return exponent(a).clamp(min=fmt.emin, max=min(fmt.emax + 1, 128))
+
+
+def _spans_float32(fmt: FloatFormat) -> bool:
+    """Whether the powers of two for ``fmt`` reach float32's subnormals (E8M0, fp32)."""
+    return fmt.emin - fmt.man_bits < -126 or fmt.emax + 1 > 126
 
 
 def round_magnitude(
@@ -50,12 +62,16 @@ def round_magnitude(
 
     ``mode``: "nearest" (ties to even), "down" (toward zero), "up" (away from zero), or
     "stochastic": up iff ``u < p``, where ``p = (a - lo) / (hi - lo)`` is the exact position of
-    ``a`` between its neighbours ``lo <= a < hi`` and ``u`` is uniform in [0, 1).
+    ``a`` between its neighbours ``lo <= a < hi`` and ``u`` is uniform on the grid k * 2**-b
+    (b random bits). So P(up) = ceil(p * 2**b) / 2**b: exactly p when b = 24 for every ``a`` of
+    at least half the format's smallest subnormal (p then has at most 24 fraction bits); with
+    fewer bits, p is effectively rounded up to the next multiple of 2**-b.
     Results below the format's smallest positive value may be 0, even for E8M0 (no zero code):
     callers that need a positive value clamp.
     """
     e = _grid_exponent(fmt, a)
-    n = (a * pow2(-e)) * float(2**fmt.man_bits)
+    wide = _spans_float32(fmt)
+    n = (a * pow2(-e, wide)).mul_(float(2**fmt.man_bits))
     if mode == "nearest":
         r = torch.round(n)  # round half to even
         if fmt.man_bits == 0:
@@ -75,8 +91,8 @@ def round_magnitude(
         r = lower + (u < n - lower).to(n.dtype)
     else:
         raise ValueError(f"unknown rounding mode {mode!r}; valid: {list(ROUND_MODES)}")
-    q = (r * 2.0**-fmt.man_bits) * pow2(e)
-    return q.clamp(max=fmt.max)
+    q = r.mul_(2.0**-fmt.man_bits).mul_(pow2(e, wide))  # r is fresh: scale it in place
+    return q.clamp_(max=fmt.max)
 
 
 def round_signed(
@@ -92,4 +108,4 @@ def grid_step(fmt: FloatFormat, a: torch.Tensor) -> torch.Tensor:
     Magnitudes beyond ``fmt.max`` get the spacing of the top binade.
     """
     e = _grid_exponent(fmt, a).clamp(max=fmt.emax)
-    return pow2(e - fmt.man_bits)
+    return pow2(e - fmt.man_bits, _spans_float32(fmt))

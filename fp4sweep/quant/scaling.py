@@ -72,7 +72,8 @@ class ScaledBlocks:
     elements: ``v``, the scaled values in element units, before element rounding.
     scale: ``s`` per block (shape (..., blocks, 1)), a value of the scale format.
     decode: ``d`` per block: dequantised = fl(rounded element * d), in units of ``t``.
-    tensor_scale: the global encode scale ``g`` (0-d; 1 without tensor scaling).
+    tensor_scale: the global encode scale ``g`` (0-d; 1 without tensor scaling; ``fl(1 / p)``
+        for the torchao rule, which divides by ``p`` instead).
     """
 
     elements: torch.Tensor

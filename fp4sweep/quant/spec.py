@@ -42,9 +42,11 @@ class QuantSpec:
         format's smallest normal, 2**-6 for UE4M3); the two NVFP4 rules need a scale format
         with at most 5 exponent bits. ``scaling.py`` gives each rule exactly.
     rounding: element rounding: "rne" (round to nearest, ties to even) or "sr" (stochastic).
-    sr_bits: random bits per stochastic rounding decision, 1..24 (24: exactly unbiased).
+    sr_bits: random bits per stochastic rounding decision, 1..24 (24, the default, is unbiased,
+        see ``rounding.py``; the UE5M3 authors' recipe uses 8).
     transform: "none", "hadamardK" or "rhadamardK" (K in 16..256): block-diagonal orthonormal
-        Hadamard transform of size K along the quantisation axis, "r" with random signs.
+        Hadamard transform of size K along the quantisation axis, "r" with random signs. K may
+        be smaller or larger than the block; the axis length must be a multiple of both.
     transform_seed: seed of the random signs; part of the spec so that both operands of a GEMM
         share one rotation (independent of the stochastic-rounding seed).
     tensor_scale: two-level scaling: a per-tensor fp32 scale so that block scales use their
@@ -121,7 +123,9 @@ class QuantSpec:
         try:
             return cls(**PRESETS[name])
         except KeyError:
-            raise ValueError(f"unknown QuantSpec preset {name!r}; valid: {sorted(PRESETS)}") from None
+            raise ValueError(
+                f"unknown QuantSpec preset {name!r}; valid: {sorted(PRESETS)}"
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable fields; ``from_dict(to_dict(s)) == s``."""

@@ -42,14 +42,8 @@ def walsh_hadamard(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _normaliser(size: int) -> float:
-    # float32 value of 1/sqrt(size), rounded once from the exact real number.
+    # The float32 nearest to the float64 1/sqrt(size) (exact for size 16, 64, 256).
     return torch.tensor(1.0 / math.sqrt(size), dtype=torch.float32).item()
-
-
-def _run_signs(spec: QuantSpec, device: torch.device) -> torch.Tensor | None:
-    if not spec.random_signs:
-        return None
-    return hadamard_signs(spec.hadamard_size, spec.transform_seed).to(device)
 
 
 def check_transform_axis(spec: QuantSpec, length: int) -> None:
@@ -63,34 +57,36 @@ def check_transform_axis(spec: QuantSpec, length: int) -> None:
         )
 
 
-def _axis_last(x: torch.Tensor, axis: int) -> torch.Tensor:
-    return x.movedim(axis, -1)
-
-
-def apply_transform(x: torch.Tensor, spec: QuantSpec, axis: int = -1) -> torch.Tensor:
-    """``spec``'s transform of ``x`` along ``axis``, as float32 (``x`` itself if "none")."""
+def _hadamard_along(x: torch.Tensor, spec: QuantSpec, axis: int, inverse: bool) -> torch.Tensor:
     x = x.to(torch.float32)
     k = spec.hadamard_size
     if not k:
         return x
     check_transform_axis(spec, x.shape[axis])
-    runs = _axis_last(x, axis)
-    signs = _run_signs(spec, x.device)
-    if signs is not None:
-        runs = (runs.reshape(*runs.shape[:-1], -1, k) * signs).reshape(runs.shape)
+    runs = x.movedim(axis, -1)
+    signs = (
+        hadamard_signs(k, spec.transform_seed).to(x.device) if spec.random_signs else None
+    )
+
+    def flip(values: torch.Tensor) -> torch.Tensor:
+        if signs is None:
+            return values
+        return (values.reshape(*values.shape[:-1], -1, k) * signs).reshape(values.shape)
+
+    # Forward: signs, then H / sqrt(K); inverse (the transpose): H / sqrt(K), then signs.
+    if not inverse:
+        runs = flip(runs)
     y = walsh_hadamard(runs, k) * _normaliser(k)
+    if inverse:
+        y = flip(y)
     return y.movedim(-1, axis)
+
+
+def apply_transform(x: torch.Tensor, spec: QuantSpec, axis: int = -1) -> torch.Tensor:
+    """``spec``'s transform of ``x`` along ``axis``, as float32 (``x`` itself if "none")."""
+    return _hadamard_along(x, spec, axis, inverse=False)
 
 
 def invert_transform(y: torch.Tensor, spec: QuantSpec, axis: int = -1) -> torch.Tensor:
     """The inverse of ``apply_transform`` (its transpose), as float32."""
-    y = y.to(torch.float32)
-    k = spec.hadamard_size
-    if not k:
-        return y
-    check_transform_axis(spec, y.shape[axis])
-    x = walsh_hadamard(_axis_last(y, axis), k) * _normaliser(k)
-    signs = _run_signs(spec, y.device)
-    if signs is not None:
-        x = (x.reshape(*x.shape[:-1], -1, k) * signs).reshape(x.shape)
-    return x.movedim(-1, axis)
+    return _hadamard_along(y, spec, axis, inverse=True)

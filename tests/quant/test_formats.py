@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from gfloat import Domain, FormatInfo, RoundMode, decode_float, round_ndarray
+from gfloat import RoundMode, decode_float, round_ndarray
 from gfloat.formats import (
     format_info_ocp_e2m1,
     format_info_ocp_e2m3,
@@ -34,16 +34,8 @@ from fp4sweep.quant.formats import (
     unsigned_float,
 )
 from fp4sweep.quant.rounding import exponent, pow2, round_magnitude, round_signed
+from tests.quant.common import GFLOAT_UE4M3, GFLOAT_UE5M3
 
-# gfloat descriptions of the unsigned scale formats (independent of fp4sweep's data model).
-GFLOAT_UE4M3 = FormatInfo(
-    "ue4m3", k=7, precision=4, bias=7, is_signed=False, domain=Domain.Finite, has_nz=False,
-    num_high_nans=1, has_subnormals=True, is_twos_complement=False,
-)
-GFLOAT_UE5M3 = FormatInfo(
-    "ue5m3", k=8, precision=4, bias=15, is_signed=False, domain=Domain.Extended, has_nz=False,
-    num_high_nans=7, has_subnormals=True, is_twos_complement=False,
-)
 GFLOAT = {
     E2M1: format_info_ocp_e2m1,
     E2M3: format_info_ocp_e2m3,
@@ -195,7 +187,7 @@ def test_rounding_matches_gfloat(fmt, mode):
     grid = torch.tensor(sorted(v for v in fmt.code_values if v >= 0), dtype=torch.float64)
     grid = grid[torch.isfinite(grid)]
     midpoints = ((grid[1:] + grid[:-1]) / 2).float()
-    a = torch.cat([random, midpoints, torch.tensor([0.0, math.inf])])
+    a = torch.cat([random, midpoints, torch.tensor([0.0, 3.0e38, math.inf])])
     expected = round_ndarray(GFLOAT[fmt], a.double().numpy(), GFLOAT_MODES[mode], sat=True)
     got = round_magnitude(fmt, a, mode)
     if not fmt.has_zero:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import random
 
 import pytest
 import torch
@@ -10,31 +11,22 @@ from fp4sweep.quant.formats import E2M1, E8M0, UE4M3, UE5M3, decode, encode
 from fp4sweep.quant.quantize import fake_quantize, quantize_detailed
 from fp4sweep.quant.spec import QuantSpec
 from fp4sweep.quant.transforms import invert_transform
+from tests.quant.common import spec_id, wide_range
 
 RULES = ("floor", "ceil", "nearest", "nvfp4", "nvfp4_torchao")
 MXFP4 = QuantSpec.preset("mxfp4")
 NVFP4 = QuantSpec.preset("nvfp4")
 
 
-def wide_range(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
-    """randn times logspace(-3, 3) per column: six decades within one tensor."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, cols, generator=generator) * torch.logspace(-3, 3, cols)
-
-
 def all_specs():
     for rule in RULES:
-        scales = ("ue4m3", "ue5m3") if rule.startswith("nvfp4") else ("e8m0", "ue4m3", "ue5m3", "fp32")
-        for scale in scales:
+        narrow = rule.startswith("nvfp4")  # the NVFP4 rules need narrow scale formats
+        for scale in ("ue4m3", "ue5m3") if narrow else ("e8m0", "ue4m3", "ue5m3", "fp32"):
             for tensor_scale in (False, True):
                 yield QuantSpec(scale=scale, block=16, scale_rule=rule, tensor_scale=tensor_scale)
 
 
 SPECS = list(all_specs())
-
-
-def spec_id(spec: QuantSpec) -> str:
-    return f"{spec.scale_rule}-{spec.scale}-{'ts' if spec.tensor_scale else 'nots'}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
@@ -109,7 +101,8 @@ def test_zero_blocks_quantise_to_zero_with_the_smallest_scale(spec):
     x[1, 16:32] = 0.0
     r = quantize_detailed(x, spec)
     assert torch.equal(r.output[1, 16:32], torch.zeros(16))
-    minimum = spec.scale_format.min_normal if spec.scale_rule == "nvfp4_torchao" else spec.scale_format.min_positive
+    torchao = spec.scale_rule == "nvfp4_torchao"  # clamps at the smallest normal instead
+    minimum = spec.scale_format.min_normal if torchao else spec.scale_format.min_positive
     assert (r.block_scale[1, 16:32] == minimum).all()
     zero = quantize_detailed(torch.zeros(2, 32), spec)
     assert torch.equal(zero.output, torch.zeros(2, 32)) and torch.isfinite(zero.scale).all()
@@ -246,7 +239,8 @@ def test_empty_tensor():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: fake_quantize(torch.randn(4, 48), MXFP4), "length 48.*multiple of the block size 32"),
+        (lambda: fake_quantize(torch.randn(4, 48), MXFP4),
+         "length 48.*multiple of the block size 32"),
         (lambda: fake_quantize(torch.randn(48, 32), MXFP4, axis=0), "axis 0, length 48"),
         (lambda: fake_quantize(torch.randn(4, 32), dataclasses.replace(NVFP4, block_2d=True)),
          "both axes to be multiples of the block size 16"),
@@ -267,3 +261,50 @@ def test_bad_inputs_raise_clear_errors(call, message):
 def test_result_carries_no_gradient():
     x = torch.randn(4, 32, requires_grad=True)
     assert not fake_quantize(x, MXFP4).requires_grad
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("spec", SPECS[::3] + [
+    dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16", block_2d=True),
+    QuantSpec(scale="ue5m3", scale_rule="ceil", rounding="sr", transform="hadamard64",
+              tensor_scale=True),
+], ids=spec_id)
+def test_cuda_reference_equals_cpu_bit_for_bit(spec):
+    x = wide_range(64, 256, seed=7)
+    for axis in (0, 1):
+        cpu = quantize_detailed(x, spec, axis=axis, seed=3)
+        gpu = quantize_detailed(x.cuda(), spec, axis=axis, seed=3)
+        for field in ("output", "elements", "block_scale", "scale"):
+            assert torch.equal(getattr(gpu, field).cpu(), getattr(cpu, field)), field
+
+
+def every_format_and_rule():
+    """Each element format x scale format x scale rule, with the other settings varied."""
+    choices = random.Random(0)
+    for elem in ("e2m1", "e2m3", "e3m2", "e4m3", "e5m2", "int4"):
+        for scale in ("e8m0", "fp32", "ue4m3", "ue5m3", "ue6m2", "ue3m4"):
+            for rule in RULES:
+                if rule.startswith("nvfp4") and scale in ("e8m0", "fp32", "ue6m2"):
+                    continue
+                yield QuantSpec(
+                    elem=elem, scale=scale, scale_rule=rule,
+                    block=choices.choice([8, 16, 32, 64]),
+                    rounding=choices.choice(["rne", "sr"]),
+                    transform=choices.choice(["none", "hadamard16", "rhadamard64"]),
+                    tensor_scale=choices.choice([False, True]),
+                )
+
+
+@pytest.mark.parametrize("spec", list(every_format_and_rule()), ids=spec_id)
+def test_every_format_and_rule_stays_on_its_grids(spec):
+    x = wide_range(8, 128, seed=3)
+    r = quantize_detailed(x, spec, seed=5)
+    elem = spec.elem_format
+    encode(elem, r.elements)
+    assert torch.isfinite(r.output).all() and r.output.shape == x.shape
+    assert torch.equal(r.dequantized, r.elements * r.scale)
+    error = (r.dequantized - r.transformed).abs()
+    bound = r.step * (0.5 if spec.rounding == "rne" else 1.0)
+    slack = 1e-5 * (r.step + r.transformed.abs())  # float32 rounding of the scaled values
+    assert (error <= bound + slack)[~r.saturated].all()

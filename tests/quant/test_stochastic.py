@@ -9,22 +9,15 @@ from fp4sweep.quant.quantize import fake_quantize, quantize_detailed
 from fp4sweep.quant.rng import uniform
 from fp4sweep.quant.rounding import grid_step, round_magnitude
 from fp4sweep.quant.spec import QuantSpec
+from tests.quant.common import spec_id, wide_range
 
 SR_SPECS = [
     QuantSpec(rounding="sr"),
     QuantSpec(scale="ue5m3", block=16, scale_rule="nearest", rounding="sr", tensor_scale=True),
     dataclasses.replace(QuantSpec.preset("nvfp4"), rounding="sr", transform="rhadamard16"),
     QuantSpec(elem="e4m3", scale="ue5m3", block=16, scale_rule="ceil", rounding="sr"),
+    dataclasses.replace(QuantSpec.preset("nvfp4"), rounding="sr", block_2d=True),
 ]
-
-
-def spec_id(spec: QuantSpec) -> str:
-    return f"{spec.elem}-{spec.scale}-{spec.scale_rule}-{spec.transform}"
-
-
-def wide_range(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, cols, generator=generator) * torch.logspace(-3, 3, cols)
 
 
 @pytest.mark.parametrize("spec", SR_SPECS, ids=spec_id)
@@ -75,7 +68,8 @@ def test_mean_of_many_draws_converges_to_the_input(spec):
         target = row[0].double()
     assert ((mean - target).abs()[inside] <= tolerance[inside]).all()
     # Rounding to nearest is biased for these values; stochastic rounding is not.
-    rne = fake_quantize(row, dataclasses.replace(spec, rounding="rne", transform="none"))
+    nearest = dataclasses.replace(spec, rounding="rne", transform="none", block_2d=False)
+    rne = fake_quantize(row, nearest)
     assert (rne[0] - row[0]).abs().sum() > (mean - target).abs().sum()
 
 

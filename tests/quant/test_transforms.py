@@ -62,7 +62,8 @@ def test_signs_come_from_transform_seed():
     assert set(a.tolist()) == {-1.0, 1.0} and abs(a.mean()) < 0.2
     assert torch.equal(a, hadamard_signs(256, 0)) and not torch.equal(a, b)
     x = torch.randn(2, 64)
-    one, other = QuantSpec(transform="rhadamard64"), QuantSpec(transform="rhadamard64", transform_seed=1)
+    one = QuantSpec(transform="rhadamard64")
+    other = QuantSpec(transform="rhadamard64", transform_seed=1)
     assert not torch.allclose(apply_transform(x, one), apply_transform(x, other))
 
 
