@@ -13,13 +13,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-FLT_MAX = 3.4028234663852886e38
+# Globals that kernels read must be constexpr objects.
+FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
-# Rounding modes of ``round_magnitude`` as constexpr integers.
-NEAREST = 0
-DOWN = 1
-UP = 2
-STOCHASTIC = 3
+# Rounding modes of ``round_magnitude``.
+NEAREST = tl.constexpr(0)
+DOWN = tl.constexpr(1)
+UP = tl.constexpr(2)
+STOCHASTIC = tl.constexpr(3)
 
 
 @triton.jit
@@ -70,6 +71,29 @@ def round_magnitude(
         r = lower + (u < n - lower).to(tl.float32)
     q = (r * (2.0**-MAN_BITS)) * pow2(e)
     return tl.minimum(q, MAX, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def round_element(a, u, STOCHASTIC_ROUNDING: tl.constexpr, EMIN: tl.constexpr,
+                  MAN_BITS: tl.constexpr, EMAX: tl.constexpr, MAX: tl.constexpr):
+    """``round_magnitude`` onto an element format's grid (nearest-even or stochastic), in
+    fewer steps with the same result.
+
+    A magnitude at or above the format's max rounds to the max in every mode (the max is a grid
+    point and the grid only grows beyond it), so clamping first changes nothing; every exponent
+    then lies in [EMIN, EMAX], inside float32's normal range where 2**e is one shift, and
+    n < 2**(MAN_BITS + 1) needs no guard in ``round_half_even``.
+    """
+    tl.static_assert(EMIN > -126 and EMAX < 127)
+    a = tl.minimum(a, MAX, propagate_nan=tl.PropagateNan.ALL)
+    e = tl.maximum(exponent(a), EMIN)
+    n = (a * ((127 - e) << 23).to(tl.float32, bitcast=True)) * (2.0**MAN_BITS)
+    if STOCHASTIC_ROUNDING:
+        lower = tl.floor(n)
+        r = lower + (u < n - lower).to(tl.float32)
+    else:
+        r = (n + 8388608.0) - 8388608.0
+    return (r * (2.0**-MAN_BITS)) * ((e + 127) << 23).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -125,10 +149,16 @@ def uniform(counter, key, SR_BITS: tl.constexpr, WIDE: tl.constexpr):
 @triton.jit
 def walsh_hadamard(x, ROWS: tl.constexpr, COLS: tl.constexpr, LOG_SIZE: tl.constexpr):
     """``transforms.walsh_hadamard`` of each run of 2**LOG_SIZE along the last axis of
-    [ROWS, COLS]: butterflies (a + b, a - b) at distance 1, 2, 4, ..., unnormalised."""
+    [ROWS, COLS]: butterflies (a + b, a - b) at distance 1, 2, 4, ..., unnormalised.
+
+    Each stage views the runs as [.., 2, half] and sums over the pair axis twice, once with
+    the second element negated: a sum of two terms is one rounded addition in either order,
+    and a + (-b) is a - b, so these are the reference's bits, and a pair split across threads
+    costs a shuffle rather than a trip through shared memory."""
     for stage in tl.static_range(LOG_SIZE):
         pairs = tl.reshape(x, [ROWS, COLS >> (stage + 1), 2, 1 << stage])
-        a, b = tl.split(tl.permute(pairs, [0, 1, 3, 2]))
-        pairs = tl.permute(tl.join(a + b, a - b), [0, 1, 3, 2])
-        x = tl.reshape(pairs, [ROWS, COLS])
+        second = (tl.arange(0, 2) == 1)[None, None, :, None]
+        total = tl.sum(pairs, axis=2, keep_dims=True)
+        difference = tl.sum(tl.where(second, -pairs, pairs), axis=2, keep_dims=True)
+        x = tl.reshape(tl.where(second, difference, total), [ROWS, COLS])
     return x

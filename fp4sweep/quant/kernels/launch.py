@@ -26,9 +26,11 @@ from fp4sweep.quant.transforms import hadamard_signs
 WIDE_NUMEL = 2**31  # from here on, offsets (and counters) need 64 bits
 MAX_AXIS_COLS = 128  # positions per tile along a contiguous quantisation axis
 
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
 # (elements per tile, warps). The interpreter runs one: tuning there would only cost time.
 _TILES = ((4096, 4), (2048, 4), (8192, 8), (4096, 8))
-if os.environ.get("TRITON_INTERPRET") == "1":
+if INTERPRETED:
     _TILES = _TILES[:1]
 _CONFIGS = [triton.Config({"TILE": tile}, num_warps=warps) for tile, warps in _TILES]
 
@@ -42,7 +44,7 @@ def _rows(args: dict) -> int:
 
 def _tuned(kernel):
     tuned = triton.heuristics({"ROWS": _rows})(kernel)
-    return triton.autotune(_CONFIGS, key=["n_lines", "n_axis_tiles", "axis_stride"])(tuned)
+    return triton.autotune(_CONFIGS, key=["n_lines", "n_axis_tiles", "stride", "AXIS_CONTIGUOUS"])(tuned)
 
 
 _fake_quantize = _tuned(quantiser.fake_quantize_kernel)
@@ -62,9 +64,8 @@ class _Geometry:
 
     n_outer: int
     n_lines: int
-    outer_stride: int
-    line_stride: int
-    axis_stride: int
+    stride: int
+    axis_contiguous: bool
     n_axis_tiles: int
     cols: int
     padded: bool
@@ -74,9 +75,9 @@ class _Geometry:
         length = shape[axis]
         outer, inner = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
         if inner == 1:  # the axis is contiguous: lines are rows
-            n_outer, n_lines, strides = 1, outer, (0, length, 1)
+            n_outer, n_lines, strides = 1, outer, (length, True)
         else:  # lines are the contiguous inner elements, one set per outer index
-            n_outer, n_lines, strides = outer, inner, (length * inner, 1, inner)
+            n_outer, n_lines, strides = outer, inner, (inner, False)
         padded = spec.block & (spec.block - 1) != 0
         if padded:
             return cls(n_outer, n_lines, *strides, length // spec.block,
@@ -93,8 +94,8 @@ class _Geometry:
             return (self.n_axis_tiles * self.n_outer * triton.cdiv(self.n_lines, meta["ROWS"]),)
 
         kernel[grid](
-            x, *args, self.n_lines, self.n_axis_tiles, self.outer_stride, self.line_stride,
-            self.axis_stride, COLS=self.cols, PADDED=self.padded,
+            x, *args, self.n_lines, self.n_axis_tiles, self.stride,
+            AXIS_CONTIGUOUS=self.axis_contiguous, COLS=self.cols, PADDED=self.padded,
             WIDE=x.numel() >= WIDE_NUMEL, enable_fp_fusion=False, **constants,
         )
 
@@ -150,6 +151,8 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 
         TARGET=_tensor_target(elem, scale),
         S_MIN_POSITIVE=scale.min_positive, S_MIN_NORMAL=scale.min_normal,
         E_EMAX=elem.emax, SR=spec.rounding == "sr", SR_BITS=spec.sr_bits,
+        # The interpreter truncates a float32 -> bfloat16 cast; compiled code rounds.
+        NATIVE_BF16=not INTERPRETED,
         **_format_constants("S", scale), **_format_constants("E", elem),
     )
     return out

@@ -2,12 +2,13 @@
 for the tensor amax of tensor scaling.
 
 A program owns a tile of ROWS lines by COLS positions along the quantisation axis (the last
-axis of the tile, whatever the memory layout): element (r, c) lies at
-``outer * outer_stride + line * line_stride + position * axis_stride`` of the contiguous
-input, and that offset is also its row-major index, the stochastic-rounding counter. With the
-quantisation axis last in memory the lines are rows (``axis_stride`` 1); with another axis
-they are the contiguous trailing elements (``line_stride`` 1), so neither case copies or
-transposes the tensor. COLS holds whole blocks and whole Hadamard runs; a block size that is
+axis of the tile, whatever the memory layout). The contiguous input is seen as
+(outer, axis, inner). With the quantisation axis last in memory (AXIS_CONTIGUOUS) the lines
+are its rows and element (line, position) lies at ``line * stride + position``; otherwise the
+lines are the contiguous inner elements and it lies at
+``outer * stride * length + position * stride + line``, with ``stride`` the inner size. Either
+way the offset is also the element's row-major index, the stochastic-rounding counter, and
+nothing is copied or transposed. COLS holds whole blocks and whole Hadamard runs; a block size that is
 no power of two is padded to one (masked lanes, one block per tile row).
 
 The steps are those of ``fp4sweep.quant.quantize``, in its order; ``device.py`` holds the
@@ -20,17 +21,17 @@ import triton
 import triton.language as tl
 
 from fp4sweep.quant.kernels.device import (
-    DOWN, FLT_MAX, NEAREST, STOCHASTIC, UP, copy_sign, magnitude_bits, round_magnitude,
+    DOWN, FLT_MAX, NEAREST, UP, copy_sign, magnitude_bits, round_element, round_magnitude,
     to_bfloat16, uniform, walsh_hadamard,
 )
 
-# Scale rules as constexpr integers, in ``scaling.SCALE_RULES`` order.
-FLOOR, CEIL, NEAREST_RULE, NVFP4, NVFP4_TORCHAO = range(5)
+# Scale rules, numbered in ``scaling.SCALE_RULES`` order.
+FLOOR, CEIL, NEAREST_RULE, NVFP4, NVFP4_TORCHAO = (tl.constexpr(i) for i in range(5))
 
 
 @triton.jit
 def _tile(
-    n_lines, n_axis_tiles, outer_stride, line_stride, axis_stride,
+    n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr,
     ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
     WIDE: tl.constexpr,
 ):
@@ -45,16 +46,21 @@ def _tile(
     lines = (pid_lines % n_line_tiles) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, COLS)
     if PADDED:
-        positions = pid_axis * BLOCK + cols  # one padded block per tile row
+        step: tl.constexpr = BLOCK  # one padded block per tile row
         col_mask = cols < BLOCK
     else:
-        positions = pid_axis * COLS + cols
+        step: tl.constexpr = COLS
         col_mask = cols < COLS
+    positions = pid_axis * step + cols
     if WIDE:
         outer = outer.to(tl.int64)
         lines = lines.to(tl.int64)
         positions = positions.to(tl.int64)
-    offsets = outer * outer_stride + lines[:, None] * line_stride + positions[None, :] * axis_stride
+    if AXIS_CONTIGUOUS:
+        offsets = lines[:, None] * stride + positions[None, :]
+    else:
+        length = n_axis_tiles * step
+        offsets = outer * stride * length + positions[None, :] * stride + lines[:, None]
     mask = (lines < n_lines)[:, None] & col_mask[None, :]
     return offsets, mask
 
@@ -90,15 +96,15 @@ def _load_transformed(
 @triton.jit
 def tensor_amax_kernel(
     x_ptr, signs_ptr, amax_bits_ptr,
-    n_lines, n_axis_tiles, outer_stride, line_stride, axis_stride,
+    n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr,
     TILE: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
     WIDE: tl.constexpr, HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
     RANDOM_SIGNS: tl.constexpr,
 ):
     """``scaling.finite_amax`` of the transformed tensor, as float32 bits max-ed atomically
     into ``amax_bits_ptr`` (an int32 zero): integer max of magnitudes is exact and order-free."""
-    offsets, mask = _tile(n_lines, n_axis_tiles, outer_stride, line_stride, axis_stride,
-                          ROWS, COLS, BLOCK, PADDED, WIDE)
+    offsets, mask = _tile(n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, ROWS, COLS, BLOCK,
+                          PADDED, WIDE)
     t = _load_transformed(x_ptr, signs_ptr, offsets, mask, ROWS, COLS, HAD, LOG_HAD,
                           NORMALISER, RANDOM_SIGNS)
     bits = magnitude_bits(t)
@@ -153,7 +159,7 @@ def _tensor_scale(amax_bits_ptr, RULE: tl.constexpr, TARGET: tl.constexpr):
 @triton.jit
 def fake_quantize_kernel(
     x_ptr, out_ptr, signs_ptr, amax_bits_ptr, sr_key,
-    n_lines, n_axis_tiles, outer_stride, line_stride, axis_stride,
+    n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr,
     TILE: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
     BLOCK_2D: tl.constexpr, WIDE: tl.constexpr,
     HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
@@ -163,11 +169,11 @@ def fake_quantize_kernel(
     S_MIN_POSITIVE: tl.constexpr, S_MIN_NORMAL: tl.constexpr,
     E_EMIN: tl.constexpr, E_MAN: tl.constexpr, E_BIAS: tl.constexpr, E_MAX: tl.constexpr,
     E_EMAX: tl.constexpr,
-    SR: tl.constexpr, SR_BITS: tl.constexpr,
+    SR: tl.constexpr, SR_BITS: tl.constexpr, NATIVE_BF16: tl.constexpr,
 ):
     """``quantize.fake_quantize`` of one tile (see the module docstring)."""
-    offsets, mask = _tile(n_lines, n_axis_tiles, outer_stride, line_stride, axis_stride,
-                          ROWS, COLS, BLOCK, PADDED, WIDE)
+    offsets, mask = _tile(n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, ROWS, COLS, BLOCK,
+                          PADDED, WIDE)
     t = _load_transformed(x_ptr, signs_ptr, offsets, mask, ROWS, COLS, HAD, LOG_HAD,
                           NORMALISER, RANDOM_SIGNS)
     amax = _block_amax(t, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
@@ -218,13 +224,13 @@ def fake_quantize_kernel(
     magnitude = tl.abs(v)
     if SR:
         u = uniform(offsets, sr_key, SR_BITS, WIDE)
-        q = round_magnitude(magnitude, u, STOCHASTIC, E_EMIN, E_MAN, E_BIAS, E_MAX)
     else:
-        q = round_magnitude(magnitude, magnitude, NEAREST, E_EMIN, E_MAN, E_BIAS, E_MAX)
+        u = magnitude
+    q = round_element(magnitude, u, SR, E_EMIN, E_MAN, E_EMAX, E_MAX)
     y = copy_sign(q, v) * _per_element(d, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
 
     if HAD > 0:
         y = _hadamard(y, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, True)
-    if out_ptr.dtype.element_ty == tl.bfloat16:
+    if out_ptr.dtype.element_ty == tl.bfloat16 and not NATIVE_BF16:
         y = to_bfloat16(y)
     tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
