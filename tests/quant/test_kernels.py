@@ -119,7 +119,8 @@ def spec_id(spec: QuantSpec) -> str:
 
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 def test_kernels_match_the_reference_bit_for_bit(spec):
-    check(edge_values(8, 768), spec, seed=3)
+    # Narrower with a transform: the interpreter runs butterflies element by element.
+    check(edge_values(8, 256 if spec.hadamard_size else 768), spec, seed=3)
 
 
 @pytest.mark.parametrize("spec", [MXFP4, NVFP4,
@@ -127,7 +128,7 @@ def test_kernels_match_the_reference_bit_for_bit(spec):
                                   dataclasses.replace(MXFP4, block=24)], ids=spec_id)
 @pytest.mark.parametrize("axis", [0, 1, 2, -1])
 def test_every_axis_of_a_3d_tensor(spec, axis):
-    shape = [48, 48, 48]
+    shape = [12, 10, 6]
     shape[axis] = 96
     check(wide_range(*shape, seed=axis + 5), spec, axis=axis, seed=11)
 

@@ -80,20 +80,26 @@ def round_element(a, u, STOCHASTIC_ROUNDING: tl.constexpr, EMIN: tl.constexpr,
     fewer steps with the same result.
 
     A magnitude at or above the format's max rounds to the max in every mode (the max is a grid
-    point and the grid only grows beyond it), so clamping first changes nothing; every exponent
-    then lies in [EMIN, EMAX], inside float32's normal range where 2**e is one shift, and
-    n < 2**(MAN_BITS + 1) needs no guard in ``round_half_even``.
+    point and the grid only grows beyond it), so clamping first changes nothing. Every exponent
+    e then lies in [EMIN, EMAX], inside float32's normal range: 2**e is a's exponent field
+    alone, and the scalings by 2**(MAN_BITS - e) and 2**(e - MAN_BITS) are exact, so one
+    multiplication does what the reference does in two (except where a * 2**-e may be
+    subnormal, EMIN > 0, i.e. INT4, which keeps the reference's two steps). n stays below
+    2**(MAN_BITS + 1), so ``round_half_even`` needs no guard.
     """
     tl.static_assert(EMIN > -126 and EMAX < 127)
     a = tl.minimum(a, MAX, propagate_nan=tl.PropagateNan.ALL)
-    e = tl.maximum(exponent(a), EMIN)
-    n = (a * ((127 - e) << 23).to(tl.float32, bitcast=True)) * (2.0**MAN_BITS)
+    field = tl.maximum(a.to(tl.int32, bitcast=True) & 0x7F800000, (EMIN + 127) << 23)
+    if EMIN > 0:
+        n = (a * ((254 << 23) - field).to(tl.float32, bitcast=True)) * (2.0**MAN_BITS)
+    else:
+        n = a * (((254 << 23) - field) + (MAN_BITS << 23)).to(tl.float32, bitcast=True)
     if STOCHASTIC_ROUNDING:
         lower = tl.floor(n)
         r = lower + (u < n - lower).to(tl.float32)
     else:
         r = (n + 8388608.0) - 8388608.0
-    return (r * (2.0**-MAN_BITS)) * ((e + 127) << 23).to(tl.float32, bitcast=True)
+    return r * (field - (MAN_BITS << 23)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -147,18 +153,24 @@ def uniform(counter, key, SR_BITS: tl.constexpr, WIDE: tl.constexpr):
 
 
 @triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
 def walsh_hadamard(x, ROWS: tl.constexpr, COLS: tl.constexpr, LOG_SIZE: tl.constexpr):
     """``transforms.walsh_hadamard`` of each run of 2**LOG_SIZE along the last axis of
     [ROWS, COLS]: butterflies (a + b, a - b) at distance 1, 2, 4, ..., unnormalised.
 
-    Each stage views the runs as [.., 2, half] and sums over the pair axis twice, once with
+    Each stage views the runs as [.., 2, half] and reduces over the pair axis twice, once with
     the second element negated: a sum of two terms is one rounded addition in either order,
     and a + (-b) is a - b, so these are the reference's bits, and a pair split across threads
-    costs a shuffle rather than a trip through shared memory."""
+    costs a shuffle rather than a trip through shared memory. (``tl.reduce`` rather than
+    ``tl.sum``: the interpreter's sum starts from +0 and would lose the sign of -0 + -0.)"""
     for stage in tl.static_range(LOG_SIZE):
         pairs = tl.reshape(x, [ROWS, COLS >> (stage + 1), 2, 1 << stage])
         second = (tl.arange(0, 2) == 1)[None, None, :, None]
-        total = tl.sum(pairs, axis=2, keep_dims=True)
-        difference = tl.sum(tl.where(second, -pairs, pairs), axis=2, keep_dims=True)
+        total = tl.reduce(pairs, 2, _add, keep_dims=True)
+        difference = tl.reduce(tl.where(second, -pairs, pairs), 2, _add, keep_dims=True)
         x = tl.reshape(tl.where(second, difference, total), [ROWS, COLS])
     return x

@@ -24,27 +24,47 @@ from fp4sweep.quant.spec import QuantSpec
 from fp4sweep.quant.transforms import hadamard_signs
 
 WIDE_NUMEL = 2**31  # from here on, offsets (and counters) need 64 bits
-MAX_AXIS_COLS = 128  # positions per tile along a contiguous quantisation axis
+MAX_AXIS_COLS = 128  # positions per tile along a contiguous quantisation axis (PLAIN layout)
+MAX_THREAD_RUN = 64  # float32 values of one line a thread may hold (vector layouts)
+VECTOR_BYTES = 16  # the widest load of one thread
+TUNED_NUMEL = 2**22  # tensors from this size on get their tile shape tuned
+PLAIN, AXIS_VECTORS, LINE_VECTORS = range(3)  # quantiser.py's tile layouts
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 # (elements per tile, warps). The interpreter runs one: tuning there would only cost time.
-_TILES = ((4096, 4), (2048, 4), (8192, 8), (4096, 8))
+_TILES = ((4096, 4), (2048, 4), (8192, 8), (8192, 4))
 if INTERPRETED:
     _TILES = _TILES[:1]
-_CONFIGS = [triton.Config({"TILE": tile}, num_warps=warps) for tile, warps in _TILES]
+_CONFIGS = [triton.Config({"TILE": tile, "WARPS": warps}, num_warps=warps)
+            for tile, warps in _TILES]
 
 
 def _rows(args: dict) -> int:
-    """Lines per tile: TILE elements, at least one 2-D block, at most what the tensor has."""
-    multiple = args["BLOCK"] if args["BLOCK_2D"] else 1
-    rows = max(args["TILE"] // args["COLS"], multiple)
-    return max(min(rows, triton.next_power_of_2(args["n_lines"])), multiple)
+    """Lines per tile: about TILE elements, and enough lines that every lane of every warp
+    takes its own (vector of) lines in the vector layouts; at most what the tensor has, but a
+    whole 2-D block and a whole line vector."""
+    rows = args["TILE"] // args["COLS"]
+    if args["LAYOUT"] == AXIS_VECTORS:
+        rows = max(rows, 32 * args["WARPS"])
+    elif args["LAYOUT"] == LINE_VECTORS:
+        rows = max(rows, 32 * args["WARPS"] * args["VEC"])
+    least = max(args["BLOCK"] if args["BLOCK_2D"] else 1, args["VEC"])
+    return max(min(rows, triton.next_power_of_2(args["n_lines"])), least)
+
+
+def _tuning_pays(configs: list, named_args: dict, **constants) -> list:
+    """Tune on tensors large enough for it to matter; take the first config on small ones."""
+    numel = named_args["n_lines"] * named_args["n_axis_tiles"] * constants["COLS"]
+    return configs if numel >= TUNED_NUMEL else configs[:1]
 
 
 def _tuned(kernel):
     tuned = triton.heuristics({"ROWS": _rows})(kernel)
-    return triton.autotune(_CONFIGS, key=["n_lines", "n_axis_tiles", "stride", "AXIS_CONTIGUOUS"])(tuned)
+    return triton.autotune(
+        _CONFIGS, key=["n_lines", "n_axis_tiles", "stride", "AXIS_CONTIGUOUS", "LAYOUT"],
+        prune_configs_by={"early_config_prune": _tuning_pays},
+    )(tuned)
 
 
 _fake_quantize = _tuned(quantiser.fake_quantize_kernel)
@@ -69,25 +89,32 @@ class _Geometry:
     n_axis_tiles: int
     cols: int
     padded: bool
+    layout: int
+    vec: int
 
     @classmethod
-    def of(cls, shape: torch.Size, axis: int, spec: QuantSpec) -> _Geometry:
-        length = shape[axis]
-        outer, inner = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+    def of(cls, x: torch.Tensor, axis: int, spec: QuantSpec) -> _Geometry:
+        length = x.shape[axis]
+        outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
         if inner == 1:  # the axis is contiguous: lines are rows
             n_outer, n_lines, strides = 1, outer, (length, True)
         else:  # lines are the contiguous inner elements, one set per outer index
             n_outer, n_lines, strides = outer, inner, (inner, False)
-        padded = spec.block & (spec.block - 1) != 0
-        if padded:
+        if spec.block & (spec.block - 1):  # padded to a power of two, one block per tile row
             return cls(n_outer, n_lines, *strides, length // spec.block,
-                       triton.next_power_of_2(spec.block), True)
+                       triton.next_power_of_2(spec.block), True, PLAIN, 1)
         cols = max(spec.block, spec.hadamard_size)
+        vec = VECTOR_BYTES // x.element_size()
+        if inner == 1 and vec <= cols <= MAX_THREAD_RUN:
+            return cls(n_outer, n_lines, *strides, length // cols, cols, False, AXIS_VECTORS, vec)
+        if inner > 1 and cols <= MAX_THREAD_RUN:
+            vec = max(1, min(vec, MAX_THREAD_RUN // cols))
+            return cls(n_outer, n_lines, *strides, length // cols, cols, False, LINE_VECTORS, vec)
         if inner == 1:
             # Longer contiguous runs per tile row, as long as they divide the axis.
             while cols * 2 <= MAX_AXIS_COLS and length % (cols * 2) == 0:
                 cols *= 2
-        return cls(n_outer, n_lines, *strides, length // cols, cols, False)
+        return cls(n_outer, n_lines, *strides, length // cols, cols, False, PLAIN, 1)
 
     def launch(self, kernel, x: torch.Tensor, *args, **constants) -> None:
         def grid(meta: dict) -> tuple[int]:
@@ -95,7 +122,8 @@ class _Geometry:
 
         kernel[grid](
             x, *args, self.n_lines, self.n_axis_tiles, self.stride,
-            AXIS_CONTIGUOUS=self.axis_contiguous, COLS=self.cols, PADDED=self.padded,
+            AXIS_CONTIGUOUS=self.axis_contiguous, LAYOUT=self.layout, VEC=self.vec,
+            COLS=self.cols, PADDED=self.padded,
             WIDE=x.numel() >= WIDE_NUMEL, enable_fp_fusion=False, **constants,
         )
 
@@ -135,7 +163,7 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 
     out = torch.empty_like(x)
     if x.numel() == 0:
         return out
-    geometry = _Geometry.of(x.shape, axis, spec)
+    geometry = _Geometry.of(x, axis, spec)
     transform = _transform_constants(spec)
     signs = _signs(spec.hadamard_size, spec.transform_seed, x.device) if spec.random_signs else x
     elem, scale = spec.elem_format, spec.scale_format

@@ -28,41 +28,83 @@ from fp4sweep.quant.kernels.device import (
 # Scale rules, numbered in ``scaling.SCALE_RULES`` order.
 FLOOR, CEIL, NEAREST_RULE, NVFP4, NVFP4_TORCHAO = (tl.constexpr(i) for i in range(5))
 
+# Tile load shapes (see ``_tile``). Triton spreads a tile's lanes over its contiguous dimension
+# first; splitting off a vector dimension keeps whole runs of the axis in one thread's
+# registers, where butterflies and block maxima need no shuffles.
+PLAIN, AXIS_VECTORS, LINE_VECTORS = (tl.constexpr(i) for i in range(3))
+
 
 @triton.jit
 def _tile(
-    n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr,
-    ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
-    WIDE: tl.constexpr,
+    n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
+    VEC: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr,
+    PADDED: tl.constexpr, WIDE: tl.constexpr,
 ):
-    """Offsets (= row-major indices) and mask of this program's [ROWS, COLS] tile.
-
-    Consecutive programs take consecutive tiles along the axis, then the next lines."""
+    """Offsets (= row-major indices) and mask of this program's tile, in its load shape
+    (``LAYOUT``). Consecutive programs take consecutive tiles along the axis, then the next
+    lines."""
     pid = tl.program_id(0)
     pid_axis = pid % n_axis_tiles
     pid_lines = pid // n_axis_tiles
     n_line_tiles = tl.cdiv(n_lines, ROWS)
     outer = pid_lines // n_line_tiles
-    lines = (pid_lines % n_line_tiles) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, COLS)
+    first_line = (pid_lines % n_line_tiles) * ROWS
     if PADDED:
         step: tl.constexpr = BLOCK  # one padded block per tile row
-        col_mask = cols < BLOCK
     else:
         step: tl.constexpr = COLS
-        col_mask = cols < COLS
-    positions = pid_axis * step + cols
+    first_position = pid_axis * step
     if WIDE:
         outer = outer.to(tl.int64)
-        lines = lines.to(tl.int64)
-        positions = positions.to(tl.int64)
-    if AXIS_CONTIGUOUS:
-        offsets = lines[:, None] * stride + positions[None, :]
+        first_line = first_line.to(tl.int64)
+        first_position = first_position.to(tl.int64)
+    if LAYOUT == AXIS_VECTORS:
+        # [COLS // VEC, ROWS, VEC]: each thread holds whole runs of the axis.
+        lines = first_line + tl.arange(0, ROWS)[None, :, None]
+        positions = (first_position + tl.arange(0, COLS // VEC)[:, None, None] * VEC
+                     + tl.arange(0, VEC)[None, None, :])
+        offsets = lines * stride + positions
+        mask = tl.broadcast_to(lines < n_lines, [COLS // VEC, ROWS, VEC])
+    elif LAYOUT == LINE_VECTORS:
+        # [COLS, ROWS // VEC, VEC]: VEC contiguous lines at every position of the axis.
+        lines = (first_line + tl.arange(0, ROWS // VEC)[None, :, None] * VEC
+                 + tl.arange(0, VEC)[None, None, :])
+        positions = first_position + tl.arange(0, COLS)[:, None, None]
+        offsets = (outer * stride * (n_axis_tiles * step)) + positions * stride + lines
+        mask = tl.broadcast_to(lines < n_lines, [COLS, ROWS // VEC, VEC])
     else:
-        length = n_axis_tiles * step
-        offsets = outer * stride * length + positions[None, :] * stride + lines[:, None]
-    mask = (lines < n_lines)[:, None] & col_mask[None, :]
+        # [ROWS, COLS] as it comes.
+        lines = first_line + tl.arange(0, ROWS)[:, None]
+        cols = tl.arange(0, COLS)[None, :]
+        positions = first_position + cols
+        if AXIS_CONTIGUOUS:
+            offsets = lines * stride + positions
+        else:
+            offsets = outer * stride * (n_axis_tiles * step) + positions * stride + lines
+        mask = (lines < n_lines) & (cols < step)
     return offsets, mask
+
+
+@triton.jit
+def _logical(x, LAYOUT: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr,
+             COLS: tl.constexpr):
+    """A tile in its load shape as [ROWS, COLS] (lines by positions along the axis)."""
+    if LAYOUT == AXIS_VECTORS:
+        x = tl.reshape(tl.permute(x, [1, 0, 2]), [ROWS, COLS])
+    elif LAYOUT == LINE_VECTORS:
+        x = tl.reshape(tl.permute(x, [1, 2, 0]), [ROWS, COLS])
+    return x
+
+
+@triton.jit
+def _physical(y, LAYOUT: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr,
+              COLS: tl.constexpr):
+    """The inverse of ``_logical``."""
+    if LAYOUT == AXIS_VECTORS:
+        y = tl.permute(tl.reshape(y, [ROWS, COLS // VEC, VEC]), [1, 0, 2])
+    elif LAYOUT == LINE_VECTORS:
+        y = tl.permute(tl.reshape(y, [ROWS // VEC, VEC, COLS]), [2, 0, 1])
+    return y
 
 
 @triton.jit
@@ -81,32 +123,21 @@ def _hadamard(t, signs_ptr, ROWS: tl.constexpr, COLS: tl.constexpr, HAD: tl.cons
 
 
 @triton.jit
-def _load_transformed(
-    x_ptr, signs_ptr, offsets, mask, ROWS: tl.constexpr, COLS: tl.constexpr,
-    HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
-    RANDOM_SIGNS: tl.constexpr,
-):
-    """``t``: the tile in float32, after the spec's transform."""
-    t = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    if HAD > 0:
-        t = _hadamard(t, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, False)
-    return t
-
-
-@triton.jit
 def tensor_amax_kernel(
     x_ptr, signs_ptr, amax_bits_ptr,
-    n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr,
-    TILE: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
+    n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
+    VEC: tl.constexpr, TILE: tl.constexpr, WARPS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
     WIDE: tl.constexpr, HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
     RANDOM_SIGNS: tl.constexpr,
 ):
     """``scaling.finite_amax`` of the transformed tensor, as float32 bits max-ed atomically
     into ``amax_bits_ptr`` (an int32 zero): integer max of magnitudes is exact and order-free."""
-    offsets, mask = _tile(n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, ROWS, COLS, BLOCK,
-                          PADDED, WIDE)
-    t = _load_transformed(x_ptr, signs_ptr, offsets, mask, ROWS, COLS, HAD, LOG_HAD,
-                          NORMALISER, RANDOM_SIGNS)
+    offsets, mask = _tile(n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
+                          COLS, BLOCK, PADDED, WIDE)
+    t = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    t = _logical(t, LAYOUT, VEC, ROWS, COLS)
+    if HAD > 0:
+        t = _hadamard(t, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, False)
     bits = magnitude_bits(t)
     finite = bits < 0x7F800000
     tl.atomic_max(amax_bits_ptr, tl.max(tl.max(tl.where(finite, bits, 0), axis=1), axis=0))
@@ -159,8 +190,8 @@ def _tensor_scale(amax_bits_ptr, RULE: tl.constexpr, TARGET: tl.constexpr):
 @triton.jit
 def fake_quantize_kernel(
     x_ptr, out_ptr, signs_ptr, amax_bits_ptr, sr_key,
-    n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr,
-    TILE: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
+    n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
+    VEC: tl.constexpr, TILE: tl.constexpr, WARPS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
     BLOCK_2D: tl.constexpr, WIDE: tl.constexpr,
     HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
     RANDOM_SIGNS: tl.constexpr,
@@ -172,10 +203,12 @@ def fake_quantize_kernel(
     SR: tl.constexpr, SR_BITS: tl.constexpr, NATIVE_BF16: tl.constexpr,
 ):
     """``quantize.fake_quantize`` of one tile (see the module docstring)."""
-    offsets, mask = _tile(n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, ROWS, COLS, BLOCK,
-                          PADDED, WIDE)
-    t = _load_transformed(x_ptr, signs_ptr, offsets, mask, ROWS, COLS, HAD, LOG_HAD,
-                          NORMALISER, RANDOM_SIGNS)
+    offsets, mask = _tile(n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
+                          COLS, BLOCK, PADDED, WIDE)
+    t = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    t = _logical(t, LAYOUT, VEC, ROWS, COLS)
+    if HAD > 0:
+        t = _hadamard(t, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, False)
     amax = _block_amax(t, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
 
     # Scale rule (``scaling.py``): block scale s, decode scale d per block, scaled elements v.
@@ -223,7 +256,7 @@ def fake_quantize_kernel(
     # Element rounding (``rounding.round_signed``) and dequantisation.
     magnitude = tl.abs(v)
     if SR:
-        u = uniform(offsets, sr_key, SR_BITS, WIDE)
+        u = uniform(_logical(offsets, LAYOUT, VEC, ROWS, COLS), sr_key, SR_BITS, WIDE)
     else:
         u = magnitude
     q = round_element(magnitude, u, SR, E_EMIN, E_MAN, E_EMAX, E_MAX)
@@ -233,4 +266,5 @@ def fake_quantize_kernel(
         y = _hadamard(y, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, True)
     if out_ptr.dtype.element_ty == tl.bfloat16 and not NATIVE_BF16:
         y = to_bfloat16(y)
+    y = _physical(y, LAYOUT, VEC, ROWS, COLS)
     tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=mask)

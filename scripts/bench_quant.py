@@ -1,0 +1,121 @@
+"""Throughput of fake_quantize on the GPU: the fused kernels against the device's copy ceiling,
+the reference in eager mode and the reference under torch.compile, in one run.
+
+Bytes counted: the input read once plus the output written once (what a copy moves); the
+fraction is of the copy bandwidth measured here, on the same tensor sizes. Times are medians
+of ``triton.testing.do_bench`` over inputs rotated among several random tensors (never zeros),
+so that no input sits in L2 from the previous call.
+
+    PYTHONPATH=. python scripts/bench_quant.py [--json out.json] [--compile-budget 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import time
+
+import torch
+import triton.testing
+
+from fp4sweep.quant.kernels import backend
+from fp4sweep.quant.kernels.launch import fake_quantize as kernel_fake_quantize
+from fp4sweep.quant.quantize import fake_quantize
+from fp4sweep.quant.spec import QuantSpec
+
+MXFP4 = QuantSpec.preset("mxfp4")
+NVFP4 = QuantSpec.preset("nvfp4")
+VARIANTS = {
+    "mxfp4": MXFP4,
+    "nvfp4": NVFP4,
+    "mxfp4+H32+SR": dataclasses.replace(MXFP4, transform="hadamard32", rounding="sr"),
+    "nvfp4+RH16+SR": dataclasses.replace(NVFP4, transform="rhadamard16", rounding="sr"),
+    "ue5m3+RH32+SR+ts": QuantSpec(scale="ue5m3", scale_rule="nearest", rounding="sr",
+                                  transform="rhadamard32", tensor_scale=True),
+}
+# (rows, cols, quantisation axis): a square matrix and GPT-2-small activations, along the
+# hidden axis (forward) and along the token axis (the weight-gradient GEMM's operands).
+SHAPES = [(8192, 8192, -1), (16384, 768, -1), (16384, 3072, -1), (16384, 768, 0),
+          (16384, 3072, 0)]
+L2_BYTES = 50 * 2**20
+DTYPE = torch.bfloat16
+
+
+def inputs(rows: int, cols: int) -> list[torch.Tensor]:
+    """Enough random tensors that rotating through them defeats the L2 cache."""
+    count = max(2, -(-4 * L2_BYTES // (rows * cols * DTYPE.itemsize)))
+    return [torch.randn(rows, cols, device="cuda", dtype=DTYPE) for _ in range(min(count, 8))]
+
+
+def median_ms(fn, xs: list[torch.Tensor]) -> float:
+    rotation = itertools.cycle(xs)
+    return triton.testing.do_bench(lambda: fn(next(rotation)), warmup=50, rep=300,
+                                   return_mode="median")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write every measurement to this file")
+    parser.add_argument("--compile-budget", type=float, default=150.0,
+                        help="seconds that compiling the reference may take in all; the "
+                             "remaining torch.compile cells are skipped (reported as such)")
+    parser.add_argument("--skip-eager", action="store_true")
+    args = parser.parse_args()
+
+    # Every (spec, shape) is its own compiled graph: keep dynamo from falling back to eager.
+    for limit in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, 1024)
+    device = torch.cuda.get_device_name()
+    print(f"device: {device}, torch {torch.__version__}, triton {triton.__version__}")
+    rows_out, compile_spent = [], 0.0
+    for rows, cols, axis in SHAPES:
+        xs = inputs(rows, cols)
+        nbytes = 2 * rows * cols * DTYPE.itemsize
+        copy_out = torch.empty_like(xs[0])
+        copy_ms = median_ms(lambda x: copy_out.copy_(x), xs)
+        copy_tbs = nbytes / copy_ms / 1e9
+        for name, spec in VARIANTS.items():
+            row = dict(shape=f"{rows}x{cols}", axis=axis, variant=name, copy_tb_s=copy_tbs)
+            kernel_ms = median_ms(lambda x: kernel_fake_quantize(x, spec, axis, 1), xs)
+            row.update(kernel_ms=kernel_ms, kernel_tb_s=nbytes / kernel_ms / 1e9)
+            row["kernel_fraction_of_copy"] = row["kernel_tb_s"] / copy_tbs
+            with backend.use_backend("reference"):
+                if not args.skip_eager:
+                    eager_ms = median_ms(lambda x: fake_quantize(x, spec, axis, 1), xs[:2])
+                    row.update(eager_ms=eager_ms, eager_tb_s=nbytes / eager_ms / 1e9)
+                if compile_spent < args.compile_budget:
+                    start = time.perf_counter()
+                    compiled = torch.compile(fake_quantize, dynamic=False)
+                    compiled(xs[0], spec, axis, 1)
+                    torch.cuda.synchronize()
+                    compile_spent += time.perf_counter() - start
+                    compiled_ms = median_ms(lambda x: compiled(x, spec, axis, 1), xs)
+                    row.update(compiled_ms=compiled_ms,
+                               compiled_tb_s=nbytes / compiled_ms / 1e9)
+            rows_out.append(row)
+            print(_line(row), flush=True)
+    print(f"\n{device}; bf16 input and output; TB/s = (bytes read + written) / median time\n")
+    print(f"{'shape':>11} {'axis':>4} {'variant':>17} {'copy':>6} {'eager':>7} {'compile':>7} "
+          f"{'kernel':>7} {'k/copy':>6} {'kernel ms':>9}")
+    for row in rows_out:
+        print(_line(row))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=device, torch=torch.__version__, triton=triton.__version__,
+                           rows=rows_out), f, indent=1)
+
+
+def _line(row: dict) -> str:
+    def tbs(key: str) -> str:
+        return f"{row[key]:7.3f}" if key in row else f"{'-':>7}"
+
+    return (f"{row['shape']:>11} {row['axis']:>4} {row['variant']:>17} {row['copy_tb_s']:6.2f} "
+            f"{tbs('eager_tb_s')} {tbs('compiled_tb_s')} {tbs('kernel_tb_s')} "
+            f"{row['kernel_fraction_of_copy']:6.1%} {row['kernel_ms']:9.4f}")
+
+
+if __name__ == "__main__":
+    main()
