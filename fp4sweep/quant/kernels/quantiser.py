@@ -58,20 +58,23 @@ def _tile(
         outer = outer.to(tl.int64)
         first_line = first_line.to(tl.int64)
         first_position = first_position.to(tl.int64)
+    # The vector layouts are 2-D, [A * B, VEC] with row k = (a, b) = (k // B, k % B), so that
+    # the vector is the one contiguous dimension and lanes take consecutive b: no ties for
+    # Triton's layout choice to break, and offsets it can see are aligned vectors.
     if LAYOUT == AXIS_VECTORS:
-        # [COLS // VEC, ROWS, VEC]: each thread holds whole runs of the axis.
-        lines = first_line + tl.arange(0, ROWS)[None, :, None]
-        positions = (first_position + tl.arange(0, COLS // VEC)[:, None, None] * VEC
-                     + tl.arange(0, VEC)[None, None, :])
-        offsets = lines * stride + positions
-        mask = tl.broadcast_to(lines < n_lines, [COLS // VEC, ROWS, VEC])
+        # A = COLS // VEC, B = ROWS: each thread holds whole runs of the axis.
+        k = tl.arange(0, COLS // VEC * ROWS)[:, None]
+        lines = first_line + k % ROWS
+        offsets = (lines * stride + first_position + (k // ROWS) * VEC
+                   + tl.arange(0, VEC)[None, :])
+        mask = tl.broadcast_to(lines < n_lines, [COLS // VEC * ROWS, VEC])
     elif LAYOUT == LINE_VECTORS:
-        # [COLS, ROWS // VEC, VEC]: VEC contiguous lines at every position of the axis.
-        lines = (first_line + tl.arange(0, ROWS // VEC)[None, :, None] * VEC
-                 + tl.arange(0, VEC)[None, None, :])
-        positions = first_position + tl.arange(0, COLS)[:, None, None]
-        offsets = (outer * stride * (n_axis_tiles * step)) + positions * stride + lines
-        mask = tl.broadcast_to(lines < n_lines, [COLS, ROWS // VEC, VEC])
+        # A = COLS, B = ROWS // VEC: VEC contiguous lines at every position of the axis.
+        k = tl.arange(0, COLS * (ROWS // VEC))[:, None]
+        lines = first_line + (k % (ROWS // VEC)) * VEC + tl.arange(0, VEC)[None, :]
+        positions = first_position + k // (ROWS // VEC)
+        offsets = outer * stride * (n_axis_tiles * step) + positions * stride + lines
+        mask = lines < n_lines
     else:
         # [ROWS, COLS] as it comes.
         lines = first_line + tl.arange(0, ROWS)[:, None]
@@ -90,9 +93,11 @@ def _logical(x, LAYOUT: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr,
              COLS: tl.constexpr):
     """A tile in its load shape as [ROWS, COLS] (lines by positions along the axis)."""
     if LAYOUT == AXIS_VECTORS:
-        x = tl.reshape(tl.permute(x, [1, 0, 2]), [ROWS, COLS])
+        x = tl.reshape(tl.permute(tl.reshape(x, [COLS // VEC, ROWS, VEC]), [1, 0, 2]),
+                       [ROWS, COLS])
     elif LAYOUT == LINE_VECTORS:
-        x = tl.reshape(tl.permute(x, [1, 2, 0]), [ROWS, COLS])
+        x = tl.reshape(tl.permute(tl.reshape(x, [COLS, ROWS // VEC, VEC]), [1, 2, 0]),
+                       [ROWS, COLS])
     return x
 
 
@@ -101,9 +106,11 @@ def _physical(y, LAYOUT: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr,
               COLS: tl.constexpr):
     """The inverse of ``_logical``."""
     if LAYOUT == AXIS_VECTORS:
-        y = tl.permute(tl.reshape(y, [ROWS, COLS // VEC, VEC]), [1, 0, 2])
+        y = tl.reshape(tl.permute(tl.reshape(y, [ROWS, COLS // VEC, VEC]), [1, 0, 2]),
+                       [COLS // VEC * ROWS, VEC])
     elif LAYOUT == LINE_VECTORS:
-        y = tl.permute(tl.reshape(y, [ROWS // VEC, VEC, COLS]), [2, 0, 1])
+        y = tl.reshape(tl.permute(tl.reshape(y, [ROWS // VEC, VEC, COLS]), [2, 0, 1]),
+                       [COLS * (ROWS // VEC), VEC])
     return y
 
 
