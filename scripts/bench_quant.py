@@ -4,7 +4,9 @@ the reference in eager mode and the reference under torch.compile, in one run.
 Bytes counted: the input read once plus the output written once (what a copy moves); the
 fraction is of the copy bandwidth measured here, on the same tensor sizes. Times are medians
 of ``triton.testing.do_bench`` over inputs rotated among several random tensors (never zeros),
-so that no input sits in L2 from the previous call.
+so that no input sits in L2 from the previous call. The kernels are timed twice: as a Python
+call (``call``: launch overhead included) and as CUDA-graph replays of the same calls
+(``gpu``: device time alone).
 
     PYTHONPATH=. python scripts/bench_quant.py [--json out.json] [--compile-budget 150]
 """
@@ -18,9 +20,10 @@ import json
 import time
 
 import torch
+import torch._dynamo
 import triton.testing
 
-from fp4sweep.quant.kernels import backend
+from fp4sweep.quant.kernels import backend, launch
 from fp4sweep.quant.kernels.launch import fake_quantize as kernel_fake_quantize
 from fp4sweep.quant.quantize import fake_quantize
 from fp4sweep.quant.spec import QuantSpec
@@ -37,8 +40,7 @@ VARIANTS = {
 }
 # (rows, cols, quantisation axis): a square matrix and GPT-2-small activations, along the
 # hidden axis (forward) and along the token axis (the weight-gradient GEMM's operands).
-SHAPES = [(8192, 8192, -1), (16384, 768, -1), (16384, 3072, -1), (16384, 768, 0),
-          (16384, 3072, 0)]
+SHAPES = [(8192, 8192, -1), (16384, 768, -1), (16384, 3072, -1), (16384, 3072, 0)]
 L2_BYTES = 50 * 2**20
 DTYPE = torch.bfloat16
 
@@ -51,17 +53,34 @@ def inputs(rows: int, cols: int) -> list[torch.Tensor]:
 
 def median_ms(fn, xs: list[torch.Tensor]) -> float:
     rotation = itertools.cycle(xs)
-    return triton.testing.do_bench(lambda: fn(next(rotation)), warmup=50, rep=300,
+    return triton.testing.do_bench(lambda: fn(next(rotation)), warmup=25, rep=100,
+                                   return_mode="median")
+
+
+def graph_median_ms(fn, xs: list[torch.Tensor]) -> float:
+    """``median_ms`` of ``fn`` captured in one CUDA graph per input (after a warm-up call)."""
+    graphs = []
+    for x in xs:
+        fn(x)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn(x)
+        graphs.append(graph)
+    rotation = itertools.cycle(graphs)
+    return triton.testing.do_bench(lambda: next(rotation).replay(), warmup=25, rep=100,
                                    return_mode="median")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write every measurement to this file")
-    parser.add_argument("--compile-budget", type=float, default=150.0,
+    parser.add_argument("--compile-budget", type=float, default=60.0,
                         help="seconds that compiling the reference may take in all; the "
                              "remaining torch.compile cells are skipped (reported as such)")
     parser.add_argument("--skip-eager", action="store_true")
+    parser.add_argument("--skip-layouts", action="store_true",
+                        help="skip timing the kernels' plain tile layout against the vector ones")
     args = parser.parse_args()
 
     # Every (spec, shape) is its own compiled graph: keep dynamo from falling back to eager.
@@ -80,8 +99,11 @@ def main() -> None:
         for name, spec in VARIANTS.items():
             row = dict(shape=f"{rows}x{cols}", axis=axis, variant=name, copy_tb_s=copy_tbs)
             kernel_ms = median_ms(lambda x: kernel_fake_quantize(x, spec, axis, 1), xs)
-            row.update(kernel_ms=kernel_ms, kernel_tb_s=nbytes / kernel_ms / 1e9)
+            gpu_ms = graph_median_ms(lambda x: kernel_fake_quantize(x, spec, axis, 1), xs)
+            row.update(kernel_ms=kernel_ms, kernel_tb_s=nbytes / kernel_ms / 1e9,
+                       gpu_ms=gpu_ms, gpu_tb_s=nbytes / gpu_ms / 1e9)
             row["kernel_fraction_of_copy"] = row["kernel_tb_s"] / copy_tbs
+            row["gpu_fraction_of_copy"] = row["gpu_tb_s"] / copy_tbs
             with backend.use_backend("reference"):
                 if not args.skip_eager:
                     eager_ms = median_ms(lambda x: fake_quantize(x, spec, axis, 1), xs[:2])
@@ -99,13 +121,61 @@ def main() -> None:
             print(_line(row), flush=True)
     print(f"\n{device}; bf16 input and output; TB/s = (bytes read + written) / median time\n")
     print(f"{'shape':>11} {'axis':>4} {'variant':>17} {'copy':>6} {'eager':>7} {'compile':>7} "
-          f"{'kernel':>7} {'k/copy':>6} {'kernel ms':>9}")
+          f"{'call':>7} {'c/copy':>6} {'gpu':>7} {'g/copy':>6} {'call ms':>8} {'gpu ms':>7}")
     for row in rows_out:
         print(_line(row))
+    layouts = compare_layouts() if not args.skip_layouts else []
+    overheads = launch_overheads()
+    print("\nhost time per call, small tensor (1024x768), no synchronisation: " + ", ".join(
+        f"{name} {us:.1f} us" for name, us in overheads.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=device, torch=torch.__version__, triton=triton.__version__,
-                           rows=rows_out), f, indent=1)
+                           rows=rows_out, host_us_per_call=overheads, layouts=layouts),
+                      f, indent=1)
+
+
+def compare_layouts() -> list[dict]:
+    """Device time of the vector tile layouts (the default) against the plain one."""
+    results = []
+    print("\ndevice time (CUDA graphs), vector tile layouts vs plain [rows, cols] tiles")
+    for (rows, cols, axis), name in itertools.product(
+            [(8192, 8192, -1), (16384, 3072, 0)], ["mxfp4", "nvfp4", "mxfp4+H32+SR"]):
+        xs, spec = inputs(rows, cols), VARIANTS[name]
+        nbytes = 2 * rows * cols * DTYPE.itemsize
+        row = dict(shape=f"{rows}x{cols}", axis=axis, variant=name)
+        for layout, thread_run in (("vector", launch.MAX_THREAD_RUN), ("plain", 0)):
+            default, launch.MAX_THREAD_RUN = launch.MAX_THREAD_RUN, thread_run
+            launch._plan.cache_clear()
+            try:
+                ms = graph_median_ms(lambda x: kernel_fake_quantize(x, spec, axis, 1), xs)
+            finally:
+                launch.MAX_THREAD_RUN = default
+                launch._plan.cache_clear()
+            row[f"{layout}_ms"], row[f"{layout}_tb_s"] = ms, nbytes / ms / 1e9
+        results.append(row)
+        print(f"{row['shape']:>11} {axis:>4} {name:>17}  vector {row['vector_tb_s']:.3f} TB/s  "
+              f"plain {row['plain_tb_s']:.3f} TB/s", flush=True)
+    return results
+
+
+def launch_overheads(calls: int = 500) -> dict[str, float]:
+    """CPU time of one call, where the GPU is not what limits: a small tensor, no sync."""
+    x, out = torch.randn(1024, 768, device="cuda", dtype=DTYPE), None
+    functions = {"torch copy": lambda: out.copy_(x)}
+    out = torch.empty_like(x)
+    for name in ("mxfp4", "nvfp4"):
+        functions[f"kernels {name}"] = lambda spec=VARIANTS[name]: kernel_fake_quantize(x, spec)
+    result = {}
+    for name, fn in functions.items():
+        fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        result[name] = (time.perf_counter() - start) / calls * 1e6
+        torch.cuda.synchronize()
+    return result
 
 
 def _line(row: dict) -> str:
@@ -114,7 +184,8 @@ def _line(row: dict) -> str:
 
     return (f"{row['shape']:>11} {row['axis']:>4} {row['variant']:>17} {row['copy_tb_s']:6.2f} "
             f"{tbs('eager_tb_s')} {tbs('compiled_tb_s')} {tbs('kernel_tb_s')} "
-            f"{row['kernel_fraction_of_copy']:6.1%} {row['kernel_ms']:9.4f}")
+            f"{row['kernel_fraction_of_copy']:6.1%} {tbs('gpu_tb_s')} "
+            f"{row['gpu_fraction_of_copy']:6.1%} {row['kernel_ms']:8.4f} {row['gpu_ms']:7.4f}")
 
 
 if __name__ == "__main__":

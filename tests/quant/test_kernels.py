@@ -178,6 +178,38 @@ def test_64_bit_offsets(monkeypatch):
     check(wide_range(32, 64), dataclasses.replace(MXFP4, transform="rhadamard16"), axis=0)
 
 
+class _RecordingKernel:
+    """Stands in for a tuned kernel: records the keywords of each launch, then launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.keywords = kernel, []
+
+    def __getitem__(self, grid):
+        def run(*args, **keywords):
+            self.keywords.append(set(keywords))
+            return self.kernel[grid](*args, **keywords)
+
+        return run
+
+
+def test_every_launch_keyword_is_a_kernel_parameter(monkeypatch):
+    """Compiled launches reject unknown keywords, which the interpreter ignores."""
+    kernels = {name: _RecordingKernel(getattr(launch, name))
+               for name in ("_fake_quantize", "_tensor_amax")}
+    for name, recorder in kernels.items():
+        monkeypatch.setattr(launch, name, recorder)
+    spec = dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16")
+    for shape, axis in (((32, 64), -1), ((64, 32), 0), ((4, 48), -1)):
+        launch.fake_quantize(wide_range(*shape).to(DEVICE), spec if shape[1] != 48 else
+                             dataclasses.replace(MXFP4, block=24), axis)
+    for recorder in kernels.values():
+        assert recorder.keywords
+        parameters = set(recorder.kernel.arg_names)
+        tuned = set(launch._CONFIGS[0].kwargs) | {"ROWS"}
+        for keywords in recorder.keywords:
+            assert keywords - {"enable_fp_fusion"} <= parameters - tuned
+
+
 def test_invalid_inputs_raise_like_the_reference():
     x = wide_range(4, 48).to(DEVICE)
     with pytest.raises(ValueError, match="multiple of the block size"):

@@ -33,7 +33,7 @@ PLAIN, AXIS_VECTORS, LINE_VECTORS = range(3)  # quantiser.py's tile layouts
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 # (elements per tile, warps). The interpreter runs one: tuning there would only cost time.
-_TILES = ((4096, 4), (2048, 4), (8192, 8), (8192, 4))
+_TILES = ((4096, 4), (8192, 8))
 if INTERPRETED:
     _TILES = _TILES[:1]
 _CONFIGS = [triton.Config({"TILE": tile, "WARPS": warps}, num_warps=warps)
@@ -93,7 +93,7 @@ class _Geometry:
     vec: int
 
     @classmethod
-    def of(cls, x: torch.Tensor, axis: int, spec: QuantSpec) -> _Geometry:
+    def of(cls, x: torch.Tensor | _Shape, axis: int, spec: QuantSpec) -> _Geometry:
         length = x.shape[axis]
         outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
         if inner == 1:  # the axis is contiguous: lines are rows
@@ -141,13 +141,50 @@ def _signs(size: int, seed: int, device: torch.device) -> torch.Tensor:
 def _transform_constants(spec: QuantSpec) -> dict:
     k = spec.hadamard_size
     normaliser = torch.tensor(1.0 / math.sqrt(k), dtype=torch.float32).item() if k else 1.0
-    return dict(HAD=k, LOG_HAD=k.bit_length() - 1 if k else 0, NORMALISER=normaliser,
+    return dict(BLOCK=spec.block, BLOCK_2D=spec.block_2d, HAD=k,
+                LOG_HAD=k.bit_length() - 1 if k else 0, NORMALISER=normaliser,
                 RANDOM_SIGNS=spec.random_signs)
 
 
 def _format_constants(prefix: str, fmt: FloatFormat) -> dict:
-    return {f"{prefix}_EMIN": fmt.emin, f"{prefix}_MAN": fmt.man_bits,
-            f"{prefix}_BIAS": fmt.bias, f"{prefix}_MAX": fmt.max}
+    return {f"{prefix}_EMIN": fmt.emin, f"{prefix}_MAN": fmt.man_bits, f"{prefix}_MAX": fmt.max}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything about a launch that the seed and the tensor's values do not change."""
+
+    geometry: _Geometry
+    amax_constants: dict  # the tensor-amax kernel's (used with tensor scaling only)
+    constants: dict  # the quantiser kernel's
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(spec: QuantSpec, x: _Shape) -> _Plan:
+    elem, scale = spec.elem_format, spec.scale_format
+    transform = _transform_constants(spec)
+    constants = dict(
+        transform, RULE=SCALE_RULES.index(spec.scale_rule), TENSOR_SCALE=spec.tensor_scale,
+        TARGET=_tensor_target(elem, scale),
+        S_MIN_POSITIVE=scale.min_positive, S_MIN_NORMAL=scale.min_normal,
+        S_BIAS=scale.bias, E_EMAX=elem.emax, SR=spec.rounding == "sr", SR_BITS=spec.sr_bits,
+        # The interpreter truncates a float32 -> bfloat16 cast; compiled code rounds.
+        NATIVE_BF16=not INTERPRETED,
+        **_format_constants("S", scale), **_format_constants("E", elem),
+    )
+    return _Plan(_Geometry.of(x, x.axis, spec), transform, constants)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a plan needs of the tensor: hashable, unlike the tensor."""
+
+    shape: tuple[int, ...]
+    axis: int
+    itemsize: int
+
+    def element_size(self) -> int:
+        return self.itemsize
 
 
 def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
@@ -163,24 +200,12 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 
     out = torch.empty_like(x)
     if x.numel() == 0:
         return out
-    geometry = _Geometry.of(x, axis, spec)
-    transform = _transform_constants(spec)
+    plan = _plan(spec, _Shape(tuple(x.shape), axis, x.element_size()))
     signs = _signs(spec.hadamard_size, spec.transform_seed, x.device) if spec.random_signs else x
-    elem, scale = spec.elem_format, spec.scale_format
     amax_bits = x
     if spec.tensor_scale:
         amax_bits = torch.zeros(1, dtype=torch.int32, device=x.device)
-        geometry.launch(_tensor_amax, x, signs, amax_bits, BLOCK=spec.block,
-                        BLOCK_2D=spec.block_2d, **transform)
-    geometry.launch(
-        _fake_quantize, x, out, signs, amax_bits, key - 2**32 if key >= 2**31 else key,
-        BLOCK=spec.block, BLOCK_2D=spec.block_2d, **transform,
-        RULE=SCALE_RULES.index(spec.scale_rule), TENSOR_SCALE=spec.tensor_scale,
-        TARGET=_tensor_target(elem, scale),
-        S_MIN_POSITIVE=scale.min_positive, S_MIN_NORMAL=scale.min_normal,
-        E_EMAX=elem.emax, SR=spec.rounding == "sr", SR_BITS=spec.sr_bits,
-        # The interpreter truncates a float32 -> bfloat16 cast; compiled code rounds.
-        NATIVE_BF16=not INTERPRETED,
-        **_format_constants("S", scale), **_format_constants("E", elem),
-    )
+        plan.geometry.launch(_tensor_amax, x, signs, amax_bits, **plan.amax_constants)
+    plan.geometry.launch(_fake_quantize, x, out, signs, amax_bits,
+                         key - 2**32 if key >= 2**31 else key, **plan.constants)
     return out

@@ -133,7 +133,8 @@ def _hadamard(t, signs_ptr, ROWS: tl.constexpr, COLS: tl.constexpr, HAD: tl.cons
 def tensor_amax_kernel(
     x_ptr, signs_ptr, amax_bits_ptr,
     n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
-    VEC: tl.constexpr, TILE: tl.constexpr, WARPS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
+    VEC: tl.constexpr, TILE: tl.constexpr, WARPS: tl.constexpr, ROWS: tl.constexpr,
+    COLS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr, PADDED: tl.constexpr,
     WIDE: tl.constexpr, HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
     RANDOM_SIGNS: tl.constexpr,
 ):
@@ -198,15 +199,15 @@ def _tensor_scale(amax_bits_ptr, RULE: tl.constexpr, TARGET: tl.constexpr):
 def fake_quantize_kernel(
     x_ptr, out_ptr, signs_ptr, amax_bits_ptr, sr_key,
     n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
-    VEC: tl.constexpr, TILE: tl.constexpr, WARPS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
-    BLOCK_2D: tl.constexpr, WIDE: tl.constexpr,
+    VEC: tl.constexpr, TILE: tl.constexpr, WARPS: tl.constexpr, ROWS: tl.constexpr,
+    COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr, BLOCK_2D: tl.constexpr,
+    WIDE: tl.constexpr,
     HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
     RANDOM_SIGNS: tl.constexpr,
     RULE: tl.constexpr, TENSOR_SCALE: tl.constexpr, TARGET: tl.constexpr,
     S_EMIN: tl.constexpr, S_MAN: tl.constexpr, S_BIAS: tl.constexpr, S_MAX: tl.constexpr,
     S_MIN_POSITIVE: tl.constexpr, S_MIN_NORMAL: tl.constexpr,
-    E_EMIN: tl.constexpr, E_MAN: tl.constexpr, E_BIAS: tl.constexpr, E_MAX: tl.constexpr,
-    E_EMAX: tl.constexpr,
+    E_EMIN: tl.constexpr, E_MAN: tl.constexpr, E_MAX: tl.constexpr, E_EMAX: tl.constexpr,
     SR: tl.constexpr, SR_BITS: tl.constexpr, NATIVE_BF16: tl.constexpr,
 ):
     """``quantize.fake_quantize`` of one tile (see the module docstring)."""
