@@ -59,7 +59,8 @@ def step_times(recipe_name: str, batch: int, vocab: int, warmup: int, steps: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32, help="sequences of 1024 tokens per step")
-    parser.add_argument("--vocab", type=int, default=65, help="the Shakespeare corpus' 65 characters")
+    parser.add_argument("--vocab", type=int, default=65,
+                        help="vocabulary size; 65 is the Shakespeare corpus' characters")
     parser.add_argument("--recipes", nargs="+", default=["bf16", "nvfp4", "paper_best"])
     parser.add_argument("--reference", nargs="*", default=[],
                         help="recipes to time again with the pure-PyTorch reference quantiser")
@@ -69,7 +70,8 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.cuda.get_device_name()
-    runs = [(name, "auto") for name in args.recipes] + [(name, "reference") for name in args.reference]
+    runs = [(name, "auto") for name in args.recipes]
+    runs += [(name, "reference") for name in args.reference]
     results = []
     for name, quantiser in runs:
         with backend.use_backend(quantiser):
@@ -81,7 +83,8 @@ def main() -> None:
               flush=True)
     base = next(r["median_ms"] for r in results if r["recipe"] == "bf16")
     tokens = args.batch * GPT2_SMALL["block_size"]
-    print(f"\n{device}; GPT-2 small, batch {args.batch} x 1024 tokens, bf16 autocast, fused AdamW\n")
+    print(f"\n{device}; GPT-2 small, batch {args.batch} x 1024 tokens, bf16 autocast, "
+          "fused AdamW\n")
     print(f"{'recipe':>10} {'quantiser':>9} {'ms/step':>8} {'tokens/s':>9} {'vs bf16':>7}")
     for r in results:
         r["vs_bf16"] = r["median_ms"] / base

@@ -30,7 +30,9 @@ _override: str | None = None
 
 def _check(name: str, source: str) -> str:
     if name not in BACKENDS:
-        raise ValueError(f"{source}={name!r} is not a quantisation backend; valid: {list(BACKENDS)}")
+        raise ValueError(
+            f"{source}={name!r} is not a quantisation backend; valid: {list(BACKENDS)}"
+        )
     return name
 
 

@@ -8,11 +8,10 @@ are its rows and element (line, position) lies at ``line * stride + position``; 
 lines are the contiguous inner elements and it lies at
 ``outer * stride * length + position * stride + line``, with ``stride`` the inner size. Either
 way the offset is also the element's row-major index, the stochastic-rounding counter, and
-nothing is copied or transposed. COLS holds whole blocks and whole Hadamard runs; a block size that is
-no power of two is padded to one (masked lanes, one block per tile row).
-
-The steps are those of ``fp4sweep.quant.quantize``, in its order; ``device.py`` holds the
-float32 operations they share with the reference.
+nothing is copied or transposed. COLS holds whole blocks and whole Hadamard runs; a block size
+that is no power of two is padded to one (masked lanes, one block per tile row). The steps are
+those of ``fp4sweep.quant.quantize``, in its order; ``device.py`` holds the float32 operations
+they share with the reference.
 """
 
 from __future__ import annotations
@@ -121,12 +120,31 @@ def _hadamard(t, signs_ptr, ROWS: tl.constexpr, COLS: tl.constexpr, HAD: tl.cons
     """``transforms.apply_transform`` (or ``invert_transform``) along the tile's last axis."""
     if RANDOM_SIGNS:
         signs = tl.load(signs_ptr + tl.arange(0, HAD))
+    runs: tl.constexpr = [ROWS, COLS // HAD, HAD]
     if RANDOM_SIGNS and not INVERSE:
-        t = tl.reshape(tl.reshape(t, [ROWS, COLS // HAD, HAD]) * signs[None, None, :], [ROWS, COLS])
+        t = tl.reshape(tl.reshape(t, runs) * signs[None, None, :], [ROWS, COLS])
     t = walsh_hadamard(t, ROWS, COLS, LOG_HAD) * NORMALISER
     if RANDOM_SIGNS and INVERSE:
-        t = tl.reshape(tl.reshape(t, [ROWS, COLS // HAD, HAD]) * signs[None, None, :], [ROWS, COLS])
+        t = tl.reshape(tl.reshape(t, runs) * signs[None, None, :], [ROWS, COLS])
     return t
+
+
+@triton.jit
+def _load_transformed(
+    x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr,
+    LAYOUT: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+    BLOCK: tl.constexpr, PADDED: tl.constexpr, WIDE: tl.constexpr, HAD: tl.constexpr,
+    LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr, RANDOM_SIGNS: tl.constexpr,
+):
+    """``t``, this program's tile in float32 after the spec's transform, as [ROWS, COLS];
+    and the tile's offsets and mask in its load shape."""
+    offsets, mask = _tile(n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
+                          COLS, BLOCK, PADDED, WIDE)
+    t = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    t = _logical(t, LAYOUT, VEC, ROWS, COLS)
+    if HAD > 0:
+        t = _hadamard(t, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, False)
+    return t, offsets, mask
 
 
 @triton.jit
@@ -140,12 +158,9 @@ def tensor_amax_kernel(
 ):
     """``scaling.finite_amax`` of the transformed tensor, as float32 bits max-ed atomically
     into ``amax_bits_ptr`` (an int32 zero): integer max of magnitudes is exact and order-free."""
-    offsets, mask = _tile(n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
-                          COLS, BLOCK, PADDED, WIDE)
-    t = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    t = _logical(t, LAYOUT, VEC, ROWS, COLS)
-    if HAD > 0:
-        t = _hadamard(t, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, False)
+    t, offsets, mask = _load_transformed(
+        x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
+        COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS)
     bits = magnitude_bits(t)
     finite = bits < 0x7F800000
     tl.atomic_max(amax_bits_ptr, tl.max(tl.max(tl.where(finite, bits, 0), axis=1), axis=0))
@@ -211,12 +226,9 @@ def fake_quantize_kernel(
     SR: tl.constexpr, SR_BITS: tl.constexpr, NATIVE_BF16: tl.constexpr,
 ):
     """``quantize.fake_quantize`` of one tile (see the module docstring)."""
-    offsets, mask = _tile(n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
-                          COLS, BLOCK, PADDED, WIDE)
-    t = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    t = _logical(t, LAYOUT, VEC, ROWS, COLS)
-    if HAD > 0:
-        t = _hadamard(t, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, False)
+    t, offsets, mask = _load_transformed(
+        x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
+        COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS)
     amax = _block_amax(t, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
 
     # Scale rule (``scaling.py``): block scale s, decode scale d per block, scaled elements v.
