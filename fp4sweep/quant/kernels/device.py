@@ -163,14 +163,16 @@ def walsh_hadamard(x, ROWS: tl.constexpr, COLS: tl.constexpr, LOG_SIZE: tl.const
     [ROWS, COLS]: butterflies (a + b, a - b) at distance 1, 2, 4, ..., unnormalised.
 
     Each stage views the runs as [.., 2, half] and reduces over the pair axis twice, once with
-    the second element negated: a sum of two terms is one rounded addition in either order,
-    and a + (-b) is a - b, so these are the reference's bits, and a pair split across threads
-    costs a shuffle rather than a trip through shared memory. (``tl.reduce`` rather than
-    ``tl.sum``: the interpreter's sum starts from +0 and would lose the sign of -0 + -0.)"""
+    the second element's sign bit flipped: a sum of two terms is one rounded addition in either
+    order, and a + (-b) is a - b, so these are the reference's bits, and a pair split across
+    threads costs a shuffle rather than a trip through shared memory. Two spellings would lose
+    the sign of zero: ``tl.sum`` (the interpreter's starts from +0) and unary minus (Triton
+    3.6 computes 0 - b)."""
     for stage in tl.static_range(LOG_SIZE):
         pairs = tl.reshape(x, [ROWS, COLS >> (stage + 1), 2, 1 << stage])
         second = (tl.arange(0, 2) == 1)[None, None, :, None]
         total = tl.reduce(pairs, 2, _add, keep_dims=True)
-        difference = tl.reduce(tl.where(second, -pairs, pairs), 2, _add, keep_dims=True)
+        flipped = pairs.to(tl.int32, bitcast=True) ^ (second.to(tl.int32) << 31)
+        difference = tl.reduce(flipped.to(tl.float32, bitcast=True), 2, _add, keep_dims=True)
         x = tl.reshape(tl.where(second, difference, total), [ROWS, COLS])
     return x

@@ -41,16 +41,26 @@ _CONFIGS = [triton.Config({"TILE": tile, "WARPS": warps}, num_warps=warps)
 
 
 def _rows(args: dict) -> int:
-    """Lines per tile: about TILE elements, and enough lines that every lane of every warp
-    takes its own (vector of) lines in the vector layouts; at most what the tensor has, but a
-    whole 2-D block and a whole line vector."""
+    """Lines per tile: about TILE elements, and never so few that threads would share elements.
+
+    The vector layouts take enough lines that every lane of every warp holds lines of its own
+    (with fewer, Triton 3.6 spread the runs over lanes and warps or copied them, and blocks came
+    out wrong on the GPU); the plain layout takes at most what the tensor has, but one vector
+    for each thread. All take whole 2-D blocks and whole line vectors. The interpreter has no
+    threads to keep apart: there, tiles shrink to small tensors and small tests stay fast.
+    """
     rows = args["TILE"] // args["COLS"]
+    fitted = min(rows, triton.next_power_of_2(args["n_lines"]))
+    whole = max(args["BLOCK"] if args["BLOCK_2D"] else 1,
+                args["VEC"] if args["LAYOUT"] == LINE_VECTORS else 1)
+    if INTERPRETED:
+        return max(fitted, whole)
+    every_thread = 32 * args["WARPS"]
     if args["LAYOUT"] == AXIS_VECTORS:
-        rows = max(rows, 32 * args["WARPS"])
-    elif args["LAYOUT"] == LINE_VECTORS:
-        rows = max(rows, 32 * args["WARPS"] * args["VEC"])
-    least = max(args["BLOCK"] if args["BLOCK_2D"] else 1, args["VEC"])
-    return max(min(rows, triton.next_power_of_2(args["n_lines"])), least)
+        return max(rows, every_thread, whole)
+    if args["LAYOUT"] == LINE_VECTORS:
+        return max(rows, every_thread * args["VEC"], whole)
+    return max(fitted, every_thread * args["VEC"] // args["COLS"], whole)
 
 
 def _tuning_pays(configs: list, named_args: dict, **constants) -> list:
@@ -90,7 +100,7 @@ class _Geometry:
     cols: int
     padded: bool
     layout: int
-    vec: int
+    vec: int  # elements of a thread's widest load; the vector layouts' vector length
 
     @classmethod
     def of(cls, x: torch.Tensor | _Shape, axis: int, spec: QuantSpec) -> _Geometry:
@@ -100,12 +110,15 @@ class _Geometry:
             n_outer, n_lines, strides = 1, outer, (length, True)
         else:  # lines are the contiguous inner elements, one set per outer index
             n_outer, n_lines, strides = outer, inner, (inner, False)
+        vec = VECTOR_BYTES // x.element_size()
         if spec.block & (spec.block - 1):  # padded to a power of two, one block per tile row
             return cls(n_outer, n_lines, *strides, length // spec.block,
-                       triton.next_power_of_2(spec.block), True, PLAIN, 1)
+                       triton.next_power_of_2(spec.block), True, PLAIN, vec)
         cols = max(spec.block, spec.hadamard_size)
-        vec = VECTOR_BYTES // x.element_size()
-        if inner == 1 and vec <= cols <= MAX_THREAD_RUN:
+        # Measured on an H200 (docs/benchmarks.md): along a contiguous axis the plain layout
+        # reads best, unless butterflies want whole Hadamard runs in one thread; along a strided
+        # axis the line vectors do.
+        if inner == 1 and spec.hadamard_size and vec <= cols <= MAX_THREAD_RUN:
             return cls(n_outer, n_lines, *strides, length // cols, cols, False, AXIS_VECTORS, vec)
         if inner > 1 and cols <= MAX_THREAD_RUN:
             vec = max(1, min(vec, MAX_THREAD_RUN // cols))
@@ -114,7 +127,7 @@ class _Geometry:
             # Longer contiguous runs per tile row, as long as they divide the axis.
             while cols * 2 <= MAX_AXIS_COLS and length % (cols * 2) == 0:
                 cols *= 2
-        return cls(n_outer, n_lines, *strides, length // cols, cols, False, PLAIN, 1)
+        return cls(n_outer, n_lines, *strides, length // cols, cols, False, PLAIN, vec)
 
     def launch(self, kernel, x: torch.Tensor, *args, **constants) -> None:
         def grid(meta: dict) -> tuple[int]:
