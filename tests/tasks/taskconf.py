@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -31,3 +33,15 @@ def require_data(name: str) -> None:
     root = datasets.resolve_data_dir()
     if not (root / _DATA_FILES[name]).exists():
         pytest.skip(f"{name} is not in {root.resolve()}: run `{datasets.FETCH_COMMAND} {name}`")
+
+
+def write_cifar10(directory: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """CIFAR-10's python-pickle batches, 3 random images each: rows of 3072 bytes, R, G, B planes."""
+    directory.mkdir(parents=True)
+    rows = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        rows[name] = rng.integers(0, 256, size=(3, 3072), dtype=np.uint8)
+        batch = {b"data": rows[name], b"labels": [1, 7, 9], b"batch_label": name.encode()}
+        with open(directory / name, "wb") as f:
+            pickle.dump(batch, f)
+    return rows

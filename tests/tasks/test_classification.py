@@ -1,12 +1,13 @@
 import math
 
+import numpy as np
 import pytest
-from taskconf import require_data, task_config
+from taskconf import require_data, task_config, write_cifar10
 from torch import nn
 
 from fp4sweep.quant import Recipe
 from fp4sweep.quant.gemm import GemmShape
-from fp4sweep.tasks import classification
+from fp4sweep.tasks import classification, datasets
 from fp4sweep.tasks.base import build_config
 
 BF16 = Recipe.preset("bf16")
@@ -40,6 +41,16 @@ def test_tiny_resnet18_learns():
                                                   train_examples=512, val_examples=100), BF16, seed=0)
     assert run.curve[-1]["train_loss"] < run.curve[0]["train_loss"]
     assert len(run.gemm_shapes) == 21  # stem, 16 block convolutions, 3 shortcuts, fc
+
+
+@pytest.mark.parametrize("model", classification.MODELS)
+def test_cifar10_layout_trains_in_colour(tmp_path, monkeypatch, model):
+    monkeypatch.setenv("FP4SWEEP_DATA", str(tmp_path))
+    write_cifar10(tmp_path / datasets.CIFAR10_DIR, np.random.default_rng(0))
+    config = task_config(classification, dataset="cifar10", model=model, batch_size=5, eval_every=1)
+    run = classification.train(config, BF16, seed=0)
+    assert [p["step"] for p in run.curve] == [1, 2, 3]  # 15 training images in batches of 5
+    assert run.gemm_shapes[0].k == 3 * 9  # the first convolution sees three channels
 
 
 def test_cnn_gemm_shapes_by_hand():

@@ -1,9 +1,8 @@
 import gzip
-import pickle
 
 import numpy as np
 import pytest
-from taskconf import require_data
+from taskconf import require_data, write_cifar10
 
 from fp4sweep.tasks import datasets
 
@@ -37,18 +36,6 @@ def test_read_idx_rejects_bad_magic_and_truncated_files(tmp_path):
     (tmp_path / "short").write_bytes((tmp_path / "short").read_bytes()[:-1])
     with pytest.raises(ValueError, match="promises"):
         datasets.read_idx(tmp_path / "short")
-
-
-def write_cifar10(directory, rng) -> dict[str, np.ndarray]:
-    """The standard python-pickle batches: rows of 3072 bytes, R then G then B planes."""
-    directory.mkdir()
-    rows = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        rows[name] = rng.integers(0, 256, size=(3, 3072), dtype=np.uint8)
-        batch = {b"data": rows[name], b"labels": [1, 7, 9], b"batch_label": name.encode()}
-        with open(directory / name, "wb") as f:
-            pickle.dump(batch, f)
-    return rows
 
 
 def test_cifar10_batches_are_read_channel_first(tmp_path):

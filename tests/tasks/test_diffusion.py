@@ -1,14 +1,15 @@
 import io
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
-from taskconf import require_data, task_config
+from taskconf import require_data, task_config, write_cifar10
 from torch import nn
 
 from fp4sweep.quant import Recipe
 from fp4sweep.quant.gemm import GemmShape
-from fp4sweep.tasks import diffusion
+from fp4sweep.tasks import datasets, diffusion
 from fp4sweep.tasks.base import build_config
 
 BF16 = Recipe.preset("bf16")
@@ -41,6 +42,15 @@ def test_same_seed_same_metrics_and_samples(tiny_run):
     assert again.metrics == tiny_run.metrics
     assert again.artifacts == tiny_run.artifacts
     assert diffusion.train(task_config(diffusion), BF16, seed=1).metrics != tiny_run.metrics
+
+
+def test_cifar10_layout_trains_in_colour(tmp_path, monkeypatch):
+    monkeypatch.setenv("FP4SWEEP_DATA", str(tmp_path))
+    write_cifar10(tmp_path / datasets.CIFAR10_DIR, np.random.default_rng(0))
+    config = task_config(diffusion, dataset="cifar10", batch_size=5, steps=3, eval_every=3, sample_count=4)
+    run = diffusion.train(config, BF16, seed=0)
+    grid = matplotlib.image.imread(io.BytesIO(run.artifacts["samples.png"]), format="png")
+    assert grid.shape[:2] == (2 * 34, 2 * 34) and grid.shape[2] in (3, 4)  # 32x32 colour samples
 
 
 def test_held_out_draws_do_not_depend_on_the_trial_seed():
