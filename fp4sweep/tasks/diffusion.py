@@ -216,17 +216,24 @@ def _held_out_draws(config: Config, x_val: torch.Tensor
 @torch.no_grad()
 def sample(model: nn.Module, alpha_bar: torch.Tensor, count: int, shape: tuple[int, ...],
            device: torch.device) -> torch.Tensor:
-    """DDPM ancestral sampling (variance beta_t) from fixed noise; images in [-1, 1]."""
+    """DDPM ancestral sampling from fixed noise; images in [-1, 1].
+
+    Each step predicts x_0 from the noise estimate, clips it to the data range and draws x_{t-1}
+    from the Gaussian posterior q(x_{t-1} | x_t, x_0), as DDPM's reference sampler does: without
+    the clipping, errors of a briefly trained model compound over the steps.
+    """
     generator = torch.Generator().manual_seed(SAMPLE_NOISE_SEED)
-    alphas = alpha_bar / torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+    previous = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])  # alpha_bar_{t-1}
+    betas = 1 - alpha_bar / previous
     x = torch.randn((count, *shape), generator=generator).to(device)
     for step in reversed(range(len(alpha_bar))):
         t = torch.full((count,), step, dtype=torch.long, device=device)
-        eps = model(x, t)
-        a, ab = alphas[step], alpha_bar[step]
-        x = (x - (1 - a) / (1 - ab).sqrt() * eps) / a.sqrt()
+        ab, ab_prev, beta = alpha_bar[step], previous[step], betas[step]
+        x0 = ((x - (1 - ab).sqrt() * model(x, t)) / ab.sqrt()).clamp(-1, 1)
+        x = (beta * ab_prev.sqrt() * x0 + (1 - ab_prev) * (1 - beta).sqrt() * x) / (1 - ab)
         if step > 0:
-            x = x + (1 - a).sqrt() * torch.randn((count, *shape), generator=generator).to(device)
+            variance = beta * (1 - ab_prev) / (1 - ab)
+            x = x + variance.sqrt() * torch.randn((count, *shape), generator=generator).to(device)
     return x.clamp(-1, 1)
 
 
