@@ -16,10 +16,10 @@ import io
 import math
 from dataclasses import dataclass
 
-import matplotlib.image
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from fp4sweep.quant import Recipe
@@ -249,11 +249,9 @@ def png_grid(images: torch.Tensor, crop: int) -> bytes:
     for i, image in enumerate(images):
         top, left = (cell * j + 1 for j in divmod(i, cols))
         grid[top:top + crop, left:left + crop] = image.transpose(1, 2, 0)
+    pixels = np.round(grid * 255).astype(np.uint8)
     buffer = io.BytesIO()
-    if c == 1:
-        matplotlib.image.imsave(buffer, grid[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, format="png")
-    else:
-        matplotlib.image.imsave(buffer, grid, format="png")
+    Image.fromarray(pixels[:, :, 0] if c == 1 else pixels).save(buffer, format="png")
     return buffer.getvalue()
 
 
