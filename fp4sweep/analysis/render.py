@@ -1,0 +1,273 @@
+"""One self-contained HTML page from an ``Analysis``: inline CSS, figures as PNG data URIs.
+
+The page's Content-Security-Policy forbids every fetch except data: images and inline styles, so
+it opens offline and any accidental network reference shows up as a blocked request.
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+from fp4sweep import __version__
+from fp4sweep.analysis.analyse import Analysis
+from fp4sweep.analysis.figures import effects_figure, front_figure
+from fp4sweep.analysis.pareto import OVERHEADS, QUALITY
+from fp4sweep.analysis.quality import CONFIDENCE, TASK_KEY, axis_columns, task_name
+
+TABLE_ROWS_MAX = 100  # longer tables are cut in the page; the CSV files beside it hold every row
+OVERHEAD_LABELS = {
+    "model": "modelled overhead (fraction of the step's GEMM cost)",
+    "measured": "measured overhead (step time relative to bf16, minus one)",
+}
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1, h2, h3 { line-height: 1.2; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
+table { border-collapse: collapse; font-size: 12px; margin: .5em 0 1em; }
+th, td { border: 1px solid #ddd; padding: 2px 6px; white-space: nowrap; }
+th { background: #f3f3f3; } .num { text-align: right; } .text { text-align: left; }
+.scroll { overflow-x: auto; } .problems li { color: #8a1c00; } .note { color: #555; }
+img { max-width: 100%; }
+"""
+
+
+def render_html(analysis: Analysis, source: str, files: dict[str, str]) -> str:
+    """The report page for ``analysis`` of the store at ``source``.
+
+    ``files`` names the files written beside the page, with what each holds, to link to.
+    """
+    parts = [
+        _header(analysis, source),
+        _problems(analysis),
+        _overview(analysis),
+        _robust(analysis),
+        *(_task_section(analysis, task, size) for task, size in analysis.tasks),
+        _failed(analysis),
+        _files(files),
+    ]
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
+        "<meta http-equiv=\"Content-Security-Policy\" "
+        "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">\n"
+        f"<title>fp4sweep report: {html.escape(source)}</title>\n<style>{STYLE}</style></head>\n"
+        "<body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
+
+
+def _header(analysis: Analysis, source: str) -> str:
+    reference = analysis.reference
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "<h1>FP4 recipe sweep: quality against overhead</h1>\n"
+        f"<p>Store <code>{html.escape(source)}</code>, reported {generated} by fp4sweep "
+        f"{__version__}.</p>\n"
+        "<p class=\"note\">Quality is the relative validation-loss gap to the bf16 baseline of the "
+        "same task and seed, (loss &minus; base) / base, averaged over seeds (lower is better); "
+        f"intervals are {CONFIDENCE:.0%} Student-t intervals of the seed mean. Recipes with a "
+        "diverged seed are never on a front. Hypervolumes are measured from the fixed reference "
+        f"point (loss gap {reference.quality_gap:g}, modelled overhead "
+        f"{reference.model_overhead:g}, measured overhead {reference.measured_overhead:g}). "
+        f"A recipe is near a front when its loss gap is within {analysis.tolerance:g} of the "
+        "front's best at the same or lower modelled overhead.</p>"
+    )
+
+
+def _problems(analysis: Analysis) -> str:
+    if not analysis.problems:
+        return (
+            "<h2>Completeness</h2>\n<p>Nothing missing: every file was read and every task has "
+            "its baselines.</p>"
+        )
+    items = "\n".join(f"<li>{html.escape(problem)}</li>" for problem in analysis.problems)
+    return (
+        "<h2>Completeness</h2>\n<p>This report is partial or some results are unusable:</p>\n"
+        f"<ul class=\"problems\">\n{items}\n</ul>"
+    )
+
+
+def _overview(analysis: Analysis) -> str:
+    if analysis.trials.empty:
+        return ""
+    hypervolumes = analysis.hypervolumes.pivot(
+        index=TASK_KEY, columns="overhead", values="hypervolume"
+    )
+    hypervolumes = hypervolumes[[name for name in OVERHEADS if name in hypervolumes.columns]]
+    counts = analysis.trials.join(hypervolumes.add_prefix("hypervolume, "))
+    return "<h2>Trials</h2>\n" + _table(_with_task_names(counts.reset_index()))
+
+
+def _robust(analysis: Analysis) -> str:
+    heading = "<h2>Recipes on or near every task's front</h2>\n"
+    if analysis.robust.empty:
+        return heading + (
+            f"<p>No recipe is within {analysis.tolerance:g} loss gap of the modelled-overhead "
+            "front of every task that has one.</p>"
+        )
+    return heading + (
+        f"<p>Recipes within {analysis.tolerance:g} relative loss gap of each task's "
+        "modelled-overhead front (slack 0: on the front), least slack first.</p>\n"
+        + _table(analysis.robust.drop(columns="recipe_id"))
+    )
+
+
+def _task_section(analysis: Analysis, task: str, size: str) -> str:
+    name = task_name(task, size)
+    recipes = _of_task(analysis.recipes, task, size)
+    counts = analysis.trials.loc[(task, size)]
+    parts = [
+        f"<h2>{html.escape(name)}</h2>",
+        f"<p>{len(recipes)} recipes; {counts['done']} finished, {counts['diverged']} diverged "
+        f"and {counts['failed']} failed trials; {counts['baseline']} baseline trials.</p>",
+    ]
+    eligible = recipes[recipes["eligible"]] if len(recipes) else recipes
+    if eligible.empty:
+        parts.append("<p>No recipe has a quality gap here, so there is no front "
+                     "(see Completeness).</p>")
+    for overhead, column in OVERHEADS.items():
+        if column in eligible.columns and eligible[column].notna().any():
+            parts.append(_front(analysis, eligible[eligible[column].notna()], name, overhead))
+    parts.append(_divergence(_of_task(analysis.outcomes_by_axis, task, size)))
+    parts.append(_effects(_of_task(analysis.effects, task, size), name))
+    return "\n".join(parts)
+
+
+def _front(analysis: Analysis, eligible: pd.DataFrame, name: str, overhead: str) -> str:
+    column, flag = OVERHEADS[overhead], f"front.{overhead}"
+    task, size = eligible["task"].iloc[0], eligible["size"].iloc[0]
+    hypervolumes = _of_task(analysis.hypervolumes, task, size)
+    row = hypervolumes[hypervolumes["overhead"] == overhead].iloc[0]
+    corner = analysis.reference.corner(overhead)
+    image = front_figure(
+        eligible, QUALITY, column, flag, corner, OVERHEAD_LABELS[overhead],
+        f"{name}: loss gap against {overhead} overhead",
+    )
+    front = eligible[eligible[flag]].sort_values([column, QUALITY])
+    return (
+        f"<h3>Pareto front against {OVERHEAD_LABELS[overhead]}</h3>\n"
+        f"<p>{row['n_front']} of the {row['n_recipes']} recipes with a gap and no diverged seed "
+        "are Pareto-optimal; hypervolume "
+        f"<b>{row['hypervolume']:.6g}</b> from reference point "
+        f"({corner[0]:g}, {corner[1]:g}).</p>\n"
+        + _figure(image, f"{name}: recipes and Pareto front, {overhead} overhead")
+        + _table(_front_rows(front))
+    )
+
+
+def _front_rows(front: pd.DataFrame) -> pd.DataFrame:
+    """The front table's columns: the recipe, its choices, its quality and its costs."""
+    table = pd.DataFrame({"#": np.arange(1, len(front) + 1), "recipe_label": front["recipe_label"]})
+    for axis in axis_columns(front):
+        table[axis.removeprefix("axis.")] = front[axis]
+    table["loss gap"] = front["loss_gap_mean"]
+    table[f"{CONFIDENCE:.0%} CI"] = _interval(front["loss_gap_ci_low"], front["loss_gap_ci_high"])
+    if "acc_gap_mean" in front.columns:
+        table["accuracy gap"] = front["acc_gap_mean"]
+    for column in ("overhead.model", "overhead.points", "measured_overhead"):
+        if column in front.columns:
+            table[column] = front[column]
+    table["seeds"] = front["n_gaps"]
+    return table
+
+
+def _interval(low: pd.Series, high: pd.Series) -> list[str]:
+    return [
+        "–" if np.isnan(lo) else f"[{lo:.4g}, {hi:.4g}]"
+        for lo, hi in zip(low.to_numpy(dtype=float), high.to_numpy(dtype=float))
+    ]
+
+
+def _divergence(outcomes: pd.DataFrame) -> str:
+    heading = "<h3>Divergence by technique</h3>\n"
+    diverging = outcomes[outcomes["n_diverged"] > 0]
+    if diverging.empty:
+        return heading + "<p>No trial diverged.</p>"
+    diverging = diverging.sort_values(
+        ["diverged_fraction", "axis", "value"], ascending=[False, True, True]
+    )
+    return heading + (
+        "<p>Trials that diverged, counted for every axis value they used (values without "
+        "divergence are left out here).</p>\n"
+        + _table(diverging.drop(columns=TASK_KEY))
+    )
+
+
+def _effects(effects: pd.DataFrame, name: str) -> str:
+    heading = "<h3>Effect of each choice on quality</h3>\n"
+    if effects.empty:
+        return heading + "<p>Not estimated (see Completeness).</p>"
+    image = effects_figure(effects, f"{name}: OLS effects on the loss gap")
+    return heading + (
+        "<p>Ordinary least squares of each finished trial's loss gap on one-hot axes; an effect "
+        "is the change in loss gap against the axis' reference value with the other axes fixed "
+        "(negative is better). Ranked best first.</p>\n"
+        + _figure(image, f"{name}: axis effects")
+        + _table(effects.drop(columns=TASK_KEY))
+    )
+
+
+def _failed(analysis: Analysis) -> str:
+    if analysis.failed.empty:
+        return ""
+    return "<h2>Failed trials</h2>\n" + _table(_with_task_names(analysis.failed))
+
+
+def _files(files: dict[str, str]) -> str:
+    items = "\n".join(
+        f"<li><a href=\"{html.escape(name)}\">{html.escape(name)}</a>: {html.escape(what)}</li>"
+        for name, what in files.items()
+    )
+    return f"<h2>Files beside this report</h2>\n<ul>\n{items}\n</ul>"
+
+
+def _of_task(frame: pd.DataFrame, task: str, size: str) -> pd.DataFrame:
+    return frame[(frame["task"] == task) & (frame["size"] == size)]
+
+
+def _with_task_names(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its task and size columns merged into one "task" column, e.g. "gpt (tiny)"."""
+    names = [task_name(task, size) for task, size in zip(frame["task"], frame["size"])]
+    return frame.drop(columns=TASK_KEY).assign(task=names)[["task", *frame.columns.drop(TASK_KEY)]]
+
+
+def _figure(data_uri: str, caption: str) -> str:
+    caption = html.escape(caption)
+    return (
+        f"<figure><img src=\"{data_uri}\" alt=\"{caption}\">"
+        f"<figcaption>{caption}</figcaption></figure>\n"
+    )
+
+
+def _table(frame: pd.DataFrame) -> str:
+    """An HTML table of at most TABLE_ROWS_MAX rows; numbers right-aligned, text left."""
+    shown = frame.head(TABLE_ROWS_MAX)
+    classes = ["num" if _is_number(shown[column]) else "text" for column in shown.columns]
+    header = "".join(
+        f"<th class=\"{cls}\">{html.escape(str(c))}</th>" for c, cls in zip(shown.columns, classes)
+    )
+    body = "\n".join(
+        "<tr>" + "".join(f"<td class=\"{cls}\">{_cell(v)}</td>" for v, cls in zip(row, classes))
+        + "</tr>"
+        for row in shown.itertuples(index=False, name=None)
+    )
+    note = ""
+    if len(frame) > TABLE_ROWS_MAX:
+        note = (
+            f"<p class=\"note\">First {TABLE_ROWS_MAX} of {len(frame)} rows; the CSV files "
+            "beside this page hold all of them.</p>\n"
+        )
+    return f"<div class=\"scroll\"><table>\n<tr>{header}</tr>\n{body}\n</table></div>\n{note}"
+
+
+def _is_number(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "–" if np.isnan(value) else f"{value:.4g}"
+    if value is None or value is pd.NA:
+        return "–"
+    return html.escape(str(value))

@@ -1,0 +1,173 @@
+"""Scale rules: from a block's absolute maximum to its scale, and the scaled elements.
+
+Notation (all float32, ``fl(.)`` = one correctly rounded float32 operation): ``t`` the
+(transformed) values, ``A`` the tensor amax (over finite values), ``a`` a block's amax, ``E``
+the element format's max (6 for E2M1), ``emax_e`` its binary exponent (2 for E2M1), ``S`` the
+scale format, ``S_top = min(S.max, 2**64)``.
+
+Tensor scaling (two-level scaling, any scale format) multiplies the tensor by the global encode
+scale ``g = min(fl(fl(S_top * E) / A), FLT_MAX)`` so that the largest block scale lands on the
+top of the scale format's range; ``g = 1`` when tensor scaling is off, when ``A == 0`` or when
+``g`` underflows to 0. ``S_top`` caps the target at 2**64 so that ``g`` and ``1/g`` stay normal
+float32 numbers for wide scale formats (E8M0's max 2**127 times E would overflow float32);
+this cap changes nothing for UE4M3, UE5M3 or any scale format with at most 7 exponent bits.
+
+Each rule yields, per block: the scale ``s`` (a value of ``S``), the scaled elements ``v``
+(in element units, to be rounded onto the element grid) and the decode scale ``d`` (in units of
+``t``: the dequantised value is ``fl(q * d)`` for a rounded element ``q``).
+
+- floor / ceil / nearest::
+
+      a_g = fl(a * g)                    # = max |fl(t * g)|: rounding is monotone
+      floor:   s = round_down(S, a_g * 2**-emax_e)      (OCP MX v1.0's rule for E8M0)
+      ceil:    s = round_up(S, fl(a_g / E))             (no element saturates)
+      nearest: s = round_nearest_even(S, fl(a_g / E))
+      v = fl(fl(t * g) / s);   d = fl(s / g)
+
+  Without tensor scaling (g = 1) this is ``v = t / s``, ``d = s``: gfloat's convention.
+
+- nvfp4, TransformerEngine's NVFP4 (kernel ``core_nvfp4.cuh`` and its Python reference)::
+
+      s = round_nearest_even(S, min(fl(a * fl(g * fl(1 / E))), FLT_MAX))  (saturating at S.max)
+      d = fl(s * fl(1 / g));   v = fl(t * min(fl(1 / d), FLT_MAX))
+
+- nvfp4_torchao, torchao's ``nvfp4_quantize``, with ``p = fl(A / fl(S_top * E))`` the per-tensor
+  decode scale (``p = 1`` without tensor scaling or when ``A == 0``)::
+
+      s = round_nearest_even(S, clamp(fl(fl(a / E) / p), S.min_normal, S.max))
+      d = fl(p * s);   v = fl(t / d)
+
+Zero or underflowing scales: a scale that rounds below the format's smallest positive value
+becomes that smallest positive value (2**-127 for E8M0, 2**-9 for UE4M3, 2**-17 for UE5M3), so
+nothing is ever divided by zero and an all-zero block quantises to zeros. TransformerEngine
+instead keeps the zero scale (such a block then dequantises to zero): the only place where
+"nvfp4" departs from it, and only for blocks below about 2**-10 / 448 of the tensor amax.
+torchao's rule never underflows (its lower clamp is the smallest normal).
+
+Non-finite values: a NaN makes its block's amax, scale and every element NaN. An infinity makes
+its block's scale the format's max and rounds to +-E there, so it dequantises to +-fl(E * d)
+(which overflows back to infinity where E times the scale format's max exceeds float32, as with
+E8M0). The tensor amax ignores both, so other blocks are unaffected. (With a transform, a
+non-finite value first spreads over its Hadamard run.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fp4sweep.quant.formats import FloatFormat
+from fp4sweep.quant.rounding import round_magnitude
+
+FLT_MAX = torch.finfo(torch.float32).max
+TENSOR_TARGET_CAP = 2.0**64
+SCALE_RULES = ("floor", "ceil", "nearest", "nvfp4", "nvfp4_torchao")
+
+
+@dataclass(frozen=True)
+class ScaledBlocks:
+    """One scale rule's result for a blocked tensor ``t`` of shape (..., blocks, block_len).
+
+    elements: ``v``, the scaled values in element units, before element rounding.
+    scale: ``s`` per block (shape (..., blocks, 1)), a value of the scale format.
+    decode: ``d`` per block: dequantised = fl(rounded element * d), in units of ``t``.
+    tensor_scale: the global encode scale ``g`` (0-d; 1 without tensor scaling; ``fl(1 / p)``
+        for the torchao rule, which divides by ``p`` instead).
+    """
+
+    elements: torch.Tensor
+    scale: torch.Tensor
+    decode: torch.Tensor
+    tensor_scale: torch.Tensor
+
+
+def finite_amax(t: torch.Tensor) -> torch.Tensor:
+    """max |t| over the finite values of ``t`` (0 if there are none), a 0-d float32 tensor."""
+    if t.numel() == 0:
+        return torch.zeros((), dtype=torch.float32, device=t.device)
+    magnitude = t.abs()
+    return torch.where(torch.isfinite(magnitude), magnitude, 0.0).amax()
+
+
+def _f32(value: float, like: torch.Tensor) -> torch.Tensor:
+    # Divisors are device tensors, never Python numbers: on CUDA, PyTorch turns a division by a
+    # host scalar into a multiplication by its reciprocal, which rounds differently.
+    return torch.tensor(value, dtype=torch.float32, device=like.device)
+
+
+def tensor_target(elem: FloatFormat, scale: FloatFormat, like: torch.Tensor) -> torch.Tensor:
+    """fl(S_top * E): where tensor scaling puts the tensor amax."""
+    return _f32(min(scale.max, TENSOR_TARGET_CAP), like) * _f32(elem.max, like)
+
+
+def global_encode_scale(amax: torch.Tensor, elem: FloatFormat, scale: FloatFormat) -> torch.Tensor:
+    """The tensor's encode scale ``g`` (0-d float32), as TransformerEngine computes it."""
+    g = torch.clamp(tensor_target(elem, scale, amax) / amax, max=FLT_MAX)
+    return torch.where((amax == 0) | (g == 0), _f32(1.0, amax), g)
+
+
+def _at_least_smallest(scale: FloatFormat, s: torch.Tensor) -> torch.Tensor:
+    # torch.maximum propagates NaN, so a NaN block keeps its NaN scale.
+    return torch.maximum(s, _f32(scale.min_positive, s))
+
+
+def _amax_rule(
+    rule: str, t: torch.Tensor, amax: torch.Tensor, g: torch.Tensor,
+    elem: FloatFormat, scale: FloatFormat,
+) -> ScaledBlocks:
+    a_g = amax * g
+    if rule == "floor":
+        s = round_magnitude(scale, a_g * 2.0**-elem.emax, "down")
+    elif rule == "ceil":
+        s = round_magnitude(scale, a_g / _f32(elem.max, t), "up")
+    else:
+        s = round_magnitude(scale, a_g / _f32(elem.max, t), "nearest")
+    s = _at_least_smallest(scale, s)
+    return ScaledBlocks(elements=(t * g) / s, scale=s, decode=s / g, tensor_scale=g)
+
+
+def _nvfp4_rule(
+    t: torch.Tensor, amax: torch.Tensor, g: torch.Tensor, elem: FloatFormat, scale: FloatFormat
+) -> ScaledBlocks:
+    one = _f32(1.0, t)
+    ideal = torch.clamp(amax * (g * (one / _f32(elem.max, t))), max=FLT_MAX)
+    s = _at_least_smallest(scale, round_magnitude(scale, ideal, "nearest"))
+    d = s * (one / g)
+    encode = torch.clamp(one / d, max=FLT_MAX)
+    return ScaledBlocks(elements=t * encode, scale=s, decode=d, tensor_scale=g)
+
+
+def _torchao_rule(
+    t: torch.Tensor, amax: torch.Tensor, tensor_amax: torch.Tensor | None,
+    elem: FloatFormat, scale: FloatFormat,
+) -> ScaledBlocks:
+    one = _f32(1.0, t)
+    if tensor_amax is None:
+        p = one
+    else:
+        p = tensor_amax / tensor_target(elem, scale, t)
+        p = torch.where(p == 0, one, p)
+    ideal = torch.clamp((amax / _f32(elem.max, t)) / p, min=scale.min_normal, max=scale.max)
+    s = round_magnitude(scale, ideal, "nearest")
+    d = p * s
+    return ScaledBlocks(elements=t / d, scale=s, decode=d, tensor_scale=one / p)
+
+
+def scale_blocks(
+    rule: str, t: torch.Tensor, elem: FloatFormat, scale: FloatFormat, tensor_scaling: bool
+) -> ScaledBlocks:
+    """Apply scale rule ``rule`` to float32 ``t`` of shape (..., blocks, block_len)."""
+    if rule not in SCALE_RULES:
+        raise ValueError(f"unknown scale rule {rule!r}; valid: {list(SCALE_RULES)}")
+    amax = t.abs().amax(dim=-1, keepdim=True)  # NaN-propagating: a NaN poisons its block only
+    tensor_amax = finite_amax(t) if tensor_scaling else None
+    if rule == "nvfp4_torchao":
+        return _torchao_rule(t, amax, tensor_amax, elem, scale)
+    if tensor_amax is None:
+        g = _f32(1.0, t)
+    else:
+        g = global_encode_scale(tensor_amax, elem, scale)
+    if rule == "nvfp4":
+        return _nvfp4_rule(t, amax, g, elem, scale)
+    return _amax_rule(rule, t, amax, g, elem, scale)

@@ -1,0 +1,171 @@
+"""QuantSpec: the settings of one quantiser, as short values a Hydra YAML can hold."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from fp4sweep.quant.formats import ELEMENT_FORMATS, FloatFormat, element_format, scale_format
+from fp4sweep.quant.scaling import SCALE_RULES
+
+# The NVFP4 conventions multiply block scales by the tensor's decode scale; with a scale format
+# as wide as float32 (E8M0, fp32) that product underflows, so they are defined for narrow ones.
+NARROW_SCALE_RULES = ("nvfp4", "nvfp4_torchao")
+ROUNDINGS = ("rne", "sr")
+HADAMARD_SIZES = (16, 32, 64, 128, 256)
+TRANSFORMS = ("none",) + tuple(
+    f"{kind}{k}" for kind in ("hadamard", "rhadamard") for k in HADAMARD_SIZES
+)
+BLOCK_RANGE = (8, 128)
+SR_BITS_RANGE = (1, 24)
+_TRANSFORM_NAME = re.compile(r"(r?)hadamard(\d+)")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one GEMM operand is quantised along its reduction axis.
+
+    elem: element format: "e2m1", "e2m3", "e3m2", "e4m3", "e5m2" or "int4".
+    scale: block-scale format: "e8m0", "ue4m3", "ue5m3", "fp32" (unquantised, "ideal") or any
+        unsigned "ueXmY" (see ``formats.scale_format``).
+    block: elements sharing one scale along the quantisation axis, 8..128.
+    block_2d: scale square ``block x block`` tiles of a 2-D tensor (for weights) instead of
+        ``1 x block`` runs.
+    scale_rule: how a block's scale is chosen from its absolute maximum ``amax``:
+        "floor" (OCP MX: 2**(floor(log2 amax) - emax_elem), rounded down in the scale format),
+        "ceil" (amax / elem_max rounded up: no element saturates),
+        "nearest" (amax / elem_max rounded to nearest-even in the scale format),
+        "nvfp4" (TransformerEngine's NVFP4 operation order; subnormal scales kept),
+        "nvfp4_torchao" (torchao's NVFP4 operation order; scales clamped below at the scale
+        format's smallest normal, 2**-6 for UE4M3); the two NVFP4 rules need a scale format
+        with at most 5 exponent bits. ``scaling.py`` gives each rule exactly.
+    rounding: element rounding: "rne" (round to nearest, ties to even) or "sr" (stochastic).
+    sr_bits: random bits per stochastic rounding decision, 1..24 (24, the default, is unbiased,
+        see ``rounding.py``; the UE5M3 authors' recipe uses 8).
+    transform: "none", "hadamardK" or "rhadamardK" (K in 16..256): block-diagonal orthonormal
+        Hadamard transform of size K along the quantisation axis, "r" with random signs.
+    transform_seed: seed of the random signs; part of the spec so that both operands of a GEMM
+        share one rotation (independent of the stochastic-rounding seed).
+    tensor_scale: two-level scaling: a per-tensor fp32 scale so that block scales use their
+        format's whole range.
+    """
+
+    elem: str = "e2m1"
+    scale: str = "e8m0"
+    block: int = 32
+    block_2d: bool = False
+    scale_rule: str = "floor"
+    rounding: str = "rne"
+    sr_bits: int = 24
+    transform: str = "none"
+    transform_seed: int = 0
+    tensor_scale: bool = False
+
+    def __post_init__(self) -> None:
+        _check_type("elem", self.elem, str)
+        if self.elem not in ELEMENT_FORMATS:
+            _invalid("elem", self.elem, sorted(ELEMENT_FORMATS))
+        _check_type("scale", self.scale, str)
+        try:
+            scale_format(self.scale)
+        except ValueError as error:
+            raise ValueError(f"QuantSpec.scale: {error}") from None
+        _check_int_range("block", self.block, BLOCK_RANGE)
+        _check_type("block_2d", self.block_2d, bool)
+        _check_type("scale_rule", self.scale_rule, str)
+        if self.scale_rule not in SCALE_RULES:
+            _invalid("scale_rule", self.scale_rule, SCALE_RULES)
+        _check_type("rounding", self.rounding, str)
+        if self.rounding not in ROUNDINGS:
+            _invalid("rounding", self.rounding, ROUNDINGS)
+        _check_int_range("sr_bits", self.sr_bits, SR_BITS_RANGE)
+        _check_type("transform", self.transform, str)
+        if self.transform not in TRANSFORMS:
+            _invalid("transform", self.transform, TRANSFORMS)
+        _check_type("transform_seed", self.transform_seed, int)
+        if self.transform_seed < 0:
+            raise ValueError(f"QuantSpec.transform_seed must be >= 0, got {self.transform_seed}")
+        _check_type("tensor_scale", self.tensor_scale, bool)
+        if self.scale_rule in NARROW_SCALE_RULES and self.scale_format.exp_bits > 5:
+            raise ValueError(
+                f"QuantSpec.scale_rule={self.scale_rule!r} needs a scale format with at most 5 "
+                f"exponent bits (e.g. 'ue4m3', 'ue5m3'), got scale={self.scale!r}"
+            )
+
+    # -- derived -------------------------------------------------------------------------------
+
+    @property
+    def elem_format(self) -> FloatFormat:
+        return element_format(self.elem)
+
+    @property
+    def scale_format(self) -> FloatFormat:
+        return scale_format(self.scale)
+
+    @property
+    def hadamard_size(self) -> int:
+        """Size of the Hadamard blocks, 0 without a transform."""
+        match = _TRANSFORM_NAME.fullmatch(self.transform)
+        return int(match[2]) if match else 0
+
+    @property
+    def random_signs(self) -> bool:
+        return self.transform.startswith("rhadamard")
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def preset(cls, name: str) -> QuantSpec:
+        """A named quantiser: "mxfp4", "nvfp4", "nvfp4_torchao" (see ``PRESETS``)."""
+        try:
+            return cls(**PRESETS[name])
+        except KeyError:
+            raise ValueError(
+                f"unknown QuantSpec preset {name!r}; valid: {sorted(PRESETS)}"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable fields; ``from_dict(to_dict(s)) == s``."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> QuantSpec:
+        """Build from plain values (missing fields take their defaults; unknown keys are errors)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"unknown QuantSpec field(s) {unknown}; valid: {names}")
+        return cls(**values)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # OCP MX v1.0 MXFP4: E2M1 elements, E8M0 scale per 32, OCP floor rule, nearest-even.
+    "mxfp4": dict(elem="e2m1", scale="e8m0", block=32, scale_rule="floor"),
+    # NVIDIA NVFP4 as TransformerEngine quantises it: UE4M3 scale per 16 and an fp32 tensor scale.
+    "nvfp4": dict(elem="e2m1", scale="ue4m3", block=16, scale_rule="nvfp4", tensor_scale=True),
+    # The same format with torchao's convention (block scales clamped below at 2**-6).
+    "nvfp4_torchao": dict(
+        elem="e2m1", scale="ue4m3", block=16, scale_rule="nvfp4_torchao", tensor_scale=True
+    ),
+}
+
+
+def _invalid(field: str, value: Any, choices: Any) -> None:
+    raise ValueError(f"QuantSpec.{field}={value!r} is not valid; valid: {list(choices)}")
+
+
+def _check_type(field: str, value: Any, expected: type) -> None:
+    # bool is an int subclass: a flag must not pass for a number, nor a number for a flag.
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ValueError(
+            f"QuantSpec.{field} must be {expected.__name__}, got {type(value).__name__} {value!r}"
+        )
+
+
+def _check_int_range(field: str, value: Any, bounds: tuple[int, int]) -> None:
+    _check_type(field, value, int)
+    low, high = bounds
+    if not low <= value <= high:
+        raise ValueError(f"QuantSpec.{field} must be in {low}..{high}, got {value}")

@@ -1,0 +1,108 @@
+import dataclasses
+import json
+
+import pytest
+
+from fp4sweep.quant import QuantSpec, Recipe
+from fp4sweep.quant.recipe import BACKWARD_OPERANDS, FORWARD_OPERANDS, OPERANDS
+
+
+def test_bf16_quantises_nothing():
+    recipe = Recipe.preset("bf16")
+    assert all(spec is None for spec in recipe.operands().values())
+    assert not recipe.quantizes_anything
+
+
+def test_mxfp4_is_ocp_mxfp4_on_every_operand():
+    recipe = Recipe.preset("mxfp4")
+    assert set(recipe.operands().values()) == {QuantSpec.preset("mxfp4")}
+    assert (recipe.estimator, recipe.scale_grad) == ("ste", "stop")
+
+
+def test_nvfp4_is_nvidias_training_recipe():
+    recipe = Recipe.preset("nvfp4")
+    nv = QuantSpec.preset("nvfp4")
+    for name, spec in recipe.operands().items():
+        assert (spec.elem, spec.scale, spec.block, spec.tensor_scale) == ("e2m1", "ue4m3", 16, True)
+        assert spec.block_2d == name.endswith("_w"), name
+        assert spec.rounding == ("sr" if name.endswith("_dy") else "rne"), name
+        assert spec.transform == ("rhadamard16" if name.startswith("wgrad") else "none"), name
+    assert recipe.fwd_x == nv
+
+
+def test_paper_best_combines_hadamard_tensor_scaling_backward_sr_and_ue5m3():
+    recipe = Recipe.preset("paper_best")
+    for name, spec in recipe.operands().items():
+        assert spec.scale == "ue5m3" and spec.tensor_scale and spec.hadamard_size
+        assert spec.rounding == ("sr" if name in BACKWARD_OPERANDS else "rne"), name
+    assert recipe.estimator == "ste"
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match=r"'fp8'.*bf16.*mxfp4.*nvfp4.*paper_best"):
+        Recipe.preset("fp8")
+
+
+def test_from_axes_gives_forward_and_backward_rounding_and_2d_weight_blocks():
+    recipe = Recipe.from_axes(
+        scale="ue5m3", block=16, scale_rule="ceil", rounding_fwd="rne", rounding_bwd="sr",
+        transform="hadamard32", tensor_scale=True, estimator="power", scale_grad="amax",
+        weight_block_2d=True, sr_bits=8,
+    )
+    for name, spec in recipe.operands().items():
+        assert spec.rounding == ("rne" if name in FORWARD_OPERANDS else "sr")
+        assert spec.block_2d == (name in ("fwd_w", "dgrad_w"))
+        assert (spec.scale, spec.block, spec.scale_rule, spec.transform, spec.sr_bits) == (
+            "ue5m3", 16, "ceil", "hadamard32", 8,
+        )
+    assert (recipe.estimator, recipe.scale_grad) == ("power", "amax")
+
+
+def test_from_axes_defaults_are_mxfp4():
+    assert Recipe.from_axes() == Recipe.preset("mxfp4")
+
+
+@pytest.mark.parametrize("name", ["bf16", "mxfp4", "nvfp4", "paper_best"])
+def test_dict_round_trip_through_json(name):
+    recipe = Recipe.preset(name)
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+
+
+def test_from_dict_rejects_unknown_keys_and_bad_operands():
+    with pytest.raises(ValueError, match=r"unknown Recipe field.*'rounding'.*valid"):
+        Recipe.from_dict({"rounding": "sr"})
+    with pytest.raises(ValueError, match=r"QuantSpec field.*'blk'"):
+        Recipe.from_dict({"fwd_x": {"blk": 32}})
+    with pytest.raises(ValueError, match=r"Recipe.fwd_x must be a QuantSpec or None"):
+        Recipe(fwd_x="mxfp4")
+
+
+def test_estimator_and_scale_grad_choices():
+    mx = QuantSpec.preset("mxfp4")
+    with pytest.raises(ValueError, match=r"estimator='lsq'.*'ste', 'clipped_ste', 'spline', 'power'"):
+        Recipe(fwd_x=mx, fwd_w=mx, estimator="lsq")
+    with pytest.raises(ValueError, match=r"scale_grad='learned'.*'stop', 'amax'"):
+        Recipe(fwd_x=mx, fwd_w=mx, scale_grad="learned")
+    with pytest.raises(ValueError, match="fwd_x and fwd_w are both None"):
+        Recipe(estimator="spline")
+
+
+@pytest.mark.parametrize("gemm", [("fwd_x", "fwd_w"), ("dgrad_dy", "dgrad_w"), ("wgrad_dy", "wgrad_x")])
+def test_the_two_operands_of_a_gemm_must_share_a_transform(gemm):
+    recipe = Recipe.preset("mxfp4")
+    rotated = dataclasses.replace(recipe.fwd_x, transform="hadamard32")
+    with pytest.raises(ValueError, match=f"{gemm[0]} and {gemm[1]} must share one transform"):
+        dataclasses.replace(recipe, **{gemm[0]: rotated})
+    # Random signs from different seeds are different rotations too.
+    signs = {name: dataclasses.replace(rotated, transform="rhadamard32") for name in OPERANDS}
+    signs[gemm[1]] = dataclasses.replace(signs[gemm[1]], transform_seed=1)
+    with pytest.raises(ValueError, match="must share one transform"):
+        Recipe(**signs)
+    # An unquantised operand is in the original basis.
+    with pytest.raises(ValueError, match="must share one transform"):
+        dataclasses.replace(recipe, **{gemm[0]: rotated, gemm[1]: None})
+
+
+def test_spec_errors_reach_the_caller():
+    with pytest.raises(ValueError, match=r"QuantSpec.elem='fp4'"):
+        Recipe.from_axes(elem="fp4")
