@@ -8,6 +8,9 @@ The quality metric, ``val_loss``, is the same loss on held-out images, each nois
 ``val_timesteps`` evenly spaced timesteps with noise drawn from a fixed generator: every recipe and
 every seed is scored on exactly the same draws. The trial also returns a grid of samples drawn by
 ancestral sampling from fixed noise (``samples.png``).
+
+Every convolution and linear layer but the first and the last runs through the trial's recipe
+(``exclude``).
 """
 
 from __future__ import annotations
@@ -56,7 +59,9 @@ class Config:
     val_timesteps: int = 10  # evenly spaced timesteps at which each held-out image is scored
     eval_every: int = 1000
     sample_count: int = 16  # images in samples.png; 0: no samples
-    exclude: tuple[str, ...] = ()  # layers kept in high precision
+    # Layers kept in high precision: the first and last convolutions, whose reduction (9 x image
+    # channels) and outputs (image channels) fit no block size.
+    exclude: tuple[str, ...] = ("stem", "head")
 
     def __post_init__(self) -> None:
         check_choice(self, "dataset", datasets.IMAGE_SHAPES)
@@ -158,8 +163,8 @@ class UNet(nn.Module):
             c = width
             if i > 0:
                 self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
-        self.out_norm = nn.GroupNorm(8, c)
-        self.out = nn.Conv2d(c, image_channels, 3, padding=1)
+        self.head_norm = nn.GroupNorm(8, c)
+        self.head = nn.Conv2d(c, image_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t_emb = self.time_mlp(timestep_embedding(t, self.channels))
@@ -175,7 +180,7 @@ class UNet(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), t_emb)
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.out(F.silu(self.out_norm(h)))
+        return self.head(F.silu(self.head_norm(h)))
 
 
 def build_model(config: Config) -> UNet:

@@ -12,6 +12,7 @@ from torch import nn
 
 from fp4sweep.quant import Recipe, quantize_model
 from fp4sweep.quant.gemm import GemmShape
+from fp4sweep.quant.layers import is_excluded
 from fp4sweep.tasks.base import DivergenceGuard, TaskResult
 
 
@@ -39,15 +40,14 @@ def quantise(model: nn.Module, recipe: Recipe, exclude: Iterable[str], seed: int
     return quantize_model(model, recipe, exclude=tuple(exclude), seed=seed)
 
 
-def is_excluded(name: str, exclude: Iterable[str]) -> bool:
-    """Whether the module called ``name`` (a qualified name such as ``blocks.0.attn.c_proj``) is
-    kept in high precision: an entry of ``exclude`` names it or one of the modules holding it."""
-    return any(name == entry or name.startswith(entry + ".") for entry in exclude)
+# What quantize_model swaps: exactly these types (a subclass may compute something else).
+QUANTISED_TYPES = (nn.Linear, nn.Conv2d)
 
 
 def trace_gemm_shapes(model: nn.Module, forward: Callable[[nn.Module], object],
                       exclude: Iterable[str]) -> list[GemmShape]:
-    """The GEMMs that ``forward(model)`` runs through quantised layers, one entry per layer.
+    """The GEMMs that ``forward(model)`` runs through the layers that ``quantize_model`` swaps
+    (``exclude`` matched as it does), one entry per layer.
 
     Hooks record each Linear and Conv2d call as it happens, so the shapes are those of the real
     model on the real input shape; build both on the ``meta`` device and this costs nothing. A
@@ -74,7 +74,7 @@ def trace_gemm_shapes(model: nn.Module, forward: Callable[[nn.Module], object],
     hooks = [
         module.register_forward_hook(lambda mod, inp, out, name=name: record(name, mod, inp, out))
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, nn.Conv2d)) and not is_excluded(name, exclude)
+        if type(module) in QUANTISED_TYPES and not is_excluded(name, exclude)
     ]
     try:
         forward(model)

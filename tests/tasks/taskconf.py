@@ -1,4 +1,5 @@
-"""Helpers for the task tests: a task's size preset from conf/, and skipping when data is absent."""
+"""Helpers for the task tests: a task's size preset from conf/, skipping when data is absent,
+one CPU thread, and CIFAR-10's file layout."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from fp4sweep.tasks import datasets
@@ -20,6 +22,16 @@ _DATA_FILES = {
     "mnist": "mnist/train-labels-idx1-ubyte",
     "shakespeare": datasets.SHAKESPEARE_FILE,
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Train on one thread, as sweep workers do: on a small, busy machine two threads per run
+    oversubscribe the cores and run several times slower. Import this into a test module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def task_config(module, size: str = "tiny", **overrides):

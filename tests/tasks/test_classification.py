@@ -1,7 +1,9 @@
+import dataclasses
 import math
 
 import numpy as np
 import pytest
+from taskconf import one_thread  # noqa: F401 (an autouse fixture)
 from taskconf import require_data, task_config, write_cifar10
 from torch import nn
 
@@ -26,7 +28,13 @@ def test_tiny_cnn_learns(tiny_run):
     assert last["val_loss"] < first["val_loss"] < math.log(10) + 0.1  # chance level: ln 10
     assert tiny_run.metrics["val_acc"] > 0.3  # ten classes: chance is 0.1
     assert set(tiny_run.metrics) == {"val_loss", "val_acc", "train_loss"}
-    assert [p["step"] for p in tiny_run.curve] == [4, 8, 12, 16]  # 1024 examples / 64, every 4
+    assert [p["step"] for p in tiny_run.curve] == [8, 16]  # 512 examples / 32, every 8
+
+
+def test_tiny_cnn_learns_in_fp4(tiny_run):
+    run = classification.train(task_config(classification), Recipe.preset("mxfp4"), seed=0)
+    assert not run.diverged and run.metrics != tiny_run.metrics  # the layers really quantise
+    assert run.curve[-1]["val_loss"] < run.curve[0]["val_loss"] < math.log(10) + 0.1
 
 
 def test_same_seed_same_metrics_other_seed_other_metrics(tiny_run):
@@ -40,7 +48,7 @@ def test_tiny_resnet18_learns():
     run = classification.train(task_config(classification, model="resnet18", width=8,
                                                   train_examples=512, val_examples=100), BF16, seed=0)
     assert run.curve[-1]["train_loss"] < run.curve[0]["train_loss"]
-    assert len(run.gemm_shapes) == 21  # stem, 16 block convolutions, 3 shortcuts, fc
+    assert len(run.gemm_shapes) == 19  # 16 block convolutions, 3 shortcuts (not stem and head)
 
 
 @pytest.mark.parametrize("model", classification.MODELS)
@@ -50,39 +58,45 @@ def test_cifar10_layout_trains_in_colour(tmp_path, monkeypatch, model):
     config = task_config(classification, dataset="cifar10", model=model, batch_size=5, eval_every=1)
     run = classification.train(config, BF16, seed=0)
     assert [p["step"] for p in run.curve] == [1, 2, 3]  # 15 training images in batches of 5
-    assert run.gemm_shapes[0].k == 3 * 9  # the first convolution sees three channels
+    first = classification.gemm_shapes(dataclasses.replace(config, exclude=()))[0]
+    assert first.k == 3 * 9  # the first convolution sees three channels
 
 
 def test_cnn_gemm_shapes_by_hand():
-    config = build_config(classification.Config, {"width": 8, "batch_size": 64})
+    config = build_config(classification.Config, {"width": 8, "batch_size": 64, "exclude": []})
     b, w = 64, 8
     assert classification.gemm_shapes(config) == [
-        GemmShape(b * 28 * 28, 1 * 9, w, name="conv1"),  # one row per output pixel
-        GemmShape(b * 14 * 14, w * 9, 2 * w, name="conv2"),
-        GemmShape(b, 2 * w * 7 * 7, 4 * w, name="fc1"),
-        GemmShape(b, 4 * w, 10, name="fc2"),
+        GemmShape(b * 28 * 28, 1 * 9, w, name="stem"),  # one row per output pixel
+        GemmShape(b * 14 * 14, w * 9, 2 * w, name="conv"),
+        GemmShape(b, 2 * w * 7 * 7, 4 * w, name="fc"),
+        GemmShape(b, 4 * w, 10, name="head"),
     ]
+    # by default the first and last layers stay in high precision
+    default = build_config(classification.Config, {"width": 8, "batch_size": 64})
+    assert [s.name for s in classification.gemm_shapes(default)] == ["conv", "fc"]
 
 
 @pytest.mark.parametrize("model", classification.MODELS)
 def test_gemm_shapes_cover_every_layer_but_the_excluded(model):
-    config = build_config(classification.Config, {"model": model, "width": 8, "dataset": "cifar10"})
+    config = build_config(classification.Config, {"model": model, "width": 8, "dataset": "cifar10",
+                                                  "exclude": []})
     layers = [name for name, m in classification.build_model(config).named_modules()
               if isinstance(m, (nn.Linear, nn.Conv2d))]
     assert [s.name for s in classification.gemm_shapes(config)] == layers
-    excluded = build_config(classification.Config, {"model": model, "width": 8, "exclude": ["fc"]})
-    assert "fc" not in [s.name for s in classification.gemm_shapes(excluded)]
+    excluded = dataclasses.replace(config, exclude=("head", "blocks.1"))
+    assert [s.name for s in classification.gemm_shapes(excluded)] == [
+        name for name in layers if name != "head" and not name.startswith("blocks.1.")]
 
 
 def test_resnet18_stage_shapes():
     config = build_config(classification.Config, {"model": "resnet18", "width": 64, "dataset": "cifar10",
-                                                  "batch_size": 2})
+                                                  "batch_size": 2, "exclude": []})
     shapes = {s.name: s for s in classification.gemm_shapes(config)}
-    assert shapes["stem.0"] == GemmShape(2 * 32 * 32, 3 * 9, 64, name="stem.0")
+    assert shapes["stem"] == GemmShape(2 * 32 * 32, 3 * 9, 64, name="stem")
     assert shapes["blocks.2.conv1"] == GemmShape(2 * 16 * 16, 64 * 9, 128, name="blocks.2.conv1")
     assert shapes["blocks.2.shortcut.0"] == GemmShape(2 * 16 * 16, 64, 128, name="blocks.2.shortcut.0")
     assert shapes["blocks.7.conv2"] == GemmShape(2 * 4 * 4, 512 * 9, 512, name="blocks.7.conv2")
-    assert shapes["fc"] == GemmShape(2, 512, 10, name="fc")
+    assert shapes["head"] == GemmShape(2, 512, 10, name="head")
     # ResNet-18 on 32x32 images: about 0.56 GFLOPs of multiply-adds per image
     assert sum(s.m * s.k * s.n for s in shapes.values()) / 2 == pytest.approx(0.556e9, rel=0.01)
 

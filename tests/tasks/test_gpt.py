@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from taskconf import one_thread  # noqa: F401 (an autouse fixture)
 from taskconf import require_data, task_config
 from torch import nn
 
@@ -27,6 +28,15 @@ def test_tiny_gpt_learns(tiny_run):
     assert last["val_loss"] < first["val_loss"] < math.log(len(vocab))  # uniform guess: ln(vocab)
     assert tiny_run.metrics["perplexity"] == pytest.approx(math.exp(tiny_run.metrics["val_loss"]))
     assert set(tiny_run.metrics) == {"val_loss", "train_loss", "perplexity"}
+
+
+@pytest.mark.parametrize("recipe", ["mxfp4", "paper_best"])
+def test_tiny_gpt_learns_in_fp4(recipe):
+    require_data("shakespeare")
+    config = task_config(gpt, steps=20, eval_every=10)
+    bf16, fp4 = (gpt.train(config, Recipe.preset(name), seed=0) for name in ("bf16", recipe))
+    assert not fp4.diverged and fp4.metrics != bf16.metrics  # the layers really quantise
+    assert fp4.curve[-1]["val_loss"] < fp4.curve[0]["val_loss"]
 
 
 def test_same_seed_same_metrics(tiny_run):

@@ -1,19 +1,24 @@
+import copy
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from fp4sweep.quant import QuantConv2d, QuantLinear, Recipe, quantize_model
 from fp4sweep.quant.gemm import GemmShape
-from fp4sweep.tasks.training import (EpochSampler, fit, is_excluded, resolve_device, trace_gemm_shapes,
-                                     warmup_cosine)
+from fp4sweep.tasks.training import EpochSampler, fit, resolve_device, trace_gemm_shapes, warmup_cosine
 
 
-def test_exclusion_matches_a_layer_or_what_holds_it():
-    assert is_excluded("lm_head", ["lm_head"])
-    assert is_excluded("blocks.0.attn.c_proj", ["blocks.0"])
-    assert not is_excluded("blocks.10.attn", ["blocks.1"])
-    assert not is_excluded("my_lm_head", ["lm_head"])
+def test_shapes_leave_out_what_quantize_model_leaves_out():
+    model = nn.Sequential(nn.Linear(32, 32), nn.Sequential(nn.Linear(32, 64), nn.ReLU()))
+    model.add_module("head", nn.Linear(64, 32))
+    recipe = Recipe.preset("mxfp4")
+    for exclude in ([], ["head"], ["1"], ["1.*"], ["*"]):
+        traced = [s.name for s in trace_gemm_shapes(model, lambda m: m(torch.ones(1, 32)), exclude)]
+        swapped = copy.deepcopy(model)
+        quantize_model(swapped, recipe, exclude=exclude)
+        assert traced == [n for n, m in swapped.named_modules() if type(m) in (QuantLinear, QuantConv2d)]
 
 
 def test_a_layer_called_twice_counts_twice_and_grouped_convolutions_are_per_group():
@@ -30,8 +35,8 @@ def test_a_layer_called_twice_counts_twice_and_grouped_convolutions_are_per_grou
     shapes = trace_gemm_shapes(model, lambda m: m(torch.ones(2, 3, 4), torch.ones(1, 4, 5, 5)), [])
     assert shapes == [GemmShape(6, 4, 4, count=2, name="shared"),
                       GemmShape(1 * 3 * 3, 2 * 9, 4, count=2, name="grouped")]
-    assert trace_gemm_shapes(model, lambda m: m(torch.ones(2, 4), torch.ones(1, 4, 5, 5)), ["grouped"]) == [
-        GemmShape(2, 4, 4, count=2, name="shared")]
+    traced = trace_gemm_shapes(model, lambda m: m(torch.ones(2, 4), torch.ones(1, 4, 5, 5)), ["grouped"])
+    assert traced == [GemmShape(2, 4, 4, count=2, name="shared")]
     assert not model.shared._forward_hooks  # hooks are removed
 
 
