@@ -70,15 +70,16 @@ def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
 
 
 def _run(command: list[str], cwd: Path, hint: str = "") -> None:
-    """Run an external packaging tool, turning its failure into a FetchError that shows why."""
+    """Run an external packaging tool, turning its failure into a FetchError that shows why
+    (with ``hint`` on what to do when the tool ran and failed)."""
     try:
         subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True)
     except FileNotFoundError as error:
-        raise FetchError(f"`{command[0]}` is not installed; it is needed for `{' '.join(command)}`"
-                         f"{'; ' + hint if hint else ''}") from error
+        raise FetchError(f"`{command[0]}` is not installed; it is needed for "
+                         f"`{' '.join(command)}`") from error
     except subprocess.CalledProcessError as error:
-        raise FetchError(f"`{' '.join(command)}` failed (exit {error.returncode}):\n"
-                         f"{error.stderr.strip()}{chr(10) + hint if hint else ''}") from error
+        message = f"`{' '.join(command)}` failed (exit {error.returncode}):\n{error.stderr.strip()}"
+        raise FetchError(f"{message}\n{hint}" if hint else message) from error
 
 
 def _only(directory: Path, pattern: str) -> Path:

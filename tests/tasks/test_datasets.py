@@ -124,3 +124,10 @@ def test_fetch_into_an_empty_directory(tmp_path):
     assert path == (tmp_path / "shakespeare").resolve()
     assert datasets.corpus_path("shakespeare", tmp_path).stat().st_size > 5_000_000
     assert [p.name for p in tmp_path.iterdir()] == ["shakespeare"]  # no staging left behind
+
+
+def test_a_failed_fetch_says_why_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no apt-get, dpkg or npm
+    with pytest.raises(datasets.FetchError, match="`apt-get` is not installed"):
+        datasets.fetch(["fashion_mnist"], tmp_path / "data")
+    assert list((tmp_path / "data").iterdir()) == []
