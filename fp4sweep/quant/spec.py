@@ -45,7 +45,8 @@ class QuantSpec:
     sr_bits: random bits per stochastic rounding decision, 1..24 (24, the default, is unbiased,
         see ``rounding.py``; the UE5M3 authors' recipe uses 8).
     transform: "none", "hadamardK" or "rhadamardK" (K in 16..256): block-diagonal orthonormal
-        Hadamard transform of size K along the quantisation axis, "r" with random signs.
+        Hadamard transform of size K along the quantisation axis, "r" with random signs. K may
+        be smaller or larger than the block; the axis length must be a multiple of both.
     transform_seed: seed of the random signs; part of the spec so that both operands of a GEMM
         share one rotation (independent of the stochastic-rounding seed).
     tensor_scale: two-level scaling: a per-tensor fp32 scale so that block scales use their

@@ -3,11 +3,20 @@
 import torch
 from gfloat import Domain, FormatInfo
 
+from fp4sweep.quant.spec import QuantSpec
+
 
 def wide_range(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
     """randn times logspace(-3, 3) per column: six decades within one tensor."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(rows, cols, generator=generator) * torch.logspace(-3, 3, cols)
+
+
+def spec_id(spec: QuantSpec) -> str:
+    """A short test id: the settings that differ between the tests' specs."""
+    flags = ("-ts" if spec.tensor_scale else "") + ("-2d" if spec.block_2d else "")
+    return (f"{spec.elem}-{spec.scale}-{spec.scale_rule}-b{spec.block}-{spec.rounding}"
+            f"-{spec.transform}{flags}")
 
 
 # gfloat descriptions of the unsigned scale formats (independent of fp4sweep's data model).

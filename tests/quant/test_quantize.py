@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import random
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from fp4sweep.quant.formats import E2M1, E8M0, UE4M3, UE5M3, decode, encode
 from fp4sweep.quant.quantize import fake_quantize, quantize_detailed
 from fp4sweep.quant.spec import QuantSpec
 from fp4sweep.quant.transforms import invert_transform
-from tests.quant.common import wide_range
+from tests.quant.common import spec_id, wide_range
 
 RULES = ("floor", "ceil", "nearest", "nvfp4", "nvfp4_torchao")
 MXFP4 = QuantSpec.preset("mxfp4")
@@ -26,10 +27,6 @@ def all_specs():
 
 
 SPECS = list(all_specs())
-
-
-def spec_id(spec: QuantSpec) -> str:
-    return f"{spec.scale_rule}-{spec.scale}-{'ts' if spec.tensor_scale else 'nots'}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
@@ -280,3 +277,34 @@ def test_cuda_reference_equals_cpu_bit_for_bit(spec):
         gpu = quantize_detailed(x.cuda(), spec, axis=axis, seed=3)
         for field in ("output", "elements", "block_scale", "scale"):
             assert torch.equal(getattr(gpu, field).cpu(), getattr(cpu, field)), field
+
+
+def every_format_and_rule():
+    """Each element format x scale format x scale rule, with the other settings varied."""
+    choices = random.Random(0)
+    for elem in ("e2m1", "e2m3", "e3m2", "e4m3", "e5m2", "int4"):
+        for scale in ("e8m0", "fp32", "ue4m3", "ue5m3", "ue6m2", "ue3m4"):
+            for rule in RULES:
+                if rule.startswith("nvfp4") and scale in ("e8m0", "fp32", "ue6m2"):
+                    continue
+                yield QuantSpec(
+                    elem=elem, scale=scale, scale_rule=rule,
+                    block=choices.choice([8, 16, 32, 64]),
+                    rounding=choices.choice(["rne", "sr"]),
+                    transform=choices.choice(["none", "hadamard16", "rhadamard64"]),
+                    tensor_scale=choices.choice([False, True]),
+                )
+
+
+@pytest.mark.parametrize("spec", list(every_format_and_rule()), ids=spec_id)
+def test_every_format_and_rule_stays_on_its_grids(spec):
+    x = wide_range(8, 128, seed=3)
+    r = quantize_detailed(x, spec, seed=5)
+    elem = spec.elem_format
+    encode(elem, r.elements)
+    assert torch.isfinite(r.output).all() and r.output.shape == x.shape
+    assert torch.equal(r.dequantized, r.elements * r.scale)
+    error = (r.dequantized - r.transformed).abs()
+    bound = r.step * (0.5 if spec.rounding == "rne" else 1.0)
+    slack = 1e-5 * (r.step + r.transformed.abs())  # float32 rounding of the scaled values
+    assert (error <= bound + slack)[~r.saturated].all()

@@ -9,7 +9,7 @@ from fp4sweep.quant.quantize import fake_quantize, quantize_detailed
 from fp4sweep.quant.rng import uniform
 from fp4sweep.quant.rounding import grid_step, round_magnitude
 from fp4sweep.quant.spec import QuantSpec
-from tests.quant.common import wide_range
+from tests.quant.common import spec_id, wide_range
 
 SR_SPECS = [
     QuantSpec(rounding="sr"),
@@ -18,11 +18,6 @@ SR_SPECS = [
     QuantSpec(elem="e4m3", scale="ue5m3", block=16, scale_rule="ceil", rounding="sr"),
     dataclasses.replace(QuantSpec.preset("nvfp4"), rounding="sr", block_2d=True),
 ]
-
-
-def spec_id(spec: QuantSpec) -> str:
-    tiles = "-2d" if spec.block_2d else ""
-    return f"{spec.elem}-{spec.scale}-{spec.scale_rule}-{spec.transform}{tiles}"
 
 
 @pytest.mark.parametrize("spec", SR_SPECS, ids=spec_id)

@@ -1,0 +1,1 @@
+"""The sweep engine: config axes into trial specs, Ray scheduling, the results store."""

@@ -1,0 +1,264 @@
+"""Running a plan's trials on Ray and storing what they return.
+
+Plain Ray core: one remote function per task family with that family's resources, a bounded
+window of trials in flight, workers reused across trials (Ray gives GPU tasks a fresh process per
+call unless told otherwise), Ray's retries for a trial whose worker died. The driver is the only
+writer of the store; Ctrl-C cancels what is in flight and keeps everything finished.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import math
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import fp4sweep
+from fp4sweep.sweep.config import RaySettings, RunSettings, SweepError
+from fp4sweep.sweep.ids import canonical_json
+from fp4sweep.sweep.plan import Plan, TaskPlan, Trial
+from fp4sweep.sweep.progress import Progress
+from fp4sweep.sweep.store import SCHEMA_VERSION, ResultsStore, StoreWriter
+from fp4sweep.sweep.trial import TrialOutcome, lost_outcome, run_trial, task_config
+from fp4sweep.sweep.wandb_log import make_logger
+from fp4sweep.tasks import load_task
+
+PROJECT_ROOT = Path(fp4sweep.__file__).resolve().parents[1]
+
+
+@dataclass
+class RunReport:
+    """What one ``run``/``resume`` did, for the command line to print."""
+
+    to_run: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    interrupted: bool = False
+    ray_start_s: float = 0.0
+    loop_s: float = 0.0  # from the first submission to the last result
+    slots: int = 0  # trials the cluster runs at once
+    loop_started_at: dt.datetime | None = None
+    # (started_at, finished_at) of every finished trial, as its worker saw them
+    spans: list[tuple[dt.datetime, dt.datetime]] = field(default_factory=list)
+
+    @property
+    def worker_start_s(self) -> float:
+        """From the first submission to the first trial starting: Ray starting worker processes."""
+        if not self.spans or self.loop_started_at is None:
+            return math.nan
+        return (min(start for start, _ in self.spans) - self.loop_started_at).total_seconds()
+
+    @property
+    def handover_s(self) -> float:
+        """Median time from a trial finishing to the next one starting in the freed slot."""
+        finishes = sorted(finish for _, finish in self.spans)
+        gaps = []
+        for start in sorted(start for start, _ in self.spans)[self.slots :]:
+            earlier = finishes[: bisect.bisect_right(finishes, start)]
+            if earlier:
+                gaps.append((start - earlier[-1]).total_seconds())
+        return statistics.median(gaps) if gaps else math.nan
+
+
+def trials_to_run(plan: Plan, statuses: dict[str, str], rerun_failed: bool) -> list[Trial]:
+    """Trials with no result yet (never run, or lost in flight), and the failed ones if asked."""
+    wanted = {None, "failed"} if rerun_failed else {None}
+    return [t for t in plan.trials if statuses.get(t.trial_id) in wanted]
+
+
+def check_tasks(trials: list[Trial]) -> None:
+    """Import each task module and build each task config once, before anything runs."""
+    seen: set[tuple[str, str, str]] = set()
+    for trial in trials:
+        task = trial.task
+        if (task.module, task.name, task.size) in seen:
+            continue
+        seen.add((task.module, task.name, task.size))
+        try:
+            task_config(trial.spec, load_task(task.module).Config)
+        except ValueError as error:
+            raise SweepError(f"task {task.name!r} (size {task.size!r}): {error}") from None
+
+
+def outcome_row(trial: Trial, sweep: str, outcome: TrialOutcome) -> dict[str, Any]:
+    """The results-store row of one attempt (README.md's "Results store" lists the columns)."""
+    row: dict[str, Any] = {
+        "trial_id": trial.trial_id,
+        "attempt_id": uuid.uuid4().hex,
+        "schema_version": SCHEMA_VERSION,
+        "sweep": sweep,
+        "task": trial.task.name,
+        "size": trial.task.size,
+        "seed": trial.spec["seed"],
+        "recipe_id": trial.recipe.recipe_id,
+        "recipe_label": trial.recipe.label,
+        "is_baseline": trial.recipe.is_baseline,
+        "status": outcome.status,
+        "host": outcome.host,
+        "device": outcome.device,
+        "started_at": outcome.started_at,
+        "finished_at": outcome.finished_at,
+        "spec": canonical_json(trial.spec),
+    }
+    families = {
+        "axis": trial.recipe.axes or {},
+        "metric": outcome.metrics,
+        "overhead": outcome.overhead,
+        "time": outcome.timing,
+        "error": outcome.error or dict.fromkeys(("type", "message", "traceback")),
+        "version": outcome.versions,
+    }
+    for family, values in families.items():
+        row.update({f"{family}.{name}": value for name, value in values.items()})
+    return row
+
+
+def run_trials(
+    plan: Plan, settings: RunSettings, rerun_failed: bool, stream: TextIO | None = None
+) -> RunReport:
+    """Run what the store lacks (and what failed, for ``resume``), storing each result.
+
+    Uses the Ray this process is already connected to, if any; otherwise starts (and afterwards
+    stops) a local one, or connects to ``ray.address``.
+    """
+    stream = stream or sys.stderr
+    report = RunReport()
+    with StoreWriter(settings.results_dir, flush_seconds=settings.flush_seconds) as writer:
+        for note in writer.quarantined:
+            print(f"warning: unreadable results file set aside (its trials run again): {note}", file=stream)
+        todo = trials_to_run(plan, ResultsStore(settings.results_dir).statuses(), rerun_failed)
+        report.to_run = len(todo)
+        if not todo:
+            return report
+        check_tasks(todo)
+        logger = make_logger(settings.logger, settings.results_dir)
+        import ray
+
+        connected = ray.is_initialized()
+        started = time.monotonic()
+        if not connected:
+            start_ray(settings.ray)
+        report.ray_start_s = time.monotonic() - started
+        try:
+            _schedule(ray, todo, plan.sweep, settings, writer, logger, report, stream)
+        finally:
+            if not connected:
+                ray.shutdown()
+    return report
+
+
+def start_ray(settings: RaySettings) -> None:
+    """Start a local Ray, or connect to ``settings.address``, with what trial workers need."""
+    import ray
+
+    data = Path(os.environ.get("FP4SWEEP_DATA", "data")).resolve()
+    env_vars = {
+        # Tasks read their data from here; workers on other hosts get the driver's path.
+        "FP4SWEEP_DATA": str(data),
+        # This checkout first, so local workers run the driver's code (and tests' task modules).
+        "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}${{PYTHONPATH}}",
+    }
+    local = settings.address is None
+    try:
+        ray.init(
+            address=settings.address,
+            num_cpus=settings.num_cpus if local else None,
+            runtime_env={"env_vars": env_vars},
+            include_dashboard=False,
+            log_to_driver=False,  # trial output would break the progress line; failures are stored
+            logging_level="WARNING",
+        )
+    except ConnectionError as error:
+        raise SweepError(f"ray.address={settings.address!r}: {error}") from None
+
+
+@dataclass(frozen=True)
+class _Placement:
+    remote: Any  # the Ray remote function with this task family's resources
+    device: str
+    threads: int
+    fits: int  # how many such trials the cluster runs at once
+
+
+def _placement(ray: Any, task: TaskPlan, settings: RunSettings) -> _Placement:
+    cluster = ray.cluster_resources()
+    gpus = cluster.get("GPU", 0)
+    if settings.device == "cuda" and not gpus:
+        raise SweepError("device=cuda but the Ray cluster has no GPU; use device=auto or device=cpu")
+    use_gpu = settings.device == "cuda" or (settings.device == "auto" and gpus > 0)
+    resources = dict(task.resources["gpu" if use_gpu else "cpu"])
+    if use_gpu and not resources.get("num_gpus"):
+        raise SweepError(f"conf/task/{task.name}.yaml: resources.gpu needs num_gpus > 0")
+    resources.setdefault("num_cpus", 1)
+    limits = [cluster.get("CPU", 0) / resources["num_cpus"]] if resources["num_cpus"] else []
+    if use_gpu:
+        limits.append(gpus / resources["num_gpus"])
+    fits = max(1, int(min(limits, default=1)))
+    remote = ray.remote(
+        **resources,
+        max_calls=0,  # reuse workers: Ray's default for GPU tasks is a new process per trial
+        max_retries=settings.ray.max_retries,  # reruns when the worker process dies
+        retry_exceptions=False,  # an exception is a result (run_trial records it), not a retry
+    )(run_trial)
+    return _Placement(remote, "cuda" if use_gpu else "cpu", max(1, int(resources["num_cpus"])), fits)
+
+
+def _schedule(
+    ray: Any,
+    todo: list[Trial],
+    sweep: str,
+    settings: RunSettings,
+    writer: StoreWriter,
+    logger: Any,
+    report: RunReport,
+    stream: TextIO,
+) -> None:
+    placements: dict[str, _Placement] = {}
+    for trial in todo:
+        if trial.task.name not in placements:
+            placements[trial.task.name] = _placement(ray, trial.task, settings)
+    report.slots = max(p.fits for p in placements.values())
+    window = settings.ray.max_in_flight or 2 * report.slots
+    progress = Progress(len(todo), stream, settings.progress_every)
+    queue = list(reversed(todo))
+    in_flight: dict[Any, Trial] = {}
+    started = time.monotonic()
+    report.loop_started_at = dt.datetime.now(dt.timezone.utc)
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < window:
+                trial = queue.pop()
+                place = placements[trial.task.name]
+                ref = place.remote.remote(trial.spec, trial.task.module, place.device, place.threads)
+                in_flight[ref] = trial
+            progress.running = min(len(in_flight), report.slots)
+            progress.update()
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                trial = in_flight.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except ray.exceptions.RayError as error:  # the worker died past its retries
+                    outcome = lost_outcome(error, placements[trial.task.name].device)
+                row = outcome_row(trial, sweep, outcome)
+                writer.add(row, outcome.curve, outcome.artifacts)
+                if logger is not None:
+                    logger.log(row, outcome.curve)
+                report.counts[outcome.status] += 1
+                report.spans.append((outcome.started_at, outcome.finished_at))
+                progress.counts[outcome.status] += 1
+            writer.maybe_flush()
+    except KeyboardInterrupt:
+        report.interrupted = True
+        for ref in in_flight:
+            ray.cancel(ref, force=True)
+    finally:
+        report.loop_s = time.monotonic() - started
+        progress.finish()

@@ -1,0 +1,101 @@
+"""Gaussian linear regression: the simplest task of the paper's study.
+
+Features x ~ N(0, I); targets y = W* x + noise, from a random linear teacher W* that the data seed
+fixes (the same for every trial and recipe). A linear student is trained on the MSE with Adam
+through the recipe's quantised GEMMs; the metrics are its final MSE on the whole training set and
+on held-out data. The trial seed sets the student's initialisation and the batch order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fp4sweep.quant import Recipe, quantize_model
+from fp4sweep.quant.gemm import GemmShape
+from fp4sweep.tasks.base import DivergenceGuard, TaskResult
+
+NAME = "regression"
+
+
+@dataclass(frozen=True)
+class Config:
+    n_train: int = 4096
+    n_val: int = 1024
+    n_features: int = 64
+    n_outputs: int = 32
+    noise_std: float = 0.1
+    steps: int = 200
+    batch_size: int = 256
+    lr: float = 1e-2
+    eval_every: int = 50
+    data_seed: int = 0  # the teacher and the data: shared by all trials so that they compare
+    exclude: tuple[str, ...] = ()  # layers kept in high precision
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_val", "n_features", "n_outputs", "steps", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"regression Config.{name} must be positive, got {getattr(self, name)}")
+        if self.batch_size > self.n_train:
+            raise ValueError(f"regression batch_size {self.batch_size} exceeds n_train {self.n_train}")
+
+
+class Student(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.linear = nn.Linear(config.n_features, config.n_outputs, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+def make_data(config: Config, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(x_train, y_train, x_val, y_val) from the teacher that ``config.data_seed`` draws."""
+    generator = torch.Generator().manual_seed(config.data_seed)
+    teacher = torch.randn(config.n_outputs, config.n_features, generator=generator)
+    teacher /= math.sqrt(config.n_features)
+    x = torch.randn(config.n_train + config.n_val, config.n_features, generator=generator)
+    y = x @ teacher.T + config.noise_std * torch.randn(len(x), config.n_outputs, generator=generator)
+    x, y = x.to(device), y.to(device)
+    return x[: config.n_train], y[: config.n_train], x[config.n_train :], y[config.n_train :]
+
+
+def gemm_shapes(config: Config) -> list[GemmShape]:
+    return [GemmShape(config.batch_size, config.n_features, config.n_outputs, name="linear")]
+
+
+@torch.no_grad()
+def mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    loss = nn.functional.mse_loss(model(x), y).item()
+    model.train()
+    return loss
+
+
+def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device = "cpu") -> TaskResult:
+    device = torch.device(device)
+    x_train, y_train, x_val, y_val = make_data(config, device)
+    torch.manual_seed(seed)
+    batches = torch.Generator().manual_seed(seed)
+    model = quantize_model(Student(config).to(device), recipe, exclude=config.exclude, seed=seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    guard = DivergenceGuard()
+    curve: list[dict[str, float]] = []
+    for step in range(1, config.steps + 1):
+        batch = torch.randint(config.n_train, (config.batch_size,), generator=batches).to(device)
+        loss = nn.functional.mse_loss(model(x_train[batch]), y_train[batch])
+        if guard.diverged(loss.item()):
+            curve.append({"step": step, "train_loss": loss.item()})
+            metrics = {"train_loss": loss.item(), "val_loss": math.nan}
+            return TaskResult(metrics, curve, diverged=True, gemm_shapes=gemm_shapes(config))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % config.eval_every == 0 or step == config.steps:
+            curve.append({"step": step, "train_loss": loss.item(), "val_loss": mse(model, x_val, y_val)})
+    metrics = {"train_loss": mse(model, x_train, y_train), "val_loss": mse(model, x_val, y_val)}
+    diverged = not all(math.isfinite(v) for v in metrics.values())
+    return TaskResult(metrics, curve, diverged=diverged, gemm_shapes=gemm_shapes(config))
