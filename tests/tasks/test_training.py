@@ -3,10 +3,13 @@ import math
 
 import pytest
 import torch
+from taskconf import require_data, task_config
 from torch import nn
 
 from fp4sweep.quant import QuantConv2d, QuantLinear, Recipe, quantize_model
 from fp4sweep.quant.gemm import GemmShape
+from fp4sweep.quant.layers import check_recipe_fits
+from fp4sweep.tasks import classification, diffusion, gpt
 from fp4sweep.tasks.training import EpochSampler, fit, resolve_device, trace_gemm_shapes, warmup_cosine
 
 
@@ -77,3 +80,18 @@ def test_devices():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="device"):
         resolve_device("tpu9")
+
+
+@pytest.mark.parametrize("module", [classification, diffusion, gpt], ids=lambda m: m.NAME)
+@pytest.mark.parametrize("size", ["tiny", "small", "paper"])
+def test_every_size_fits_fp4_blocks_of_16_and_32(module, size):
+    """Every quantised layer of every size preset divides into the blocks and Hadamard
+    transforms that the sweeps use, so no trial fails on a layer's shape."""
+    if module is gpt:
+        require_data("shakespeare")  # the vocabulary, hence the LM head's shape, is the corpus'
+    shapes = module.gemm_shapes(task_config(module, size))
+    assert shapes
+    for block, transform in [(16, "rhadamard16"), (32, "rhadamard32")]:
+        recipe = Recipe.from_axes(block=block, transform=transform, weight_block_2d=True)
+        for shape in shapes:
+            check_recipe_fits(recipe, shape.k, shape.n)
