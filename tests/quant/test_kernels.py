@@ -1,0 +1,279 @@
+"""The fused kernels return the reference's bits: every format, scale rule, block size, tensor
+scaling, transform, axis, rounding and dtype, and the edge values (zeros, ties, NaN, inf,
+subnormals).
+
+Without a GPU the kernels run on the CPU under Triton's interpreter (set here, before Triton is
+imported) on small tensors; with one they are compiled and the same tests run on CUDA, plus the
+``gpu``-marked ones on larger tensors.
+"""
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from fp4sweep.quant.kernels import backend, launch  # noqa: E402
+from fp4sweep.quant.quantize import fake_quantize  # noqa: E402
+from fp4sweep.quant.spec import QuantSpec  # noqa: E402
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cpu" if INTERPRETED else "cuda"
+if DEVICE == "cuda" and not torch.cuda.is_available():
+    pytest.skip("compiled Triton kernels need a CUDA device", allow_module_level=True)
+
+MXFP4 = QuantSpec.preset("mxfp4")
+NVFP4 = QuantSpec.preset("nvfp4")
+SCALE_FORMATS = ("e8m0", "ue4m3", "ue5m3", "fp32", "ue3m2", "ue6m0")
+ELEMENT_FORMATS = ("e2m1", "e2m3", "e3m2", "e4m3", "e5m2", "int4")
+
+
+def reference(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
+    with backend.use_backend("reference"):
+        return fake_quantize(x, spec, axis, seed)
+
+
+def assert_same_bits(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal bit for bit, except that any NaN matches any NaN."""
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    nan = torch.isnan(expected)
+    assert torch.equal(torch.isnan(actual), nan), "NaN in different places"
+    a, e = actual.float(), expected.float()
+    mismatched = (a.view(torch.int32) != e.view(torch.int32)) & ~nan
+    assert not mismatched.any(), (
+        f"{int(mismatched.sum())} of {a.numel()} elements differ, e.g. kernel "
+        f"{a[mismatched][:4].tolist()} vs reference {e[mismatched][:4].tolist()}"
+    )
+
+
+def wide_range(*shape: int, seed: int = 0) -> torch.Tensor:
+    """randn times logspace(-3, 3) along the last axis: six decades within one tensor."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator) * torch.logspace(-3, 3, shape[-1])
+
+
+def edge_values(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    """Wide-range values with an all-zero row, grid ties (multiples of 1/4 with amax 6: many
+    fall exactly between E2M1 points), float32 subnormals, huge values, and a NaN and an
+    infinity in rows of their own."""
+    generator = torch.Generator().manual_seed(seed)
+    x = wide_range(rows, cols, seed=seed)
+    x[0] = 0.0
+    ties = torch.randint(-24, 25, (cols,), generator=generator).float() / 4
+    ties[0] = 6.0
+    x[1] = ties
+    x[2] = torch.randn(cols, generator=generator) * 1e-39
+    x[3] = torch.randn(cols, generator=generator) * 1e36
+    x[4, 5] = float("nan")
+    x[5, 7] = float("inf")
+    x[6, 1] = float("-inf")
+    return x
+
+
+def check(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> None:
+    x = x.to(DEVICE)
+    assert_same_bits(launch.fake_quantize(x, spec, axis, seed), reference(x, spec, axis, seed))
+
+
+def spec_cases():
+    """One spec per scale rule x scale format x tensor scaling, then each other axis varied."""
+    for rule in ("floor", "ceil", "nearest", "nvfp4", "nvfp4_torchao"):
+        for scale in SCALE_FORMATS:
+            for tensor_scale in (False, True):
+                try:
+                    spec = QuantSpec(scale=scale, block=16, scale_rule=rule,
+                                     tensor_scale=tensor_scale)
+                except ValueError:  # the NVFP4 rules need narrow scale formats
+                    continue
+                yield spec
+    for elem in ELEMENT_FORMATS:
+        for rounding in ("rne", "sr"):
+            yield QuantSpec(elem=elem, scale="ue5m3", scale_rule="nearest", rounding=rounding,
+                            tensor_scale=True)
+    for block in (8, 16, 32, 64, 128, 24, 48):
+        yield dataclasses.replace(MXFP4, block=block)
+        yield dataclasses.replace(NVFP4, block=block, rounding="sr")
+    for transform in ("hadamard16", "rhadamard16", "hadamard32", "rhadamard64",
+                      "hadamard128", "rhadamard256"):
+        yield dataclasses.replace(MXFP4, transform=transform)
+        yield dataclasses.replace(NVFP4, transform=transform, rounding="sr")
+    yield dataclasses.replace(MXFP4, block=16, transform="rhadamard64", transform_seed=7)
+    yield dataclasses.replace(MXFP4, rounding="sr", sr_bits=8)
+    yield dataclasses.replace(NVFP4, rounding="sr", sr_bits=1)
+
+
+SPECS = list(spec_cases())
+
+
+def spec_id(spec: QuantSpec) -> str:
+    defaults = QuantSpec()
+    changed = [f"{f.name}={getattr(spec, f.name)}" for f in dataclasses.fields(spec)
+               if getattr(spec, f.name) != getattr(defaults, f.name)]
+    return ",".join(changed) or "default"
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+def test_kernels_match_the_reference_bit_for_bit(spec):
+    # Narrower with a transform: the interpreter runs butterflies element by element.
+    check(edge_values(8, 256 if spec.hadamard_size else 768), spec, seed=3)
+
+
+@pytest.mark.parametrize("spec", [
+    MXFP4, NVFP4, dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16"),
+    dataclasses.replace(MXFP4, block=24),
+], ids=spec_id)
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+def test_every_axis_of_a_3d_tensor(spec, axis):
+    shape = [12, 10, 6]
+    shape[axis] = 96
+    check(wide_range(*shape, seed=axis + 5), spec, axis=axis, seed=11)
+
+
+@pytest.mark.parametrize("spec", [dataclasses.replace(NVFP4, block_2d=True),
+                                  dataclasses.replace(MXFP4, block=16, block_2d=True),
+                                  dataclasses.replace(NVFP4, block_2d=True, rounding="sr",
+                                                      transform="rhadamard32"),
+                                  dataclasses.replace(MXFP4, block_2d=True)], ids=spec_id)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_2d_blocks_along_either_axis(spec, axis):
+    check(edge_values(96, 64).T.contiguous() if axis == 0 else edge_values(64, 96), spec,
+          axis=axis, seed=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_input_dtypes(dtype):
+    x = wide_range(16, 128).clamp(-6e4, 6e4).to(dtype)
+    for spec in (MXFP4, dataclasses.replace(NVFP4, rounding="sr", transform="hadamard32")):
+        check(x, spec, seed=1)
+
+
+def test_a_transposed_view_quantises_as_its_values():
+    x = wide_range(64, 32).to(DEVICE).T  # not contiguous
+    spec = dataclasses.replace(NVFP4, rounding="sr")
+    assert_same_bits(launch.fake_quantize(x, spec, 0, 9), reference(x, spec, 0, 9))
+
+
+def test_partial_tiles_and_single_rows():
+    for rows in (1, 3, 17):
+        check(wide_range(rows, 48 * 16), NVFP4)
+        check(wide_range(rows, 32), dataclasses.replace(MXFP4, rounding="sr"), seed=4)
+
+
+def test_stochastic_rounding_follows_the_seed():
+    x = wide_range(8, 256).to(DEVICE)
+    spec = dataclasses.replace(NVFP4, rounding="sr")
+    for seed in (0, 1, 2**32 + 5, 2**64 - 1):
+        assert_same_bits(launch.fake_quantize(x, spec, -1, seed), reference(x, spec, -1, seed))
+    one, two = (launch.fake_quantize(x, spec, -1, seed) for seed in (1, 2))
+    assert not torch.equal(one, two)
+
+
+def test_64_bit_offsets(monkeypatch):
+    """Tensors of 2**31 elements and more index in int64; the counters are the same."""
+    monkeypatch.setattr(launch, "WIDE_NUMEL", 0)
+    check(wide_range(4, 2, 64).reshape(8, 64), dataclasses.replace(NVFP4, rounding="sr"), seed=6)
+    check(wide_range(32, 64), dataclasses.replace(MXFP4, transform="rhadamard16"), axis=0)
+
+
+class _RecordingKernel:
+    """Stands in for a tuned kernel: records the keywords of each launch, then launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.keywords = kernel, []
+
+    def __getitem__(self, grid):
+        def run(*args, **keywords):
+            self.keywords.append(set(keywords))
+            return self.kernel[grid](*args, **keywords)
+
+        return run
+
+
+def test_every_launch_keyword_is_a_kernel_parameter(monkeypatch):
+    """Compiled launches reject unknown keywords, which the interpreter ignores."""
+    kernels = {name: _RecordingKernel(getattr(launch, name))
+               for name in ("_fake_quantize", "_tensor_amax")}
+    for name, recorder in kernels.items():
+        monkeypatch.setattr(launch, name, recorder)
+    spec = dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16")
+    for shape, axis in (((32, 64), -1), ((64, 32), 0), ((4, 48), -1)):
+        launch.fake_quantize(wide_range(*shape).to(DEVICE), spec if shape[1] != 48 else
+                             dataclasses.replace(MXFP4, block=24), axis)
+    for recorder in kernels.values():
+        assert recorder.keywords
+        parameters = set(recorder.kernel.arg_names)
+        tuned = set(launch._CONFIGS[0].kwargs) | {"ROWS"}
+        for keywords in recorder.keywords:
+            assert keywords - {"enable_fp_fusion"} <= parameters - tuned
+
+
+def test_invalid_inputs_raise_like_the_reference():
+    x = wide_range(4, 48).to(DEVICE)
+    with pytest.raises(ValueError, match="multiple of the block size"):
+        launch.fake_quantize(x, MXFP4)
+    with pytest.raises(ValueError, match="seed"):
+        launch.fake_quantize(x[:, :32], MXFP4, seed=-1)
+    with pytest.raises(ValueError, match="power-of-two block"):
+        launch.fake_quantize(wide_range(4, 96), dataclasses.replace(MXFP4, block=24,
+                                                                      transform="hadamard32"))
+
+
+def test_backend_choice(monkeypatch):
+    x = wide_range(4, 64).to(DEVICE)
+    with backend.use_backend("triton"):
+        assert backend.use_kernels(x, MXFP4)
+        assert_same_bits(fake_quantize(x, NVFP4), reference(x, NVFP4))
+    with backend.use_backend("reference"):
+        assert not backend.use_kernels(x, MXFP4)
+    monkeypatch.setenv(backend.ENV_VAR, "reference")
+    assert backend.selected() == "reference"
+    monkeypatch.setenv(backend.ENV_VAR, "cuda")
+    with pytest.raises(ValueError, match="FP4SWEEP_QUANT_BACKEND='cuda'.*valid"):
+        backend.selected()
+    with pytest.raises(ValueError, match="valid"):
+        with backend.use_backend("fast"):
+            pass
+    monkeypatch.delenv(backend.ENV_VAR)
+    assert backend.use_kernels(x, MXFP4) == x.is_cuda
+    unsupported = dataclasses.replace(MXFP4, block=24, transform="hadamard32")
+    assert not backend.use_kernels(wide_range(4, 96).to(DEVICE), unsupported)
+
+
+# -- on the GPU: larger tensors, the CUDA reference and the CPU reference -------------------------
+
+GPU_SPECS = [
+    MXFP4,
+    NVFP4,
+    dataclasses.replace(NVFP4, block_2d=True),
+    dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16"),
+    dataclasses.replace(MXFP4, rounding="sr", transform="hadamard32"),
+    QuantSpec(scale="ue5m3", scale_rule="nearest", rounding="sr", transform="rhadamard32",
+              tensor_scale=True),
+    QuantSpec.preset("nvfp4_torchao"),
+    dataclasses.replace(MXFP4, scale_rule="ceil", transform="rhadamard256"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("spec", GPU_SPECS, ids=spec_id)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_gpu_matches_cuda_and_cpu_references(spec, axis):
+    x = edge_values(1024, 768, seed=axis).to(torch.bfloat16)
+    y = launch.fake_quantize(x.cuda(), spec, axis, 12345)
+    assert_same_bits(y, reference(x.cuda(), spec, axis, 12345))
+    assert_same_bits(y.cpu(), reference(x, spec, axis, 12345))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_fake_quantize_uses_the_kernels_by_default():
+    x = wide_range(4096, 1024).cuda()
+    spec = dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16")
+    assert backend.use_kernels(x, spec)
+    assert_same_bits(fake_quantize(x, spec, 0, 5), reference(x, spec, 0, 5))
