@@ -214,7 +214,9 @@ def start_ray(settings: RaySettings) -> None:
     local = settings.address is None
     try:
         ray.init(
-            address=settings.address,
+            # "local" starts a Ray of our own: left out, Ray would join the latest cluster started on
+            # this machine (or the one RAY_ADDRESS names), which may be another user's.
+            address="local" if local else settings.address,
             num_cpus=settings.num_cpus if local else None,
             runtime_env={"env_vars": env_vars},
             include_dashboard=False,

@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 
 from fp4sweep.cli import main
 from fp4sweep.sweep.adaptive import JOURNAL, SearchSpace, open_study, recipe_result
-from fp4sweep.sweep.config import ConfigTree, SweepError, load_settings
-from fp4sweep.sweep.runner import PROJECT_ROOT
+from fp4sweep.sweep.config import ConfigTree, RaySettings, SweepError, load_settings
+from fp4sweep.sweep.runner import PROJECT_ROOT, start_ray
 from fp4sweep.sweep.search import parse_search, split_search
 from fp4sweep.sweep.store import ResultsStore
 from tests.sweep.test_kill import stored_ids
@@ -34,6 +34,20 @@ SPACE = [
 ]  # fmt: skip
 RECIPES = 6
 REGRESSION = ["task=regression", "task.sizes.tiny.steps=20", "task.sizes.tiny.eval_every=10"]
+
+
+@pytest.fixture(scope="module")
+def module_ray():
+    """The tests' two-CPU Ray for this module, stopped at its end unless it was running before:
+    a later module checks that `ray.address=auto` finds no Ray running on this machine."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    start_ray(RaySettings(address=None, num_cpus=2, max_in_flight=None, max_retries=2))
+    yield
+    ray.shutdown()
 
 
 def search(*overrides: str, command: str = "run") -> int:
@@ -57,7 +71,7 @@ def expected_values(results: Path, study: optuna.Study) -> dict[int, list[float]
     return expected
 
 
-@pytest.mark.usefixtures("local_ray")
+@pytest.mark.usefixtures("module_ray")
 def test_search_trains_what_it_proposes_once_and_reads_the_rest_from_the_store(tmp_path, capsys):
     results = tmp_path / "results"
     common = [*REGRESSION, "seeds=[0,1]", f"results_dir={results}", "search.study=first"]
@@ -98,7 +112,7 @@ def test_search_trains_what_it_proposes_once_and_reads_the_rest_from_the_store(t
     assert again.params == repeated.params and again.values == repeated.values
 
 
-@pytest.mark.usefixtures("local_ray")
+@pytest.mark.usefixtures("module_ray")
 def test_failed_recipes_are_told_failed_and_resume_reruns_them(tmp_path, capsys):
     results = tmp_path / "results"
     fail_while = tmp_path / "broken"
@@ -124,7 +138,7 @@ def test_failed_recipes_are_told_failed_and_resume_reruns_them(tmp_path, capsys)
     assert (latest["status"] == "done").all() and len(latest) == 2 + 2 * 2
 
 
-@pytest.mark.usefixtures("local_ray")
+@pytest.mark.usefixtures("module_ray")
 def test_a_diverged_baseline_stops_the_search_before_any_recipe_runs(tmp_path, capsys):
     results = tmp_path / "results"
     code = search(*REGRESSION, "seeds=[0]", "task.sizes.tiny.lr=inf", f"results_dir={results}", "search.study=x")
@@ -186,7 +200,7 @@ def test_a_torn_journal_record_is_dropped(tmp_path):
     assert [t.system_attrs["fixed_params"] for t in load(tmp_path, "torn").trials] == [{"x": 1}, {"x": 2}]
 
 
-@pytest.mark.usefixtures("local_ray")
+@pytest.mark.usefixtures("module_ray")
 def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
     results = tmp_path / "results"
     arguments = ["--conf-dir", TEST_CONF, *SPACE, *REGRESSION, "task.sizes.tiny.steps=200", "seeds=[0]",
