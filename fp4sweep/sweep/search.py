@@ -26,10 +26,12 @@ class SearchSettings:
     stall_limit: int  # proposals in a row that bring no new recipe before the search stops
 
     def describe(self) -> str:
-        return (
-            f"{self.n_trials} recipes, {self.sampler} sampler "
-            f"({self.startup} {'per generation' if self.sampler == 'nsga2' else 'at random first'})"
-        )
+        startup = {
+            "tpe": f"{self.startup} at random first",
+            "nsga2": f"{self.startup} per generation",
+            "random": "every one at random",
+        }[self.sampler]
+        return f"{self.n_trials} recipes, {self.sampler} sampler ({startup})"
 
 
 _KEYS = {"n_trials", "sampler", "startup", "seed", "study", "stall_limit"}
