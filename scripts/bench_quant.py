@@ -146,12 +146,12 @@ def compare_layouts() -> list[dict]:
         row = dict(shape=f"{rows}x{cols}", axis=axis, variant=name)
         for layout, thread_run in (("default", launch.MAX_THREAD_RUN), ("plain", 0)):
             default, launch.MAX_THREAD_RUN = launch.MAX_THREAD_RUN, thread_run
-            launch._plan.cache_clear()
+            launch.clear_plans()
             try:
                 ms = graph_median_ms(lambda x: kernel_fake_quantize(x, spec, axis, 1), xs)
             finally:
                 launch.MAX_THREAD_RUN = default
-                launch._plan.cache_clear()
+                launch.clear_plans()
             row[f"{layout}_ms"], row[f"{layout}_tb_s"] = ms, nbytes / ms / 1e9
         results.append(row)
         print(f"{row['shape']:>11} {axis:>4} {name:>17}  default {row['default_tb_s']:.3f} TB/s  "
@@ -164,8 +164,10 @@ def launch_overheads(calls: int = 500) -> dict[str, float]:
     x, out = torch.randn(1024, 768, device="cuda", dtype=DTYPE), None
     functions = {"torch copy": lambda: out.copy_(x)}
     out = torch.empty_like(x)
-    for name in ("mxfp4", "nvfp4"):
+    for name in ("mxfp4", "nvfp4", "ue5m3+RH32+SR+ts"):
         functions[f"kernels {name}"] = lambda spec=VARIANTS[name]: kernel_fake_quantize(x, spec)
+    # What the layers call: the backend's dispatch on top of the kernels.
+    functions["fake_quantize nvfp4"] = lambda: fake_quantize(x, NVFP4)
     result = {}
     for name, fn in functions.items():
         fn()

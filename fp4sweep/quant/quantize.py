@@ -101,7 +101,9 @@ class _Blocking:
         return tiles.reshape(rows, cols)
 
 
-def _check_input(x: torch.Tensor, spec: QuantSpec, axis: int) -> int:
+def check_input(x: torch.Tensor, spec: QuantSpec, axis: int) -> int:
+    """The quantisation axis of ``x`` as a non-negative int, or a ValueError saying what about
+    ``x``, ``spec`` or ``axis`` cannot be quantised."""
     if not isinstance(spec, QuantSpec):
         raise ValueError(f"spec must be a QuantSpec, got {type(spec).__name__}")
     if not x.is_floating_point():
@@ -154,7 +156,7 @@ class _Quantised:
 
 
 def _quantise(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int) -> _Quantised:
-    axis = _check_input(x, spec, axis)
+    axis = check_input(x, spec, axis)
     check_seed(seed)
     t = apply_transform(x.detach(), spec, axis).movedim(axis, -1)
     blocking = _Blocking(t.shape, spec.block, spec.block_2d)

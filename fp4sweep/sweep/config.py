@@ -139,6 +139,7 @@ class RunSettings:
     logger: dict[str, Any]
     tasks: list[str]
     size: str | None  # the size preset of every task (None: each task's default)
+    params: dict[str, dict[str, Any]]  # task family -> parameters set over its size preset
     task_node: dict[str, Any] | None  # the task chosen with `task=NAME`, with its overrides
     seeds: list[int]
     baseline: str
@@ -153,7 +154,7 @@ class RunSettings:
 
 _RUN_KEYS = {
     "results_dir", "device", "ray", "progress_every", "flush_seconds", "logger", "quant", "task",
-    "tasks", "size", "seeds", "baseline", "presets", "axes", "constraints",
+    "tasks", "size", "params", "seeds", "baseline", "presets", "axes", "constraints",
 }  # fmt: skip
 _RAY_KEYS = {"address", "num_cpus", "max_in_flight", "max_retries"}
 DEVICES = ("auto", "cpu", "cuda")
@@ -207,6 +208,7 @@ def load_settings(tree: ConfigTree, overrides: Sequence[str]) -> RunSettings:
         logger=cfg["logger"],
         tasks=tasks,
         size=None if cfg["size"] is None else _check_str("size", cfg["size"]),
+        params=_task_params(tree, cfg["params"]),
         task_node=task_node,
         seeds=seeds,
         baseline=_check_str("baseline", cfg["baseline"]),
@@ -214,6 +216,16 @@ def load_settings(tree: ConfigTree, overrides: Sequence[str]) -> RunSettings:
         axes=axes,
         constraints=[_constraint(tree, i, c, axis_names) for i, c in enumerate(cfg["constraints"] or [])],
     )
+
+
+def _task_params(tree: ConfigTree, given: Any) -> dict[str, dict[str, Any]]:
+    """``params``: task family -> parameters that replace its size preset's (checked when trials
+    are built); a family the sweep does not run is allowed, so that ``task=NAME`` can narrow it."""
+    _check_keys("params", given, set(tree.options("task")))
+    for name, values in given.items():
+        if not isinstance(values, dict):
+            raise SweepError(f"params.{name}: expected a mapping of {name}'s parameters, got {values!r}")
+    return given
 
 
 def _constraint(tree: ConfigTree, index: int, item: Any, axis_names: list[str]) -> Constraint:

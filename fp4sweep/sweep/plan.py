@@ -171,7 +171,7 @@ def _task_plan(tree: ConfigTree, settings: RunSettings, name: str) -> TaskPlan:
     return TaskPlan(
         name=node.get("name", name),
         size=size,
-        params=sizes[size],
+        params={**sizes[size], **settings.params.get(name, {})},
         exclude=node.get("exclude"),
         module=node.get("module") or default_module(name),
         resources=resources,

@@ -176,40 +176,35 @@ def test_stochastic_rounding_follows_the_seed():
 def test_64_bit_offsets(monkeypatch):
     """Tensors of 2**31 elements and more index in int64; the counters are the same."""
     monkeypatch.setattr(launch, "WIDE_NUMEL", 0)
+    monkeypatch.setattr(launch, "_plans", {})  # plans made for narrow offsets don't apply
     check(wide_range(4, 2, 64).reshape(8, 64), dataclasses.replace(NVFP4, rounding="sr"), seed=6)
     check(wide_range(32, 64), dataclasses.replace(MXFP4, transform="rhadamard16"), axis=0)
 
 
-class _RecordingKernel:
-    """Stands in for a tuned kernel: records the keywords of each launch, then launches."""
-
-    def __init__(self, kernel):
-        self.kernel, self.keywords = kernel, []
-
-    def __getitem__(self, grid):
-        def run(*args, **keywords):
-            self.keywords.append(set(keywords))
-            return self.kernel[grid](*args, **keywords)
-
-        return run
-
-
-def test_every_launch_keyword_is_a_kernel_parameter(monkeypatch):
-    """Compiled launches reject unknown keywords, which the interpreter ignores."""
-    kernels = {name: _RecordingKernel(getattr(launch, name))
-               for name in ("_fake_quantize", "_tensor_amax")}
-    for name, recorder in kernels.items():
-        monkeypatch.setattr(launch, name, recorder)
+def test_plans_serve_new_values_seeds_and_alignments(monkeypatch):
+    """A shape's second call reuses its plan; an input that starts off the 16-byte alignment
+    gets a plan (a compiled kernel) of its own."""
+    monkeypatch.setattr(launch, "_plans", {})
     spec = dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16")
-    for shape, axis in (((32, 64), -1), ((64, 32), 0), ((4, 48), -1)):
-        launch.fake_quantize(wide_range(*shape).to(DEVICE), spec if shape[1] != 48 else
-                             dataclasses.replace(MXFP4, block=24), axis)
-    for recorder in kernels.values():
-        assert recorder.keywords
-        parameters = set(recorder.kernel.arg_names)
-        tuned = set(launch._CONFIGS[0].kwargs) | {"ROWS"}
-        for keywords in recorder.keywords:
-            assert keywords - {"enable_fp_fusion"} <= parameters - tuned
+    flat = wide_range(1, 32 * 64 + 1, seed=8).reshape(-1).to(DEVICE)
+    aligned, misaligned = flat[:-1].view(32, 64), flat[1:].view(32, 64)
+    for x, seed in ((aligned, 1), (aligned * 3, 2), (misaligned, 3), (misaligned, 4)):
+        assert_same_bits(launch.fake_quantize(x, spec, -1, seed), reference(x, spec, -1, seed))
+    assert len(launch._plans) == 2
+
+
+def test_launch_arguments_must_be_the_kernel_parameters():
+    """Compiled launches reject unknown arguments, which the interpreter ignores: a launcher
+    checks them itself."""
+    x = wide_range(4, 64).to(DEVICE)
+    geometry = launch._Geometry.of(x, 1, MXFP4)
+    arguments = dict(geometry.arguments(x.numel()), **launch._transform_constants(MXFP4), ROWS=4)
+    kernel, per_call = launch.quantiser.tensor_amax_kernel, (x, x, x)
+    with pytest.raises(TypeError, match=r"unknown \['EXTRA'\]"):
+        launch._Launcher(kernel, per_call, dict(arguments, EXTRA=1), geometry.grid(4), 4)
+    del arguments["HAD"]
+    with pytest.raises(TypeError, match=r"missing \['HAD'\]"):
+        launch._Launcher(kernel, per_call, arguments, geometry.grid(4), 4)
 
 
 def test_invalid_inputs_raise_like_the_reference():

@@ -103,7 +103,7 @@ def test_baseline_and_presets_come_first(tree):
         (["+sweep=smoke", "device=tpu"], "device: unknown device 'tpu'; valid: ['auto', 'cpu', 'cuda']"),
         (["+sweep=smoke", "+constraints=[{reason: x, scale: [e9m0]}]"], "constraints[0].scale: unknown scale 'e9m0'"),
         (["tasks=[regression]"], "seeds: the sweep names no seed"),
-        ([], "no sweep chosen: add +sweep=NAME; valid: ['adaptive', 'full', 'mini', 'smoke', 'typo']"),
+        ([], "no sweep chosen: add +sweep=NAME; valid: ['adaptive', 'full', 'gpu_smoke', 'mini', 'smoke', 'typo']"),
     ],
 )
 def test_bad_input_is_named(tree, overrides, message):

@@ -3,21 +3,28 @@
 ``fake_quantize`` here returns the same bits as ``fp4sweep.quant.quantize.fake_quantize`` (the
 reference) for every spec that ``supports`` accepts; the reference's own helpers supply the
 Hadamard signs and the stochastic-rounding key, so those agree by construction.
+
+A training step quantises hundreds of tensors of a few shapes, so the host's share of a call
+must be small. Everything that the seed and the tensor's values do not change (checks, tile
+geometry, the tuned tile shape, the kernel's compile-time arguments, the compiled kernel itself
+and the Hadamard signs on the device) is worked out on a shape's first call and kept in a
+``_Plan``; later calls allocate the output, look the plan up and launch, without a host sync.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import triton
+import triton.testing
 
 from fp4sweep.quant.formats import FloatFormat
 from fp4sweep.quant.kernels import quantiser
-from fp4sweep.quant.quantize import _check_input
+from fp4sweep.quant.quantize import check_input
 from fp4sweep.quant.rng import STREAM_ROUNDING, stream_key
 from fp4sweep.quant.scaling import SCALE_RULES, tensor_target
 from fp4sweep.quant.spec import QuantSpec
@@ -31,54 +38,13 @@ TUNED_NUMEL = 2**22  # tensors from this size on get their tile shape tuned
 PLAIN, AXIS_VECTORS, LINE_VECTORS = range(3)  # quantiser.py's tile layouts
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+ALIGNMENT = 16  # bytes; compiled kernels assume it of a pointer that has it (Triton specialises)
 
-# (elements per tile, warps). The interpreter runs one: tuning there would only cost time.
-_TILES = ((4096, 4), (8192, 8))
+# (elements per tile, warps), tried in this order. The interpreter runs one: tuning there
+# would only cost time.
+TILES = ((4096, 4), (8192, 8))
 if INTERPRETED:
-    _TILES = _TILES[:1]
-_CONFIGS = [triton.Config({"TILE": tile, "WARPS": warps}, num_warps=warps)
-            for tile, warps in _TILES]
-
-
-def _rows(args: dict) -> int:
-    """Lines per tile: about TILE elements, and never so few that threads would share elements.
-
-    The vector layouts take enough lines that every lane of every warp holds lines of its own
-    (with fewer, Triton 3.6 spread the runs over lanes and warps or copied them, and blocks came
-    out wrong on the GPU); the plain layout takes at most what the tensor has, but one vector
-    for each thread. All take whole 2-D blocks and whole line vectors. The interpreter has no
-    threads to keep apart: there, tiles shrink to small tensors and small tests stay fast.
-    """
-    rows = args["TILE"] // args["COLS"]
-    fitted = min(rows, triton.next_power_of_2(args["n_lines"]))
-    whole = max(args["BLOCK"] if args["BLOCK_2D"] else 1,
-                args["VEC"] if args["LAYOUT"] == LINE_VECTORS else 1)
-    if INTERPRETED:
-        return max(fitted, whole)
-    every_thread = 32 * args["WARPS"]
-    if args["LAYOUT"] == AXIS_VECTORS:
-        return max(rows, every_thread, whole)
-    if args["LAYOUT"] == LINE_VECTORS:
-        return max(rows, every_thread * args["VEC"], whole)
-    return max(fitted, every_thread * args["VEC"] // args["COLS"], whole)
-
-
-def _tuning_pays(configs: list, named_args: dict, **constants) -> list:
-    """Tune on tensors large enough for it to matter; take the first config on small ones."""
-    numel = named_args["n_lines"] * named_args["n_axis_tiles"] * constants["COLS"]
-    return configs if numel >= TUNED_NUMEL else configs[:1]
-
-
-def _tuned(kernel):
-    tuned = triton.heuristics({"ROWS": _rows})(kernel)
-    return triton.autotune(
-        _CONFIGS, key=["n_lines", "n_axis_tiles", "stride", "AXIS_CONTIGUOUS", "LAYOUT"],
-        prune_configs_by={"early_config_prune": _tuning_pays},
-    )(tuned)
-
-
-_fake_quantize = _tuned(quantiser.fake_quantize_kernel)
-_tensor_amax = _tuned(quantiser.tensor_amax_kernel)
+    TILES = TILES[:1]
 
 
 def supports(spec: QuantSpec) -> bool:
@@ -103,7 +69,7 @@ class _Geometry:
     vec: int  # elements of a thread's widest load; the vector layouts' vector length
 
     @classmethod
-    def of(cls, x: torch.Tensor | _Shape, axis: int, spec: QuantSpec) -> _Geometry:
+    def of(cls, x: torch.Tensor, axis: int, spec: QuantSpec) -> _Geometry:
         length = x.shape[axis]
         outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
         if inner == 1:  # the axis is contiguous: lines are rows
@@ -129,26 +95,89 @@ class _Geometry:
                 cols *= 2
         return cls(n_outer, n_lines, *strides, length // cols, cols, False, PLAIN, vec)
 
-    def launch(self, kernel, x: torch.Tensor, *args, **constants) -> None:
-        def grid(meta: dict) -> tuple[int]:
-            return (self.n_axis_tiles * self.n_outer * triton.cdiv(self.n_lines, meta["ROWS"]),)
+    def rows(self, tile: int, warps: int, block: int, block_2d: bool) -> int:
+        """Lines per tile: about ``tile`` elements, and never so few that threads would share
+        elements.
 
-        kernel[grid](
-            x, *args, self.n_lines, self.n_axis_tiles, self.stride,
-            AXIS_CONTIGUOUS=self.axis_contiguous, LAYOUT=self.layout, VEC=self.vec,
-            COLS=self.cols, PADDED=self.padded,
-            WIDE=x.numel() >= WIDE_NUMEL, enable_fp_fusion=False, **constants,
-        )
+        The vector layouts take enough lines that every lane of every warp holds lines of its
+        own (with fewer, Triton 3.6 spread the runs over lanes and warps or copied them, and
+        blocks came out wrong on the GPU); the plain layout takes at most what the tensor has,
+        but one vector for each thread. All take whole 2-D blocks and whole line vectors. The
+        interpreter has no threads to keep apart: there, tiles shrink to small tensors and small
+        tests stay fast.
+        """
+        rows = tile // self.cols
+        fitted = min(rows, triton.next_power_of_2(self.n_lines))
+        whole = max(block if block_2d else 1, self.vec if self.layout == LINE_VECTORS else 1)
+        if INTERPRETED:
+            return max(fitted, whole)
+        every_thread = 32 * warps
+        if self.layout == AXIS_VECTORS:
+            return max(rows, every_thread, whole)
+        if self.layout == LINE_VECTORS:
+            return max(rows, every_thread * self.vec, whole)
+        return max(fitted, every_thread * self.vec // self.cols, whole)
+
+    def grid(self, rows: int) -> tuple[int, int, int]:
+        return (self.n_axis_tiles * self.n_outer * triton.cdiv(self.n_lines, rows), 1, 1)
+
+    def arguments(self, numel: int) -> dict:
+        """The kernels' arguments that describe the geometry."""
+        return dict(n_lines=self.n_lines, n_axis_tiles=self.n_axis_tiles, stride=self.stride,
+                    AXIS_CONTIGUOUS=self.axis_contiguous, LAYOUT=self.layout, VEC=self.vec,
+                    COLS=self.cols, PADDED=self.padded, WIDE=numel >= WIDE_NUMEL)
 
 
-@functools.lru_cache(maxsize=None)
+class _Launcher:
+    """One kernel with every argument but the leading per-call ones (tensors, key) fixed.
+
+    Compiled, it launches the kernel that Triton compiled for these arguments directly (the
+    per-call arguments must keep the dtypes and pointer alignment of the ones it was built
+    with), without re-binding and re-specialising three dozen arguments on every call; under
+    the interpreter it calls the kernel as usual.
+    """
+
+    def __init__(self, kernel, per_call: tuple, arguments: dict, grid: tuple[int, int, int],
+                 warps: int):
+        names = kernel.arg_names[len(per_call):]
+        missing, unknown = set(names) - set(arguments), set(arguments) - set(names)
+        if missing or unknown:
+            raise TypeError(f"arguments of {kernel.__name__}: missing {sorted(missing)}, "
+                            f"unknown {sorted(unknown)}")
+        self.kernel, self.grid = kernel, grid
+        self.fixed = tuple(arguments[name] for name in names)
+        # No multiply-add contraction: the reference rounds every product (``device.py``).
+        self.options = dict(num_warps=warps, enable_fp_fusion=False)
+        self.compiled: Callable | None = None
+        if not INTERPRETED:
+            compiled = kernel.warmup(*per_call, *self.fixed, grid=grid, **self.options)
+            self.compiled = compiled[grid]
+
+    def __call__(self, *per_call) -> None:
+        if self.compiled is not None:
+            self.compiled(*per_call, *self.fixed)
+        else:
+            self.kernel[self.grid](*per_call, *self.fixed, **self.options)
+
+
+def _fastest(kernel, per_call: tuple, arguments: dict, geometry: _Geometry,
+             numel: int) -> _Launcher:
+    """The launcher of the fastest tile shape (``TILES``), timed on this call's tensors;
+    the first tile shape for tensors too small for the choice to matter."""
+    candidates = []
+    for tile, warps in TILES if numel >= TUNED_NUMEL else TILES[:1]:
+        rows = geometry.rows(tile, warps, arguments["BLOCK"], arguments["BLOCK_2D"])
+        candidates.append(_Launcher(kernel, per_call, dict(arguments, ROWS=rows),
+                                    geometry.grid(rows), warps))
+    if len(candidates) == 1:
+        return candidates[0]
+    times = [triton.testing.do_bench(lambda launcher=launcher: launcher(*per_call), warmup=5,
+                                     rep=25, return_mode="median") for launcher in candidates]
+    return candidates[times.index(min(times))]
+
+
 def _tensor_target(elem: FloatFormat, scale: FloatFormat) -> float:
     return tensor_target(elem, scale, torch.empty(0)).item()
-
-
-@functools.lru_cache(maxsize=None)
-def _signs(size: int, seed: int, device: torch.device) -> torch.Tensor:
-    return hadamard_signs(size, seed).to(device)
 
 
 def _transform_constants(spec: QuantSpec) -> dict:
@@ -163,62 +192,79 @@ def _format_constants(prefix: str, fmt: FloatFormat) -> dict:
     return {f"{prefix}_EMIN": fmt.emin, f"{prefix}_MAN": fmt.man_bits, f"{prefix}_MAX": fmt.max}
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """Everything about a launch that the seed and the tensor's values do not change."""
-
-    geometry: _Geometry
-    amax_constants: dict  # the tensor-amax kernel's (used with tensor scaling only)
-    constants: dict  # the quantiser kernel's
-
-
-@functools.lru_cache(maxsize=4096)
-def _plan(spec: QuantSpec, x: _Shape) -> _Plan:
+def _quantiser_constants(spec: QuantSpec) -> dict:
     elem, scale = spec.elem_format, spec.scale_format
-    transform = _transform_constants(spec)
-    constants = dict(
-        transform, RULE=SCALE_RULES.index(spec.scale_rule), TENSOR_SCALE=spec.tensor_scale,
-        TARGET=_tensor_target(elem, scale),
+    return dict(
+        _transform_constants(spec), RULE=SCALE_RULES.index(spec.scale_rule),
+        TENSOR_SCALE=spec.tensor_scale, TARGET=_tensor_target(elem, scale),
         S_MIN_POSITIVE=scale.min_positive, S_MIN_NORMAL=scale.min_normal,
         S_BIAS=scale.bias, E_EMAX=elem.emax, SR=spec.rounding == "sr", SR_BITS=spec.sr_bits,
         # The interpreter truncates a float32 -> bfloat16 cast; compiled code rounds.
         NATIVE_BF16=not INTERPRETED,
         **_format_constants("S", scale), **_format_constants("E", elem),
     )
-    return _Plan(_Geometry.of(x, x.axis, spec), transform, constants)
 
 
 @dataclass(frozen=True)
-class _Shape:
-    """What a plan needs of the tensor: hashable, unlike the tensor."""
+class _Plan:
+    """Everything about a call that the seed and the tensor's values do not change."""
 
-    shape: tuple[int, ...]
-    axis: int
-    itemsize: int
+    signs: torch.Tensor | None  # the random Hadamard signs, on the tensor's device
+    tensor_amax: _Launcher | None  # with tensor scaling
+    quantise: _Launcher
 
-    def element_size(self) -> int:
-        return self.itemsize
+    @classmethod
+    def build(cls, x: torch.Tensor, out: torch.Tensor, spec: QuantSpec, axis: int) -> _Plan:
+        """The plan for tensors like ``x`` (contiguous), compiled and tuned on ``x`` and
+        ``out``, whose contents the tuning overwrites."""
+        if not supports(spec):
+            raise ValueError(
+                f"the kernels need a power-of-two block for block_2d or a transform, got "
+                f"block={spec.block} (block_2d={spec.block_2d}, transform={spec.transform!r})"
+            )
+        geometry = _Geometry.of(x, axis, spec)
+        arguments = geometry.arguments(x.numel())
+        signs = (hadamard_signs(spec.hadamard_size, spec.transform_seed).to(x.device)
+                 if spec.random_signs else None)
+        signs_or_x = x if signs is None else signs
+        tensor_amax, amax_bits = None, x
+        if spec.tensor_scale:
+            amax_bits = torch.zeros(1, dtype=torch.int32, device=x.device)
+            tensor_amax = _fastest(quantiser.tensor_amax_kernel, (x, signs_or_x, amax_bits),
+                                   dict(arguments, **_transform_constants(spec)), geometry,
+                                   x.numel())
+        quantise = _fastest(quantiser.fake_quantize_kernel,
+                            (x, out, signs_or_x, amax_bits, 0),
+                            dict(arguments, **_quantiser_constants(spec)), geometry, x.numel())
+        return cls(signs, tensor_amax, quantise)
+
+
+_plans: dict[tuple, _Plan] = {}
+
+
+def clear_plans() -> None:
+    """Forget every plan (after changing this module's tuning constants)."""
+    _plans.clear()
 
 
 def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
     """The reference's ``fake_quantize`` as fused kernels; same arguments, same bits."""
-    axis = _check_input(x, spec, axis)
     key = stream_key(seed, STREAM_ROUNDING)  # also checks the seed
-    if not supports(spec):
-        raise ValueError(
-            f"the kernels need a power-of-two block for block_2d or a transform, got "
-            f"block={spec.block} (block_2d={spec.block_2d}, transform={spec.transform!r})"
-        )
     x = x.detach().contiguous()
     out = torch.empty_like(x)
-    if x.numel() == 0:
-        return out
-    plan = _plan(spec, _Shape(tuple(x.shape), axis, x.element_size()))
-    signs = _signs(spec.hadamard_size, spec.transform_seed, x.device) if spec.random_signs else x
+    plan_key = (spec, x.shape, axis, x.dtype, x.device, x.data_ptr() % ALIGNMENT == 0)
+    plan = _plans.get(plan_key)
+    if plan is None:
+        normalised_axis = check_input(x, spec, axis)
+        if x.numel() == 0:
+            return out
+        plan = _plans[plan_key] = _Plan.build(x, out, spec, normalised_axis)
+    signs = x if plan.signs is None else plan.signs
     amax_bits = x
-    if spec.tensor_scale:
+    if plan.tensor_amax is not None:
+        # Zeroed on the device, max-ed into by the amax kernel, read by the quantiser: no sync.
         amax_bits = torch.zeros(1, dtype=torch.int32, device=x.device)
-        plan.geometry.launch(_tensor_amax, x, signs, amax_bits, **plan.amax_constants)
-    plan.geometry.launch(_fake_quantize, x, out, signs, amax_bits,
-                         key - 2**32 if key >= 2**31 else key, **plan.constants)
+        plan.tensor_amax(x, signs, amax_bits)
+    # The kernel takes the key as an int32.
+    plan.quantise(x, out, signs, amax_bits, key - 2**32 if key >= 2**31 else key)
     return out

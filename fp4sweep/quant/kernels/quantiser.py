@@ -151,7 +151,7 @@ def _load_transformed(
 def tensor_amax_kernel(
     x_ptr, signs_ptr, amax_bits_ptr,
     n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
-    VEC: tl.constexpr, TILE: tl.constexpr, WARPS: tl.constexpr, ROWS: tl.constexpr,
+    VEC: tl.constexpr, ROWS: tl.constexpr,
     COLS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr, PADDED: tl.constexpr,
     WIDE: tl.constexpr, HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
     RANDOM_SIGNS: tl.constexpr,
@@ -210,11 +210,13 @@ def _tensor_scale(amax_bits_ptr, RULE: tl.constexpr, TARGET: tl.constexpr):
     return scale
 
 
-@triton.jit
+# The key differs on every call: specialising on its value (divisible by 16, equal to 1) would
+# compile new variants for some seeds, and a compiled kernel could not be reused for any seed.
+@triton.jit(do_not_specialize=["sr_key"])
 def fake_quantize_kernel(
     x_ptr, out_ptr, signs_ptr, amax_bits_ptr, sr_key,
     n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
-    VEC: tl.constexpr, TILE: tl.constexpr, WARPS: tl.constexpr, ROWS: tl.constexpr,
+    VEC: tl.constexpr, ROWS: tl.constexpr,
     COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr, BLOCK_2D: tl.constexpr,
     WIDE: tl.constexpr,
     HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,

@@ -1,0 +1,91 @@
+"""A sweep on a Ray cluster, as far as one machine allows: `ray start --head` on localhost, then
+`fp4sweep run ... ray.address=HOST:PORT` as the README's cluster section has it. The trials run
+in the cluster's workers and come back to the driver, which writes the store."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from fp4sweep.sweep.runner import PROJECT_ROOT
+from fp4sweep.sweep.store import ResultsStore
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, head: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError(f"`ray start --head` exited with status {head.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"no Ray head listening on port {port} after {seconds} s")
+
+
+@pytest.fixture
+def cluster_env() -> dict[str, str]:
+    """The environment of the head and the driver. Ray's clusters authenticate with a token: a
+    driver connecting by address needs RAY_AUTH_MODE=token and the cluster's token."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
+@pytest.fixture
+def ray_head(cluster_env):
+    """A Ray head node of this test's own (not `ray stop`, which ends every Ray of the host):
+    `--block` keeps it in one process whose end stops what it started. Its own temporary
+    directory keeps it from becoming what `ray.address=auto` finds on this machine afterwards.
+    (A short path: Ray's sockets live there, and socket paths are limited to about 100 bytes.)"""
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
+         f"--temp-dir={temp_dir}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", "--block"],
+        env=cluster_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, head)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_sweep_on_a_running_cluster_stores_on_the_driver(ray_head, cluster_env, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "fp4sweep", "run", "+sweep=smoke", f"ray.address={ray_head}",
+         "seeds=[0]", "presets=[]", "axes.scale=[ue5m3]", "axes.transform=[none]", "axes.rounding_bwd=[sr]",
+         "task=regression", "task.sizes.tiny.steps=20", "task.sizes.tiny.eval_every=10",
+         f"results_dir={tmp_path}"],
+        cwd=PROJECT_ROOT, env=cluster_env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    trials = ResultsStore(tmp_path).trials()
+    assert sorted(trials["recipe_label"]) == ["bf16", "scale=ue5m3 rounding_bwd=sr"]
+    assert set(trials["status"]) == {"done"}
+    assert set(trials["host"]) == {socket.gethostname()}
+    # The cluster outlives the sweep: the driver disconnects, it does not stop a Ray it did not start.
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", int(ray_head.rsplit(":", 1)[1]))) == 0
