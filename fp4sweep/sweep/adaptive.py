@@ -223,7 +223,7 @@ class SearchFeed:
         self.space = space
         self.search = search
         self.study_name = study_name
-        self.tasks = [space.task]
+        self.task_trials = space.baselines
         self._results_dir = results_dir
         self._rerun_failed = rerun_failed
         self.study: optuna.Study | None = None

@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -77,11 +77,16 @@ def trials_to_run(plan: Plan, statuses: dict[str, str], rerun_failed: bool) -> l
     return [t for t in plan.trials if statuses.get(t.trial_id) in wanted]
 
 
-def check_tasks(tasks: Iterable[TaskPlan]) -> None:
+def check_tasks(trials: list[Trial]) -> None:
     """Import each task module and build each task config once, before anything runs."""
-    for task in tasks:
+    seen: set[tuple[str, str, str]] = set()
+    for trial in trials:
+        task = trial.task
+        if (task.module, task.name, task.size) in seen:
+            continue
+        seen.add((task.module, task.name, task.size))
         try:
-            task_config({"params": task.params, "exclude": task.exclude}, load_task(task.module).Config)
+            task_config(trial.spec, load_task(task.module).Config)
         except ValueError as error:
             raise SweepError(f"task {task.name!r} (size {task.size!r}): {error}") from None
 
@@ -89,7 +94,8 @@ def check_tasks(tasks: Iterable[TaskPlan]) -> None:
 class TrialFeed(Protocol):
     """Where the scheduling loop gets the trials it runs, and whom it tells of each result."""
 
-    tasks: list[TaskPlan]  # every task the feed may hand out: validated and placed up front
+    # A trial of every task the feed may hand out: the tasks are checked and placed up front.
+    task_trials: list[Trial]
 
     def take(self, room: int) -> list[Trial]:
         """At most ``room`` trials to submit now; none while waiting for those in flight."""
@@ -105,8 +111,8 @@ class PlanFeed:
     """A fixed list of trials, handed out in order."""
 
     def __init__(self, trials: list[Trial]) -> None:
+        self.task_trials = trials
         self._queue = deque(trials)
-        self.tasks = list({trial.task.name: trial.task for trial in trials}.values())
 
     def take(self, room: int) -> list[Trial]:
         return [self._queue.popleft() for _ in range(min(room, len(self._queue)))]
@@ -183,7 +189,7 @@ def run_feed(
         report.to_run = feed.remaining()
         if not report.to_run:
             return report
-        check_tasks(feed.tasks)
+        check_tasks(feed.task_trials)
         logger = make_logger(settings.logger, settings.results_dir)
         import ray
 
@@ -268,7 +274,10 @@ def _schedule(
     report: RunReport,
     stream: TextIO,
 ) -> None:
-    placements = {task.name: _placement(ray, task, settings) for task in feed.tasks}
+    placements: dict[str, _Placement] = {}
+    for trial in feed.task_trials:
+        if trial.task.name not in placements:
+            placements[trial.task.name] = _placement(ray, trial.task, settings)
     report.slots = max(p.fits for p in placements.values())
     window = settings.ray.max_in_flight or 2 * report.slots
     progress = Progress(report.to_run, stream, settings.progress_every)
