@@ -91,6 +91,9 @@ def test_search_trains_what_it_proposes_once_and_reads_the_rest_from_the_store(t
     for trial in study.get_trials(states=[TrialState.PRUNED]):
         assert trial.params["scale"] == "fp32" and trial.params["scale_rule"] == "floor"
 
+    assert search(*common, command="status") == 0  # what the store holds, not the grid's pending trials
+    assert "regression  10    0         0       10" in capsys.readouterr().out
+
     # A larger budget continues the study: only the 2 recipes it lacks are trained.
     assert search(*common, "search.n_trials=10") == 0
     assert "6 of 6 recipes evaluated; this run trained 4 trials (4 done)" in capsys.readouterr().out
@@ -174,6 +177,13 @@ def test_what_the_study_is_told_of_a_recipe():
 def test_bad_search_settings_are_named(tmp_path, overrides, message, capsys):
     assert search(f"results_dir={tmp_path}", *overrides) == 2
     assert message in capsys.readouterr().err
+
+
+def test_plan_of_a_search_shows_its_grid_and_budget(tmp_path, capsys):
+    assert search(*REGRESSION, "seeds=[0]", "search.n_trials=4", f"results_dir={tmp_path}", command="plan") == 0
+    out = capsys.readouterr().out
+    assert "sweep adaptive: 7 trials (7 recipes x 1 seeds x 1 tasks)" in out  # the baseline and 6 recipes
+    assert "an adaptive search of these recipes: it evaluates 4 recipes, tpe sampler (10 at random first)" in out
 
 
 def test_a_study_of_another_search_space_is_refused(tmp_path):
