@@ -112,9 +112,10 @@ def main() -> None:
                           study=f"bench-{sampler}-{startup}-{seed}")
             runs.append(measure_search(tree, settings, one, reference, grid_volume))
         ratios, proposals, seconds = zip(*runs)
+        reached = f"{sum(r >= TARGET for r in ratios)}/{len(ratios)}"
         print(f"{sampler:<8} {startup:<8} {statistics.median(ratios):<16.3f} {min(ratios):<7.3f} "
-              f"{max(ratios):<7.3f} {sum(r >= TARGET for r in ratios)}/{len(ratios):<5} "
-              f"{statistics.fmean(proposals):<10.0f} {statistics.fmean(seconds):.1f}")
+              f"{max(ratios):<7.3f} {reached:<7} {statistics.fmean(proposals):<10.0f} "
+              f"{statistics.fmean(seconds):.1f}")
 
 
 if __name__ == "__main__":
