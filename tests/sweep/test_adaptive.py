@@ -224,7 +224,7 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
-        while not (results / "trials").is_dir() or len(stored_ids(results)) < 3:  # the baseline and 2 recipes
+        while not (results / "trials").is_dir() or len(set(stored_ids(results))) < 3:  # the baseline and 2 recipes (a compaction shows rows twice)
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline
             time.sleep(0.02)
@@ -244,10 +244,14 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
     study = load(results, "killed")
     after = {t.number: t for t in study.trials}
     assert not [t for t in after.values() if t.state == TrialState.RUNNING]
+    n_axes = max(len(t.params) for t in after.values())
     for number, trial in before.items():  # the study went on from where it was
         assert after[number].params == trial.params
-        if trial.state == TrialState.RUNNING:  # asked before the kill: evaluated now
-            assert after[number].state == TrialState.COMPLETE
+        if trial.state == TrialState.RUNNING:
+            # Asked before the kill: evaluated now, unless the kill came while its choices were
+            # being drawn (then it never ran, and is told as failed).
+            drawn = len(trial.params) == n_axes
+            assert after[number].state == (TrialState.COMPLETE if drawn else TrialState.FAIL)
         else:
             assert after[number].state == trial.state and after[number].values == trial.values
     attempts = ResultsStore(results).trials(latest=False)
