@@ -7,6 +7,9 @@ runs under bfloat16 autocast with float32 master weights and fused AdamW. Times 
 timed steps (CUDA events) after warm-up steps, on random tokens.
 
     PYTHONPATH=. python scripts/bench_step.py [--batch 32] [--recipes bf16 nvfp4 paper_best]
+
+``--profile N`` also prints, per recipe, the N operations with the most device time over a few
+profiled steps (``torch.profiler``), to show where a quantised step's extra time goes.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from fp4sweep.tasks.gpt import GPT
 GPT2_SMALL = dict(block_size=1024, n_layer=12, n_head=12, n_embd=768)
 
 
-def step_times(recipe_name: str, batch: int, vocab: int, warmup: int, steps: int) -> list[float]:
+def step_times(recipe_name: str, batch: int, vocab: int, warmup: int, steps: int,
+               profile_rows: int = 0) -> list[float]:
     torch.manual_seed(0)
     model = GPT(vocab, **GPT2_SMALL).cuda()
     model = quantize_model(model, Recipe.preset(recipe_name), exclude=("lm_head",), seed=0)
@@ -51,9 +55,23 @@ def step_times(recipe_name: str, batch: int, vocab: int, warmup: int, steps: int
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
+    if profile_rows:
+        print_profile(step, recipe_name, profile_rows)
     del model, optimizer
     torch.cuda.empty_cache()
     return times
+
+
+def print_profile(step, recipe_name: str, rows: int, steps: int = 3) -> None:
+    """The ``rows`` operations with the most device time, totals over ``steps`` steps."""
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    print(f"\n{recipe_name}: device time over {steps} steps", flush=True)
+    print(profiler.key_averages().table(sort_by="self_device_time_total", row_limit=rows,
+                                        max_name_column_width=60), flush=True)
 
 
 def main() -> None:
@@ -66,6 +84,8 @@ def main() -> None:
                         help="recipes to time again with the pure-PyTorch reference quantiser")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print the N operations with the most device time per recipe")
     parser.add_argument("--json", help="write the measurements to this file")
     args = parser.parse_args()
 
@@ -75,7 +95,8 @@ def main() -> None:
     results = []
     for name, quantiser in runs:
         with backend.use_backend(quantiser):
-            times = step_times(name, args.batch, args.vocab, args.warmup, args.steps)
+            times = step_times(name, args.batch, args.vocab, args.warmup, args.steps,
+                               args.profile)
         results.append(dict(recipe=name, quantiser="kernels" if quantiser == "auto" else quantiser,
                             median_ms=statistics.median(times), min_ms=min(times),
                             max_ms=max(times)))
