@@ -21,7 +21,7 @@ from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_choice, check_non_negative, check_positive
 from fp4sweep.tasks.training import (EpochSampler, fit, quantise, resolve_device, seeded, task_result,
-                                     trace_gemm_shapes)
+                                     to_device, trace_gemm_shapes)
 
 NAME = "classification"
 NUM_CLASSES = 10
@@ -138,7 +138,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     batch_at = EpochSampler(len(x_train), config.batch_size, generator)
 
     def loss_at(step: int) -> torch.Tensor:
-        index = batch_at(step).to(device)
+        index = to_device(batch_at(step), device)
         return F.cross_entropy(model(x_train[index]), y_train[index])
 
     def evaluate() -> dict[str, float]:

@@ -31,7 +31,7 @@ from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_choice, check_non_negative, check_positive
 from fp4sweep.tasks.training import (EpochSampler, fit, quantise, resolve_device, seeded, task_result,
-                                     trace_gemm_shapes, warmup_cosine)
+                                     to_device, trace_gemm_shapes, warmup_cosine)
 
 NAME = "diffusion"
 PADDED_SIZE = 32
@@ -272,9 +272,9 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     batch_at = EpochSampler(len(x_train), config.batch_size, generator)
 
     def loss_at(step: int) -> torch.Tensor:
-        x0 = x_train[batch_at(step).to(device)]
-        t = torch.randint(config.timesteps, (len(x0),), generator=generator).to(device)
-        noise = torch.randn(x0.shape, generator=generator).to(device)
+        x0 = x_train[to_device(batch_at(step), device)]
+        t = to_device(torch.randint(config.timesteps, (len(x0),), generator=generator), device)
+        noise = to_device(torch.randn(x0.shape, generator=generator), device)
         return F.mse_loss(model(noised(x0, t, noise, alpha_bar), t), noise)
 
     def evaluate() -> dict[str, float]:

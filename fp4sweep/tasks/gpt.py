@@ -30,7 +30,7 @@ from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_non_negative, check_positive
 from fp4sweep.tasks.training import (fit, quantise, resolve_device, seeded, task_result,
-                                     trace_gemm_shapes, warmup_cosine)
+                                     to_device, trace_gemm_shapes, warmup_cosine)
 
 NAME = "gpt"
 VAL_WINDOWS_SEED = 4321  # held-out windows are drawn once from this seed, not the trial's
@@ -206,8 +206,8 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
                                   lr=config.lr, betas=(0.9, 0.99))
 
     def loss_on(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = model(x.to(device))
-        return F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten())
+        logits = model(to_device(x, device))
+        return F.cross_entropy(logits.flatten(0, 1), to_device(y, device).flatten())
 
     def loss_at(step: int) -> torch.Tensor:
         starts = torch.randint(len(train_data) - config.block_size, (config.batch_size,),

@@ -16,7 +16,8 @@ from torch import nn
 
 from fp4sweep.quant import Recipe, quantize_model
 from fp4sweep.quant.gemm import GemmShape
-from fp4sweep.tasks.base import DivergenceGuard, TaskResult
+from fp4sweep.tasks.base import TaskResult
+from fp4sweep.tasks.training import fit, task_result, to_device
 
 NAME = "regression"
 
@@ -82,20 +83,17 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     batches = torch.Generator().manual_seed(seed)
     model = quantize_model(Student(config).to(device), recipe, exclude=config.exclude, seed=seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    guard = DivergenceGuard()
-    curve: list[dict[str, float]] = []
-    for step in range(1, config.steps + 1):
-        batch = torch.randint(config.n_train, (config.batch_size,), generator=batches).to(device)
-        loss = nn.functional.mse_loss(model(x_train[batch]), y_train[batch])
-        if guard.diverged(loss.item()):
-            curve.append({"step": step, "train_loss": loss.item()})
-            metrics = {"train_loss": loss.item(), "val_loss": math.nan}
-            return TaskResult(metrics, curve, diverged=True, gemm_shapes=gemm_shapes(config))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % config.eval_every == 0 or step == config.steps:
-            curve.append({"step": step, "train_loss": loss.item(), "val_loss": mse(model, x_val, y_val)})
+
+    def loss_at(step: int) -> torch.Tensor:
+        batch = to_device(torch.randint(config.n_train, (config.batch_size,), generator=batches),
+                          device)
+        return nn.functional.mse_loss(model(x_train[batch]), y_train[batch])
+
+    log = fit(model, optimizer, loss_at, steps=config.steps, lr_at=lambda step: config.lr,
+              evaluate=lambda: {"val_loss": mse(model, x_val, y_val)},
+              eval_every=config.eval_every)
+    if log.diverged:
+        return task_result(log, gemm_shapes(config))
     metrics = {"train_loss": mse(model, x_train, y_train), "val_loss": mse(model, x_val, y_val)}
     diverged = not all(math.isfinite(v) for v in metrics.values())
-    return TaskResult(metrics, curve, diverged=diverged, gemm_shapes=gemm_shapes(config))
+    return TaskResult(metrics, log.curve, diverged=diverged, gemm_shapes=gemm_shapes(config))

@@ -26,6 +26,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"unknown device {device!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:N'") from error
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t``, a CPU tensor, on ``device`` without waiting for the device.
+
+    A plain copy to a GPU waits until the device has done everything queued before it; one per
+    step (a batch's indices) leaves a small trial's GPU idle while the host launches the next
+    step, and serialises trials that share a GPU. From pinned memory the copy is queued instead.
+    """
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def seeded(seed: int) -> torch.Generator:
     """Seed torch's global generator (model initialisation) and return a CPU generator for the
     data order, so that the same seed gives the same run."""
@@ -122,6 +134,11 @@ class TrainLog:
         return self.curve[-1] if self.curve else {}
 
 
+# Steps between reads of the training loss: each read waits for the device, so the loss is read
+# for several steps at once (and at every evaluation), not after every step.
+LOSS_READ_EVERY = 32
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -138,27 +155,39 @@ def fit(
     Every ``eval_every`` steps and at the end, logs the mean training loss since the last log and
     what ``evaluate()`` returns (it must include ``val_loss``). Stops early, marked diverged, when
     the training loss is not finite or blows up, or the validation loss is not finite.
+
+    The losses are read ``LOSS_READ_EVERY`` steps at a time, so a run that diverges trains up to
+    that many steps past its first bad loss before it stops; what is logged (the step and loss of
+    the first bad step, the means of the good ones) is what reading every step would log.
     """
     guard = DivergenceGuard()
     log = TrainLog()
     window: list[float] = []
+    unread: list[torch.Tensor] = []
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         model.train()
         loss = loss_at(step)
-        value = loss.item()
-        if guard.diverged(value):
-            log.curve.append({"step": step + 1, "train_loss": value})
-            log.diverged = True
-            break
+        unread.append(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-        window.append(value)
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
+        evaluation = (step + 1) % eval_every == 0 or step + 1 == steps
+        if not evaluation and len(unread) < LOSS_READ_EVERY:
+            continue
+        first_step = step + 2 - len(unread)  # the 1-based step of unread[0]
+        values = torch.stack(unread).tolist()
+        unread = []
+        for offset, value in enumerate(values):
+            if guard.diverged(value):
+                log.curve.append({"step": first_step + offset, "train_loss": value})
+                log.diverged = True
+                return log
+        window.extend(values)
+        if evaluation:
             model.eval()
             with torch.no_grad():
                 point = {"step": step + 1, "train_loss": sum(window) / len(window), **evaluate()}

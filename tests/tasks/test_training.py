@@ -10,7 +10,8 @@ from fp4sweep.quant import QuantConv2d, QuantLinear, Recipe, quantize_model
 from fp4sweep.quant.gemm import GemmShape
 from fp4sweep.quant.layers import check_recipe_fits
 from fp4sweep.tasks import classification, diffusion, gpt
-from fp4sweep.tasks.training import EpochSampler, fit, resolve_device, trace_gemm_shapes, warmup_cosine
+from fp4sweep.tasks.training import (LOSS_READ_EVERY, EpochSampler, fit, resolve_device, to_device,
+                                     trace_gemm_shapes, warmup_cosine)
 
 
 def test_shapes_leave_out_what_quantize_model_leaves_out():
@@ -73,6 +74,34 @@ def test_fit_logs_and_stops_at_divergence():
     # w: 1 -> 0.8 (gradient 2) -> 0.7 (gradient 1); losses 2 and 0.8
     assert log.curve[0] == {"step": 2, "train_loss": pytest.approx(1.4), "val_loss": pytest.approx(0.7)}
     assert log.curve[1]["step"] == 3 and math.isnan(log.curve[1]["train_loss"])
+
+
+def test_losses_read_in_batches_log_what_reading_every_step_would():
+    """The bad loss lies past a read of LOSS_READ_EVERY losses and between evaluations: the log
+    names its step and value, and the mean before it covers exactly the good steps."""
+    bad_step = LOSS_READ_EVERY + 5
+    losses = [float(i) for i in range(1, bad_step)] + [float("inf")] + [1.0] * LOSS_READ_EVERY
+    weight = nn.Parameter(torch.tensor(0.0))
+    model = nn.Module()
+    model.weight = weight
+    optimizer = torch.optim.SGD([weight], lr=0.0)
+    eval_every = LOSS_READ_EVERY + 3
+    stream = iter(losses)
+    log = fit(model, optimizer, lambda step: weight + next(stream), steps=len(losses),
+              lr_at=lambda s: 0.0, evaluate=lambda: {"val_loss": 0.0}, eval_every=eval_every)
+    assert log.diverged
+    good = losses[:eval_every]
+    assert log.curve[0] == {"step": eval_every, "train_loss": sum(good) / len(good), "val_loss": 0.0}
+    assert log.curve[1] == {"step": bad_step, "train_loss": float("inf")}
+    assert len(log.curve) == 2
+
+
+def test_to_device_copies_the_values():
+    t = torch.arange(5)
+    assert torch.equal(to_device(t, torch.device("cpu")), t)
+    if torch.cuda.is_available():
+        moved = to_device(t, torch.device("cuda"))
+        assert moved.is_cuda and torch.equal(moved.cpu(), t)
 
 
 def test_devices():
