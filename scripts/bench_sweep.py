@@ -5,7 +5,13 @@ store, each time on a fresh local Ray: once with the task's own GPU fraction (co
 resources.gpu, e.g. a quarter: four trials per GPU) and once asking a whole GPU per trial.
 
     PYTHONPATH=. python scripts/bench_sweep.py [--tasks regression classification] [--trials 16]
+                                               [--fraction F] [--modes MODE ...]
                                                [--out bench.json] [--keep DIR] [OVERRIDE ...]
+
+``--fraction`` sets the GPU fraction of a packed trial (default: the task's own). Mode
+``packed_mps`` runs packed again with NVIDIA's Multi-Process Service (a control daemon started
+for that run and stopped after it), so that the trials' kernels run on the GPU at once instead
+of taking turns in time slices.
 
 Per run it prints trials per GPU-minute (finished trials over the loop's wall time and the GPUs),
 the packed/whole-GPU ratio, and where the time outside training goes: inside the worker
@@ -17,14 +23,16 @@ the driver's store writes), Ray's start and worker start-up (once per sweep).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,7 +42,8 @@ from fp4sweep.sweep.plan import expand  # noqa: E402
 from fp4sweep.sweep.runner import RunReport, run_trials  # noqa: E402
 from fp4sweep.sweep.store import ResultsStore  # noqa: E402
 
-MODES = {"packed": [], "one_per_gpu": ["task.resources.gpu.num_gpus=1"]}
+MODES = {"packed": [], "one_per_gpu": ["task.resources.gpu.num_gpus=1"], "packed_mps": []}
+MPS_VARIABLES = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")
 
 
 def gpu_names() -> list[str]:
@@ -45,6 +54,27 @@ def gpu_names() -> list[str]:
     except (OSError, subprocess.CalledProcessError):
         return []
     return [line.strip() for line in listed.stdout.splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def mps_daemon(directory: Path) -> Iterator[None]:
+    """NVIDIA's MPS control daemon, its pipes and logs under ``directory``, for the enclosed
+    code: processes started inside (the local Ray and its workers) inherit the variables that
+    lead them to it. Stopped, and the variables restored, on the way out."""
+    saved = {name: os.environ.get(name) for name in MPS_VARIABLES}
+    for name, sub in zip(MPS_VARIABLES, ("pipe", "log")):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+        os.environ[name] = str(directory / sub)
+    subprocess.run(["nvidia-cuda-mps-control", "-d"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, check=False)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def run_mode(task: str, mode: str, trials: int, results: Path, extra: list[str]) -> dict[str, Any]:
@@ -94,6 +124,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*",
                         help="more overrides, e.g. device=cpu task.sizes.small.steps=20")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs in use (default: nvidia-smi's count)")
+    parser.add_argument("--fraction", type=float, help="GPU fraction of a packed trial")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["packed", "one_per_gpu"],
+                        help="which runs to make, in this order (default: packed one_per_gpu)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--keep", type=Path, help="keep each run's results store under this directory")
     args = parser.parse_args()
@@ -106,8 +139,13 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     try:
         for task in args.tasks:
-            for mode in MODES:
-                run = run_mode(task, mode, args.trials, scratch / f"{task}-{mode}", args.overrides)
+            for mode in args.modes:
+                overrides = list(args.overrides)
+                if args.fraction and mode != "one_per_gpu":
+                    overrides.append(f"task.resources.gpu.num_gpus={args.fraction}")
+                with (mps_daemon(scratch / "mps") if mode == "packed_mps"
+                      else contextlib.nullcontext()):
+                    run = run_mode(task, mode, args.trials, scratch / f"{task}-{mode}", overrides)
                 run["trials_per_gpu_minute"] = run["trials"] / (run["loop_s"] / 60 * gpus)
                 runs.append(run)
                 print(json.dumps(run), flush=True)
