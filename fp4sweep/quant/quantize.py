@@ -192,7 +192,11 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 
 def quantize_detailed(
     x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0
 ) -> QuantResult:
-    """``fake_quantize`` with its intermediate values (see ``QuantResult``)."""
+    """``fake_quantize`` with its intermediate values (see ``QuantResult``); on CUDA tensors
+    through the fused kernels, with the same bits (``kernels.backend`` says when)."""
+    if kernel_backend.use_kernels(x, spec):
+        output, fields, tensor_scale = kernel_backend.quantize_detailed(x, spec, axis, seed)
+        return QuantResult(output=output, tensor_scale=tensor_scale, **fields)
     quantised = _quantise(x, spec, axis, seed)
     layout = quantised.to_x_layout
     scaled, elem = quantised.scaled, spec.elem_format

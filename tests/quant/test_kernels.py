@@ -18,8 +18,9 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
+from fp4sweep.quant.estimators import quantize_for_training  # noqa: E402
 from fp4sweep.quant.kernels import backend, launch  # noqa: E402
-from fp4sweep.quant.quantize import fake_quantize  # noqa: E402
+from fp4sweep.quant.quantize import QuantResult, fake_quantize, quantize_detailed  # noqa: E402
 from fp4sweep.quant.spec import QuantSpec  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -218,6 +219,64 @@ def test_invalid_inputs_raise_like_the_reference():
                                                                       transform="hadamard32"))
 
 
+def check_detailed(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> None:
+    """Every field of ``quantize_detailed`` from the kernel equals the reference's."""
+    x = x.to(DEVICE)
+    output, fields, tensor_scale = launch.quantize_detailed(x, spec, axis, seed)
+    with backend.use_backend("reference"):
+        expected = quantize_detailed(x, spec, axis, seed)
+    assert sorted(fields) == sorted(set(QuantResult.__dataclass_fields__) - {"output", "tensor_scale"})
+    assert_same_bits(output, expected.output)
+    for name, value in fields.items():
+        assert_same_bits(value, getattr(expected, name))
+    assert_same_bits(tensor_scale, expected.tensor_scale)
+
+
+DETAILED_SPECS = [
+    *(QuantSpec(scale="ue4m3", block=16, scale_rule=rule, tensor_scale=tensor_scale)
+      for rule in ("floor", "ceil", "nearest", "nvfp4", "nvfp4_torchao")
+      for tensor_scale in (False, True)),
+    dataclasses.replace(MXFP4, rounding="sr", transform="rhadamard32"),
+    QuantSpec(scale="ue5m3", scale_rule="nearest", rounding="sr", transform="rhadamard32",
+              tensor_scale=True),
+    QuantSpec(elem="int4", scale="fp32", scale_rule="nearest", rounding="sr"),
+    dataclasses.replace(MXFP4, block=24),
+]
+
+
+@pytest.mark.parametrize("spec", DETAILED_SPECS, ids=spec_id)
+def test_detailed_kernels_match_the_reference_field_for_field(spec):
+    check_detailed(edge_values(8, 96 if spec.block == 24 else 128), spec, seed=5)
+
+
+@pytest.mark.parametrize("spec", [dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16"),
+                                  dataclasses.replace(NVFP4, block_2d=True)], ids=spec_id)
+def test_detailed_kernels_along_the_token_axis(spec):
+    check_detailed(wide_range(64, 32, seed=3), spec, axis=0, seed=7)
+
+
+def test_detailed_of_an_empty_tensor():
+    output, fields, tensor_scale = launch.quantize_detailed(torch.empty(0, 32, device=DEVICE), NVFP4)
+    assert output.shape == (0, 32) and fields["saturated"].dtype == torch.bool
+    assert all(value.shape == (0, 32) for value in fields.values()) and tensor_scale.item() == 1.0
+
+
+@pytest.mark.parametrize("estimator,scale_grad", [("clipped_ste", "stop"), ("spline", "amax"),
+                                                  ("power", "stop")])
+def test_estimators_run_on_the_kernels_with_the_same_gradient_map(estimator, scale_grad):
+    x = wide_range(16, 64, seed=9).to(DEVICE)
+    grad = wide_range(16, 64, seed=10).to(DEVICE)
+    spec = dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16")
+    maps = []
+    for name in ("triton", "reference"):
+        with backend.use_backend(name):
+            output, gradient_map = quantize_for_training(x, spec, 1, 3, estimator, scale_grad)
+            maps.append((output, gradient_map(grad)))
+    (output, dx), (expected_output, expected_dx) = maps
+    assert_same_bits(output, expected_output)
+    assert_same_bits(dx, expected_dx)
+
+
 def test_backend_choice(monkeypatch):
     x = wide_range(4, 64).to(DEVICE)
     with backend.use_backend("triton"):
@@ -272,3 +331,18 @@ def test_gpu_fake_quantize_uses_the_kernels_by_default():
     spec = dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16")
     assert backend.use_kernels(x, spec)
     assert_same_bits(fake_quantize(x, spec, 0, 5), reference(x, spec, 0, 5))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("spec", GPU_SPECS, ids=spec_id)
+def test_gpu_detailed_matches_cuda_and_cpu_references(spec):
+    x = edge_values(512, 256, seed=4).to(torch.bfloat16)
+    output, fields, tensor_scale = launch.quantize_detailed(x.cuda(), spec, 1, 777)
+    for device in ("cuda", "cpu"):
+        with backend.use_backend("reference"):
+            expected = quantize_detailed(x.to(device), spec, 1, 777)
+        assert_same_bits(output.to(device), expected.output)
+        for name, value in fields.items():
+            assert_same_bits(value.to(device), getattr(expected, name))
+        assert_same_bits(tensor_scale.to(device), expected.tensor_scale)

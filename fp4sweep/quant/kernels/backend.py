@@ -60,7 +60,8 @@ def triton_available() -> bool:
 
 
 def use_kernels(x: torch.Tensor, spec: QuantSpec) -> bool:
-    """Whether ``fake_quantize(x, spec, ...)`` should run the kernels."""
+    """Whether ``fake_quantize(x, spec, ...)`` (and ``quantize_detailed``) should run the
+    kernels."""
     backend = selected()
     if backend == "reference":
         return False
@@ -80,3 +81,12 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int) -> tor
     from fp4sweep.quant.kernels.launch import fake_quantize as kernel_fake_quantize
 
     return kernel_fake_quantize(x, spec, axis, seed)
+
+
+def quantize_detailed(
+    x: torch.Tensor, spec: QuantSpec, axis: int, seed: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """``launch.quantize_detailed``, imported on first use (it imports Triton)."""
+    from fp4sweep.quant.kernels.launch import quantize_detailed as kernel_quantize_detailed
+
+    return kernel_quantize_detailed(x, spec, axis, seed)

@@ -103,6 +103,14 @@ def round_element(a, u, STOCHASTIC_ROUNDING: tl.constexpr, EMIN: tl.constexpr,
 
 
 @triton.jit
+def grid_step(a, EMIN: tl.constexpr, EMAX: tl.constexpr, MAN_BITS: tl.constexpr):
+    """``rounding.grid_step`` for an element format: the width of the grid interval holding
+    each magnitude ``a >= 0``, the top binade's for magnitudes beyond the format's max."""
+    e = tl.minimum(tl.maximum(exponent(a), EMIN), EMAX)
+    return pow2(e - MAN_BITS)
+
+
+@triton.jit
 def copy_sign(magnitude, signed):
     """``torch.copysign``: the sign bit of ``signed`` on ``magnitude`` (float32)."""
     sign = signed.to(tl.int32, bitcast=True) & -2147483648

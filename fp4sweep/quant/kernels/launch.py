@@ -160,12 +160,12 @@ class _Launcher:
             self.kernel[self.grid](*per_call, *self.fixed, **self.options)
 
 
-def _fastest(kernel, per_call: tuple, arguments: dict, geometry: _Geometry,
-             numel: int) -> _Launcher:
+def _fastest(kernel, per_call: tuple, arguments: dict, geometry: _Geometry, numel: int,
+             tuned: bool = True) -> _Launcher:
     """The launcher of the fastest tile shape (``TILES``), timed on this call's tensors;
-    the first tile shape for tensors too small for the choice to matter."""
+    the first tile shape for tensors too small for the choice to matter, or unless ``tuned``."""
     candidates = []
-    for tile, warps in TILES if numel >= TUNED_NUMEL else TILES[:1]:
+    for tile, warps in TILES if tuned and numel >= TUNED_NUMEL else TILES[:1]:
         rows = geometry.rows(tile, warps, arguments["BLOCK"], arguments["BLOCK_2D"])
         candidates.append(_Launcher(kernel, per_call, dict(arguments, ROWS=rows),
                                     geometry.grid(rows), warps))
@@ -192,7 +192,7 @@ def _format_constants(prefix: str, fmt: FloatFormat) -> dict:
     return {f"{prefix}_EMIN": fmt.emin, f"{prefix}_MAN": fmt.man_bits, f"{prefix}_MAX": fmt.max}
 
 
-def _quantiser_constants(spec: QuantSpec) -> dict:
+def _quantiser_constants(spec: QuantSpec, detailed: bool, numel: int) -> dict:
     elem, scale = spec.elem_format, spec.scale_format
     return dict(
         _transform_constants(spec), RULE=SCALE_RULES.index(spec.scale_rule),
@@ -200,7 +200,7 @@ def _quantiser_constants(spec: QuantSpec) -> dict:
         S_MIN_POSITIVE=scale.min_positive, S_MIN_NORMAL=scale.min_normal,
         S_BIAS=scale.bias, E_EMAX=elem.emax, SR=spec.rounding == "sr", SR_BITS=spec.sr_bits,
         # The interpreter truncates a float32 -> bfloat16 cast; compiled code rounds.
-        NATIVE_BF16=not INTERPRETED,
+        NATIVE_BF16=not INTERPRETED, DETAILED=detailed, n_elements=numel,
         **_format_constants("S", scale), **_format_constants("E", elem),
     )
 
@@ -214,9 +214,11 @@ class _Plan:
     quantise: _Launcher
 
     @classmethod
-    def build(cls, x: torch.Tensor, out: torch.Tensor, spec: QuantSpec, axis: int) -> _Plan:
+    def build(cls, x: torch.Tensor, out: torch.Tensor, details: torch.Tensor | None,
+              spec: QuantSpec, axis: int) -> _Plan:
         """The plan for tensors like ``x`` (contiguous), compiled and tuned on ``x`` and
-        ``out``, whose contents the tuning overwrites."""
+        ``out``, whose contents the tuning overwrites; with ``details`` (a float32 buffer for
+        ``quantiser.DETAIL_FIELDS``), the kernel that also writes those, untuned."""
         if not supports(spec):
             raise ValueError(
                 f"the kernels need a power-of-two block for block_2d or a transform, got "
@@ -234,8 +236,10 @@ class _Plan:
                                    dict(arguments, **_transform_constants(spec)), geometry,
                                    x.numel())
         quantise = _fastest(quantiser.fake_quantize_kernel,
-                            (x, out, signs_or_x, amax_bits, 0),
-                            dict(arguments, **_quantiser_constants(spec)), geometry, x.numel())
+                            (x, out, signs_or_x, amax_bits, x if details is None else details, 0),
+                            dict(arguments, **_quantiser_constants(spec, details is not None,
+                                                                x.numel())),
+                            geometry, x.numel(), tuned=details is None)
         return cls(signs, tensor_amax, quantise)
 
 
@@ -247,18 +251,24 @@ def clear_plans() -> None:
     _plans.clear()
 
 
-def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
-    """The reference's ``fake_quantize`` as fused kernels; same arguments, same bits."""
+def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
+         detailed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output like ``x`` and, if ``detailed``, the float32 details buffer (see
+    ``quantiser.fake_quantize_kernel``); ``x`` made contiguous first."""
     key = stream_key(seed, STREAM_ROUNDING)  # also checks the seed
     x = x.detach().contiguous()
     out = torch.empty_like(x)
-    plan_key = (spec, x.shape, axis, x.dtype, x.device, x.data_ptr() % ALIGNMENT == 0)
+    details = None
+    if detailed:
+        details = torch.empty(len(quantiser.DETAIL_FIELDS) * x.numel() + 1,
+                              dtype=torch.float32, device=x.device)
+    plan_key = (spec, x.shape, axis, x.dtype, x.device, x.data_ptr() % ALIGNMENT == 0, detailed)
     plan = _plans.get(plan_key)
     if plan is None:
         normalised_axis = check_input(x, spec, axis)
         if x.numel() == 0:
-            return out
-        plan = _plans[plan_key] = _Plan.build(x, out, spec, normalised_axis)
+            return out, details
+        plan = _plans[plan_key] = _Plan.build(x, out, details, spec, normalised_axis)
     signs = x if plan.signs is None else plan.signs
     amax_bits = x
     if plan.tensor_amax is not None:
@@ -266,5 +276,29 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 
         amax_bits = torch.zeros(1, dtype=torch.int32, device=x.device)
         plan.tensor_amax(x, signs, amax_bits)
     # The kernel takes the key as an int32.
-    plan.quantise(x, out, signs, amax_bits, key - 2**32 if key >= 2**31 else key)
-    return out
+    plan.quantise(x, out, signs, amax_bits, x if details is None else details,
+                  key - 2**32 if key >= 2**31 else key)
+    return out, details
+
+
+def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
+    """The reference's ``fake_quantize`` as fused kernels; same arguments, same bits."""
+    return _run(x, spec, axis, seed, detailed=False)[0]
+
+
+def quantize_detailed(
+    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The reference's ``quantize_detailed`` as fused kernels: the output, the per-element
+    fields of ``QuantResult`` by name (float32 tensors shaped like ``x``, ``saturated`` bool)
+    and the 0-d tensor scale; the same bits."""
+    out, details = _run(x, spec, axis, seed, detailed=True)
+    if x.numel() == 0:
+        fields = {name: torch.empty(x.shape, dtype=torch.float32, device=x.device)
+                  for name in quantiser.DETAIL_FIELDS}
+        fields["saturated"] = fields["saturated"].bool()
+        return out, fields, torch.ones((), dtype=torch.float32, device=x.device)
+    planes = details[:-1].view(len(quantiser.DETAIL_FIELDS), *x.shape)
+    fields = dict(zip(quantiser.DETAIL_FIELDS, planes.unbind(0)))
+    fields["saturated"] = fields["saturated"] != 0
+    return out, fields, details[-1]

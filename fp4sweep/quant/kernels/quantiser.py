@@ -20,8 +20,8 @@ import triton
 import triton.language as tl
 
 from fp4sweep.quant.kernels.device import (
-    DOWN, FLT_MAX, NEAREST, UP, copy_sign, magnitude_bits, round_element, round_magnitude,
-    to_bfloat16, uniform, walsh_hadamard,
+    DOWN, FLT_MAX, NEAREST, UP, copy_sign, grid_step, magnitude_bits, round_element,
+    round_magnitude, to_bfloat16, uniform, walsh_hadamard,
 )
 
 # Scale rules, numbered in ``scaling.SCALE_RULES`` order.
@@ -31,6 +31,12 @@ FLOOR, CEIL, NEAREST_RULE, NVFP4, NVFP4_TORCHAO = (tl.constexpr(i) for i in rang
 # first; splitting off a vector dimension keeps whole runs of the axis in one thread's
 # registers, where butterflies and block maxima need no shuffles.
 PLAIN, AXIS_VECTORS, LINE_VECTORS = (tl.constexpr(i) for i in range(3))
+
+# What ``fake_quantize_kernel`` writes besides its output when DETAILED, in this order: one
+# float32 tensor each, in the input's layout, as ``quantize.QuantResult`` names them
+# ("saturated" as 0 or 1); then the 0-d tensor scale.
+DETAIL_FIELDS = ("transformed", "dequantized", "scaled", "elements", "scale", "block_scale",
+                 "block_amax", "step", "saturated")
 
 
 @triton.jit
@@ -210,11 +216,19 @@ def _tensor_scale(amax_bits_ptr, RULE: tl.constexpr, TARGET: tl.constexpr):
     return scale
 
 
+@triton.jit
+def _store_tile(ptrs, values, mask, LAYOUT: tl.constexpr, VEC: tl.constexpr,
+                ROWS: tl.constexpr, COLS: tl.constexpr):
+    """A [ROWS, COLS] tile to ``ptrs``, pointers in the tile's load shape."""
+    tl.store(ptrs, _physical(values, LAYOUT, VEC, ROWS, COLS), mask=mask)
+
+
 # The key differs on every call: specialising on its value (divisible by 16, equal to 1) would
 # compile new variants for some seeds, and a compiled kernel could not be reused for any seed.
-@triton.jit(do_not_specialize=["sr_key"])
+# n_elements stays a tensor too (a 1 would become a constant), so that it widens to int64.
+@triton.jit(do_not_specialize=["sr_key", "n_elements"])
 def fake_quantize_kernel(
-    x_ptr, out_ptr, signs_ptr, amax_bits_ptr, sr_key,
+    x_ptr, out_ptr, signs_ptr, amax_bits_ptr, details_ptr, sr_key,
     n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
     VEC: tl.constexpr, ROWS: tl.constexpr,
     COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr, BLOCK_2D: tl.constexpr,
@@ -226,8 +240,11 @@ def fake_quantize_kernel(
     S_MIN_POSITIVE: tl.constexpr, S_MIN_NORMAL: tl.constexpr,
     E_EMIN: tl.constexpr, E_MAN: tl.constexpr, E_MAX: tl.constexpr, E_EMAX: tl.constexpr,
     SR: tl.constexpr, SR_BITS: tl.constexpr, NATIVE_BF16: tl.constexpr,
+    DETAILED: tl.constexpr, n_elements,
 ):
-    """``quantize.fake_quantize`` of one tile (see the module docstring)."""
+    """``quantize.fake_quantize`` of one tile (see the module docstring); with DETAILED also
+    ``quantize.quantize_detailed``'s intermediate values (``DETAIL_FIELDS``) into
+    ``details_ptr``, a float32 buffer of ``len(DETAIL_FIELDS) * n_elements + 1``."""
     t, offsets, mask = _load_transformed(
         x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
         COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS)
@@ -282,7 +299,33 @@ def fake_quantize_kernel(
     else:
         u = magnitude
     q = round_element(magnitude, u, SR, E_EMIN, E_MAN, E_EMAX, E_MAX)
-    y = copy_sign(q, v) * _per_element(d, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
+    elements = copy_sign(q, v)
+    decode = _per_element(d, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
+    y = elements * decode
+
+    if DETAILED:
+        # One plane of n_elements per field, in DETAIL_FIELDS order.
+        ptrs = details_ptr + offsets.to(tl.int64)
+        plane = n_elements.to(tl.int64)
+        block_scale = _per_element(s, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
+        block_amax = _per_element(amax, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
+        step = grid_step(magnitude, E_EMIN, E_EMAX, E_MAN) * decode
+        saturated = (magnitude > E_MAX).to(tl.float32)
+        _store_tile(ptrs, t, mask, LAYOUT, VEC, ROWS, COLS)
+        _store_tile(ptrs + plane, y, mask, LAYOUT, VEC, ROWS, COLS)
+        _store_tile(ptrs + 2 * plane, v, mask, LAYOUT, VEC, ROWS, COLS)
+        _store_tile(ptrs + 3 * plane, elements, mask, LAYOUT, VEC, ROWS, COLS)
+        _store_tile(ptrs + 4 * plane, decode, mask, LAYOUT, VEC, ROWS, COLS)
+        _store_tile(ptrs + 5 * plane, block_scale, mask, LAYOUT, VEC, ROWS, COLS)
+        _store_tile(ptrs + 6 * plane, block_amax, mask, LAYOUT, VEC, ROWS, COLS)
+        _store_tile(ptrs + 7 * plane, step, mask, LAYOUT, VEC, ROWS, COLS)
+        _store_tile(ptrs + 8 * plane, saturated, mask, LAYOUT, VEC, ROWS, COLS)
+        if tl.program_id(0) == 0:
+            if RULE == NVFP4_TORCHAO:
+                tensor_scale = tl.math.div_rn(one, g)  # g holds torchao's decode scale p
+            else:
+                tensor_scale = g
+            tl.store(details_ptr + 9 * plane, tensor_scale)
 
     if HAD > 0:
         y = _hadamard(y, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, True)
