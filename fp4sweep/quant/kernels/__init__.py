@@ -1,5 +1,6 @@
 """The CUDA path of the quantisation core: fused Triton kernels that return the reference's
-bits (``launch.fake_quantize``), and the choice between them and the reference (``backend``).
+bits (``launch.fake_quantize``, ``launch.quantize_detailed``), the choice between them and the
+reference (``backend``), and their compilation for a GPU without one (``aot``).
 
 Importing this package imports neither Triton nor the kernels; ``backend`` does, on first use.
 """

@@ -206,6 +206,27 @@ def _quantiser_constants(spec: QuantSpec, detailed: bool, numel: int) -> dict:
 
 
 @dataclass(frozen=True)
+class KernelArguments:
+    """What the kernels for tensors like one ``x`` are compiled with, but ROWS (lines per tile,
+    ``geometry.rows`` of the tile shape): the geometry, and the arguments of the amax kernel
+    (None without tensor scaling) and of the quantiser."""
+
+    geometry: _Geometry
+    tensor_amax: dict | None
+    quantise: dict
+
+    @classmethod
+    def of(cls, x: torch.Tensor, spec: QuantSpec, axis: int, detailed: bool) -> KernelArguments:
+        """For contiguous ``x``, ``axis`` non-negative; ``detailed``: the quantiser that also
+        writes ``quantiser.DETAIL_FIELDS``."""
+        geometry = _Geometry.of(x, axis, spec)
+        arguments = geometry.arguments(x.numel())
+        tensor_amax = dict(arguments, **_transform_constants(spec)) if spec.tensor_scale else None
+        quantise = dict(arguments, **_quantiser_constants(spec, detailed, x.numel()))
+        return cls(geometry, tensor_amax, quantise)
+
+
+@dataclass(frozen=True)
 class _Plan:
     """Everything about a call that the seed and the tensor's values do not change."""
 
@@ -224,22 +245,19 @@ class _Plan:
                 f"the kernels need a power-of-two block for block_2d or a transform, got "
                 f"block={spec.block} (block_2d={spec.block_2d}, transform={spec.transform!r})"
             )
-        geometry = _Geometry.of(x, axis, spec)
-        arguments = geometry.arguments(x.numel())
+        arguments = KernelArguments.of(x, spec, axis, details is not None)
+        geometry = arguments.geometry
         signs = (hadamard_signs(spec.hadamard_size, spec.transform_seed).to(x.device)
                  if spec.random_signs else None)
         signs_or_x = x if signs is None else signs
         tensor_amax, amax_bits = None, x
-        if spec.tensor_scale:
+        if arguments.tensor_amax is not None:
             amax_bits = torch.zeros(1, dtype=torch.int32, device=x.device)
             tensor_amax = _fastest(quantiser.tensor_amax_kernel, (x, signs_or_x, amax_bits),
-                                   dict(arguments, **_transform_constants(spec)), geometry,
-                                   x.numel())
+                                   arguments.tensor_amax, geometry, x.numel())
         quantise = _fastest(quantiser.fake_quantize_kernel,
                             (x, out, signs_or_x, amax_bits, x if details is None else details, 0),
-                            dict(arguments, **_quantiser_constants(spec, details is not None,
-                                                                x.numel())),
-                            geometry, x.numel(), tuned=details is None)
+                            arguments.quantise, geometry, x.numel(), tuned=details is None)
         return cls(signs, tensor_amax, quantise)
 
 
