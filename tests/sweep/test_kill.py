@@ -91,7 +91,9 @@ def test_killed_then_interrupted_then_rerun_stores_each_trial_once_with_the_same
     assert stopped.returncode == 130, stopped.stderr
     assert "Interrupted: finished trials are stored; the same command continues." in stopped.stdout
     finished = int(stopped.stdout.split(" of ")[0])
-    assert len(stored_ids(results)) == after_kill + finished
+    # Distinct ids: a compaction cut off by the kill leaves its base file beside the parts it
+    # replaces (readers of the store skip those), and this reads every file.
+    assert len(set(stored_ids(results))) == after_kill + finished
 
     run_to_the_end(results)
     attempts = ResultsStore(results).trials(latest=False)
