@@ -219,17 +219,29 @@ def test_invalid_inputs_raise_like_the_reference():
                                                                       transform="hadamard32"))
 
 
-def check_detailed(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> None:
-    """Every field of ``quantize_detailed`` from the kernel equals the reference's."""
-    x = x.to(DEVICE)
-    output, fields, tensor_scale = launch.quantize_detailed(x, spec, axis, seed)
-    with backend.use_backend("reference"):
-        expected = quantize_detailed(x, spec, axis, seed)
+def assert_same_details(kernel: tuple, expected: QuantResult) -> None:
+    """``launch.quantize_detailed``'s (output, fields, tensor scale), moved to ``expected``'s
+    device, equal the reference's QuantResult field for field, bit for bit."""
+    output, fields, tensor_scale = (tree_to(part, expected.output.device) for part in kernel)
     assert sorted(fields) == sorted(set(QuantResult.__dataclass_fields__) - {"output", "tensor_scale"})
     assert_same_bits(output, expected.output)
     for name, value in fields.items():
         assert_same_bits(value, getattr(expected, name))
     assert_same_bits(tensor_scale, expected.tensor_scale)
+
+
+def tree_to(part, device):
+    if isinstance(part, dict):
+        return {name: value.to(device) for name, value in part.items()}
+    return part.to(device)
+
+
+def check_detailed(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> None:
+    """Every field of ``quantize_detailed`` from the kernel equals the reference's."""
+    x = x.to(DEVICE)
+    kernel = launch.quantize_detailed(x, spec, axis, seed)
+    with backend.use_backend("reference"):
+        assert_same_details(kernel, quantize_detailed(x, spec, axis, seed))
 
 
 DETAILED_SPECS = [
@@ -338,11 +350,7 @@ def test_gpu_fake_quantize_uses_the_kernels_by_default():
 @pytest.mark.parametrize("spec", GPU_SPECS, ids=spec_id)
 def test_gpu_detailed_matches_cuda_and_cpu_references(spec):
     x = edge_values(512, 256, seed=4).to(torch.bfloat16)
-    output, fields, tensor_scale = launch.quantize_detailed(x.cuda(), spec, 1, 777)
+    kernel = launch.quantize_detailed(x.cuda(), spec, 1, 777)
     for device in ("cuda", "cpu"):
         with backend.use_backend("reference"):
-            expected = quantize_detailed(x.to(device), spec, 1, 777)
-        assert_same_bits(output.to(device), expected.output)
-        for name, value in fields.items():
-            assert_same_bits(value.to(device), getattr(expected, name))
-        assert_same_bits(tensor_scale.to(device), expected.tensor_scale)
+            assert_same_details(kernel, quantize_detailed(x.to(device), spec, 1, 777))

@@ -192,7 +192,7 @@ def _format_constants(prefix: str, fmt: FloatFormat) -> dict:
     return {f"{prefix}_EMIN": fmt.emin, f"{prefix}_MAN": fmt.man_bits, f"{prefix}_MAX": fmt.max}
 
 
-def _quantiser_constants(spec: QuantSpec, detailed: bool, numel: int) -> dict:
+def _quantiser_constants(spec: QuantSpec, detailed: bool) -> dict:
     elem, scale = spec.elem_format, spec.scale_format
     return dict(
         _transform_constants(spec), RULE=SCALE_RULES.index(spec.scale_rule),
@@ -200,7 +200,7 @@ def _quantiser_constants(spec: QuantSpec, detailed: bool, numel: int) -> dict:
         S_MIN_POSITIVE=scale.min_positive, S_MIN_NORMAL=scale.min_normal,
         S_BIAS=scale.bias, E_EMAX=elem.emax, SR=spec.rounding == "sr", SR_BITS=spec.sr_bits,
         # The interpreter truncates a float32 -> bfloat16 cast; compiled code rounds.
-        NATIVE_BF16=not INTERPRETED, DETAILED=detailed, n_elements=numel,
+        NATIVE_BF16=not INTERPRETED, DETAILED=detailed,
         **_format_constants("S", scale), **_format_constants("E", elem),
     )
 
@@ -222,7 +222,7 @@ class KernelArguments:
         geometry = _Geometry.of(x, axis, spec)
         arguments = geometry.arguments(x.numel())
         tensor_amax = dict(arguments, **_transform_constants(spec)) if spec.tensor_scale else None
-        quantise = dict(arguments, **_quantiser_constants(spec, detailed, x.numel()))
+        quantise = dict(arguments, n_elements=x.numel(), **_quantiser_constants(spec, detailed))
         return cls(geometry, tensor_amax, quantise)
 
 
