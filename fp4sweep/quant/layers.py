@@ -15,6 +15,10 @@ batch: it is zero-padded to a multiple of the block and Hadamard sizes, as a ker
 partial tile (zero rows change neither block maxima nor the exact product). k and n are fixed
 by the model: a layer checks when it is built that they suit the recipe (``check_recipe_fits``).
 
+Where fwd_w and dgrad_w are one spec with square tiles, no transform and nearest rounding (as
+in NVIDIA's recipe), both quantise the weight to the same values, along either axis: the
+forward's quantised weight is kept for the input gradient instead of quantising it again.
+
 Stochastic rounding needs a fresh, reproducible seed per layer, operand and step: each layer
 holds ``layer_seed`` (from ``quantize_model``'s seed and the layer's qualified name) and a step
 counter that advances on every forward in training mode.
@@ -99,6 +103,15 @@ def check_recipe_fits(recipe: Recipe, k: int, n: int) -> None:
             )
 
 
+def weight_quantised_once(recipe: Recipe) -> bool:
+    """Whether dgrad_w quantises the weight to fwd_w's values: the same spec, with
+    ``block x block`` tiles (the same blocks along either axis), no transform (whose runs would
+    follow the axis) and nearest rounding (stochastic rounding draws per operand seed)."""
+    spec = recipe.fwd_w
+    return (spec is not None and spec == recipe.dgrad_w and spec.block_2d
+            and spec.transform == "none" and spec.rounding == "rne")
+
+
 def _pad_rows(t: torch.Tensor, multiple: int) -> torch.Tensor:
     extra = -t.shape[0] % multiple
     return F.pad(t, (0, 0, 0, extra)) if extra else t
@@ -114,7 +127,9 @@ class _QuantizedGemm(torch.autograd.Function):
 
         x_q, ctx.x_map = forward_operand(x, recipe.fwd_x, seeds["fwd_x"])
         w_q, ctx.w_map = forward_operand(weight, recipe.fwd_w, seeds["fwd_w"])
-        ctx.save_for_backward(x, weight)
+        # The input gradient needs only the weight's dgrad_w quantisation.
+        ctx.weight_is_quantised = weight_quantised_once(recipe)
+        ctx.save_for_backward(x, w_q if ctx.weight_is_quantised else weight)
         ctx.recipe, ctx.seeds = recipe, seeds
         return F.linear(x_q, w_q, bias)
 
@@ -125,7 +140,8 @@ class _QuantizedGemm(torch.autograd.Function):
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             dy_q = _quantize(dy, recipe.dgrad_dy, 1, seeds["dgrad_dy"])
-            w_q = _quantize(weight, recipe.dgrad_w, 0, seeds["dgrad_w"])
+            w_q = (weight if ctx.weight_is_quantised
+                   else _quantize(weight, recipe.dgrad_w, 0, seeds["dgrad_w"]))
             dx = dy_q @ w_q
             dx = dx if ctx.x_map is None else ctx.x_map(dx)
         if ctx.needs_input_grad[1]:

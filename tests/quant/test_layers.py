@@ -11,7 +11,8 @@ from torch import nn
 
 from fp4sweep.quant import QuantConv2d, QuantLinear, QuantSpec, Recipe, fake_quantize, quantize_model
 from fp4sweep.quant.estimators import DERIVATIVES
-from fp4sweep.quant.layers import operand_seeds
+from fp4sweep.quant import layers
+from fp4sweep.quant.layers import operand_seeds, weight_quantised_once
 from fp4sweep.quant.quantize import quantize_detailed
 from fp4sweep.quant.recipe import OPERANDS
 
@@ -68,6 +69,40 @@ def test_quantised_linear_is_its_three_quantised_gemms(recipe_name):
     expected = quantised_linear_by_hand(x, layer.weight.detach(), layer.bias.detach(), grad_y, recipe, seeds)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+NV_WEIGHT = Recipe.preset("nvfp4").fwd_w  # 16 x 16 tiles, tensor scaling, nearest rounding
+
+
+def test_square_tiles_quantise_a_weight_alike_along_either_axis():
+    torch.manual_seed(8)
+    w = torch.randn(96, 64) * torch.logspace(-3, 3, 64)  # blocks of very different ranges
+    assert torch.equal(fake_quantize(w, NV_WEIGHT, 0), fake_quantize(w, NV_WEIGHT, 1))
+    assert weight_quantised_once(Recipe.preset("nvfp4"))
+
+
+@pytest.mark.parametrize("recipe", [
+    Recipe.preset("mxfp4"),  # 1-D blocks
+    Recipe.from_axes(weight_block_2d=True, transform="hadamard32"),  # runs along the axis
+    Recipe.from_axes(weight_block_2d=True, rounding_fwd="sr", rounding_bwd="sr"),  # two seeds
+    dataclasses.replace(Recipe.preset("nvfp4"), dgrad_w=dataclasses.replace(NV_WEIGHT, block=32)),
+])
+def test_weight_is_quantised_again_unless_both_axes_agree(recipe):
+    assert not weight_quantised_once(recipe)
+
+
+@pytest.mark.parametrize("recipe_name, backward_calls", [("nvfp4", 3), ("mxfp4", 4)])
+def test_backward_reuses_the_forward_weight_where_it_may(monkeypatch, recipe_name, backward_calls):
+    calls = []
+
+    def counting(t, spec, axis, seed):
+        calls.append(spec)
+        return fake_quantize(t, spec, axis, seed)
+
+    monkeypatch.setattr(layers, "fake_quantize", counting)
+    layer = QuantLinear(64, 32, recipe=Recipe.preset(recipe_name))
+    run_linear(layer, torch.randn(32, 64), torch.randn(32, 32))
+    assert len(calls) == backward_calls
 
 
 @pytest.mark.parametrize("operand", OPERANDS)
