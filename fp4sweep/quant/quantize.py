@@ -176,19 +176,20 @@ def _output(x: torch.Tensor, spec: QuantSpec, quantised: _Quantised) -> torch.Te
     return invert_transform(dequantized, spec, quantised.axis).to(x.dtype)
 
 
-@torch.no_grad()
 def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
     """Quantise-dequantise ``x`` along ``axis`` as ``spec`` says; same shape and dtype as ``x``.
 
     ``seed`` (an int in [0, 2**64)) keys stochastic rounding; "rne" ignores it. CUDA tensors
     go through the fused kernels, which return the same bits (``kernels.backend`` says when).
     """
+    # The kernels record nothing for autograd; only the reference needs no_grad, whose
+    # entry and exit would cost a training step's few hundred calls time on the host.
     if kernel_backend.use_kernels(x, spec):
         return kernel_backend.fake_quantize(x, spec, axis, seed)
-    return _output(x, spec, _quantise(x, spec, axis, seed))
+    with torch.no_grad():
+        return _output(x, spec, _quantise(x, spec, axis, seed))
 
 
-@torch.no_grad()
 def quantize_detailed(
     x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0
 ) -> QuantResult:
@@ -197,6 +198,11 @@ def quantize_detailed(
     if kernel_backend.use_kernels(x, spec):
         output, fields, tensor_scale = kernel_backend.quantize_detailed(x, spec, axis, seed)
         return QuantResult(output=output, tensor_scale=tensor_scale, **fields)
+    with torch.no_grad():
+        return _reference_detailed(x, spec, axis, seed)
+
+
+def _reference_detailed(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int) -> QuantResult:
     quantised = _quantise(x, spec, axis, seed)
     layout = quantised.to_x_layout
     scaled, elem = quantised.scaled, spec.elem_format

@@ -289,6 +289,14 @@ def test_estimators_run_on_the_kernels_with_the_same_gradient_map(estimator, sca
     assert_same_bits(dx, expected_dx)
 
 
+def test_kernel_results_carry_no_gradient():
+    x = wide_range(4, 64).to(DEVICE).requires_grad_(True)
+    with backend.use_backend("triton"):
+        assert not fake_quantize(x, NVFP4).requires_grad
+        detailed = quantize_detailed(x, NVFP4)
+    assert not any(value.requires_grad for value in vars(detailed).values())
+
+
 def test_backend_choice(monkeypatch):
     x = wide_range(4, 64).to(DEVICE)
     with backend.use_backend("triton"):
