@@ -1,15 +1,18 @@
-"""Wall time of one GPT-2-small training step (forward, backward, AdamW) per recipe, in one run.
+"""Wall time of one training step (forward, backward, optimizer) per recipe, in one run.
 
-The model is the GPT task's (``fp4sweep.tasks.gpt.GPT``) at GPT-2 small's shape: 12 layers,
-12 heads, 768 wide, 1024 tokens of context, with the task's character vocabulary size. Every
-Linear but the LM head runs through the recipe (``quantize_model``), as in the task; the step
-runs under bfloat16 autocast with float32 master weights and fused AdamW. Times are medians over
-timed steps (CUDA events) after warm-up steps, on random tokens.
+``--task gpt`` (default): the GPT task's model (``fp4sweep.tasks.gpt.GPT``) at GPT-2 small's
+shape: 12 layers, 12 heads, 768 wide, 1024 tokens of context, with the task's character
+vocabulary size; every Linear but the LM head runs through the recipe (``quantize_model``), as
+in the task; the step runs under bfloat16 autocast with float32 master weights and fused AdamW.
+``--task classification``: the classification task's CNN at its ``small`` size (MNIST images,
+batch 512, float32, AdamW), its stem and head kept in high precision as the task keeps them.
+Times are medians over timed steps (CUDA events) after warm-up steps, on random inputs.
 
-    PYTHONPATH=. python scripts/bench_step.py [--batch 32] [--recipes bf16 nvfp4 paper_best]
+    PYTHONPATH=. python scripts/bench_step.py [--task gpt] [--batch 32] [--recipes bf16 nvfp4 paper_best]
 
 ``--profile N`` also prints, per recipe, the N operations with the most device time over a few
-profiled steps (``torch.profiler``), to show where a quantised step's extra time goes.
+profiled steps (``torch.profiler``), and the device's busy time and the host's time per step, to
+show where a quantised step's extra time goes and whether the host or the GPU bounds it.
 """
 
 from __future__ import annotations
@@ -17,22 +20,24 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from fp4sweep.quant import Recipe, quantize_model
 from fp4sweep.quant.kernels import backend
+from fp4sweep.tasks import classification
 from fp4sweep.tasks.gpt import GPT
 
 GPT2_SMALL = dict(block_size=1024, n_layer=12, n_head=12, n_embd=768)
+CNN_SMALL = classification.Config(dataset="mnist")  # width 32, the `small` size's model
+MNIST_SHAPE = (1, 28, 28)
 
 
-def step_times(recipe_name: str, batch: int, vocab: int, warmup: int, steps: int,
-               profile_rows: int = 0) -> list[float]:
-    torch.manual_seed(0)
+def gpt_step(recipe: Recipe, batch: int, vocab: int) -> Callable[[], None]:
     model = GPT(vocab, **GPT2_SMALL).cuda()
-    model = quantize_model(model, Recipe.preset(recipe_name), exclude=("lm_head",), seed=0)
+    model = quantize_model(model, recipe, exclude=("lm_head",), seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1, fused=True)
     tokens = torch.randint(vocab, (batch, GPT2_SMALL["block_size"] + 1), device="cuda")
     idx, targets = tokens[:, :-1], tokens[:, 1:]
@@ -45,6 +50,26 @@ def step_times(recipe_name: str, batch: int, vocab: int, warmup: int, steps: int
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def classification_step(recipe: Recipe, batch: int) -> Callable[[], None]:
+    model = classification.SmallCNN(*MNIST_SHAPE[:2], CNN_SMALL.width).cuda()
+    model = quantize_model(model, recipe, exclude=CNN_SMALL.exclude, seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=CNN_SMALL.lr)
+    images = torch.randn(batch, *MNIST_SHAPE, device="cuda")
+    labels = torch.randint(classification.NUM_CLASSES, (batch,), device="cuda")
+
+    def step() -> None:
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def step_times(step: Callable[[], None], recipe_name: str, warmup: int, steps: int,
+               profile_rows: int = 0) -> list[float]:
     for _ in range(warmup):
         step()
     times = []
@@ -57,8 +82,6 @@ def step_times(recipe_name: str, batch: int, vocab: int, warmup: int, steps: int
         times.append(start.elapsed_time(end))
     if profile_rows:
         print_profile(step, recipe_name, profile_rows)
-    del model, optimizer
-    torch.cuda.empty_cache()
     return times
 
 
@@ -69,14 +92,20 @@ def print_profile(step, recipe_name: str, rows: int, steps: int = 3) -> None:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
-    print(f"\n{recipe_name}: device time over {steps} steps", flush=True)
-    print(profiler.key_averages().table(sort_by="self_device_time_total", row_limit=rows,
-                                        max_name_column_width=60), flush=True)
+    events = profiler.key_averages()
+    device_ms = sum(event.self_device_time_total for event in events) / 1e3 / steps
+    host_ms = sum(event.self_cpu_time_total for event in events) / 1e3 / steps
+    print(f"\n{recipe_name}: device busy {device_ms:.2f} ms, host in operators {host_ms:.2f} ms "
+          f"per step (profiled); device time over {steps} steps:", flush=True)
+    print(events.table(sort_by="self_device_time_total", row_limit=rows,
+                       max_name_column_width=60), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32, help="sequences of 1024 tokens per step")
+    parser.add_argument("--task", choices=["gpt", "classification"], default="gpt")
+    parser.add_argument("--batch", type=int,
+                        help="sequences of 1024 tokens (gpt, default 32) or images (default 512)")
     parser.add_argument("--vocab", type=int, default=65,
                         help="vocabulary size; 65 is the Shakespeare corpus' characters")
     parser.add_argument("--recipes", nargs="+", default=["bf16", "nvfp4", "paper_best"])
@@ -89,31 +118,41 @@ def main() -> None:
     parser.add_argument("--json", help="write the measurements to this file")
     args = parser.parse_args()
 
+    batch = args.batch or {"gpt": 32, "classification": CNN_SMALL.batch_size}[args.task]
     device = torch.cuda.get_device_name()
     runs = [(name, "auto") for name in args.recipes]
     runs += [(name, "reference") for name in args.reference]
     results = []
     for name, quantiser in runs:
+        torch.manual_seed(0)
+        recipe = Recipe.preset(name)
         with backend.use_backend(quantiser):
-            times = step_times(name, args.batch, args.vocab, args.warmup, args.steps,
-                               args.profile)
+            step = (gpt_step(recipe, batch, args.vocab) if args.task == "gpt"
+                    else classification_step(recipe, batch))
+            times = step_times(step, name, args.warmup, args.steps, args.profile)
+        del step  # and with it the model and optimizer
+        torch.cuda.empty_cache()
         results.append(dict(recipe=name, quantiser="kernels" if quantiser == "auto" else quantiser,
                             median_ms=statistics.median(times), min_ms=min(times),
                             max_ms=max(times)))
         print(f"{name:>10} {results[-1]['quantiser']:>9}: {results[-1]['median_ms']:8.2f} ms",
               flush=True)
     base = next(r["median_ms"] for r in results if r["recipe"] == "bf16")
-    tokens = args.batch * GPT2_SMALL["block_size"]
-    print(f"\n{device}; GPT-2 small, batch {args.batch} x 1024 tokens, bf16 autocast, "
-          "fused AdamW\n")
-    print(f"{'recipe':>10} {'quantiser':>9} {'ms/step':>8} {'tokens/s':>9} {'vs bf16':>7}")
+    if args.task == "gpt":
+        examples, unit = batch * GPT2_SMALL["block_size"], "tokens/s"
+        print(f"\n{device}; GPT-2 small, batch {batch} x 1024 tokens, bf16 autocast, "
+              "fused AdamW\n")
+    else:
+        examples, unit = batch, "images/s"
+        print(f"\n{device}; the classification CNN (small), batch {batch}, float32, AdamW\n")
+    print(f"{'recipe':>10} {'quantiser':>9} {'ms/step':>8} {unit:>9} {'vs bf16':>7}")
     for r in results:
         r["vs_bf16"] = r["median_ms"] / base
         print(f"{r['recipe']:>10} {r['quantiser']:>9} {r['median_ms']:8.2f} "
-              f"{tokens / r['median_ms'] * 1e3:9.0f} {r['vs_bf16']:7.2f}x")
+              f"{examples / r['median_ms'] * 1e3:9.0f} {r['vs_bf16']:7.2f}x")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=device, torch=torch.__version__, batch=args.batch,
+            json.dump(dict(device=device, torch=torch.__version__, task=args.task, batch=batch,
                            results=results), f, indent=1)
 
 
