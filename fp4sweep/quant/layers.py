@@ -173,6 +173,27 @@ def quantized_gemm(
         return _QuantizedGemm.apply(x, weight, bias, recipe, seeds)
 
 
+def unfold_rows(
+    x: torch.Tensor,
+    kernel_size: tuple[int, int],
+    dilation: tuple[int, int],
+    stride: tuple[int, int],
+) -> tuple[torch.Tensor, int, int]:
+    """The GEMM rows of a convolution over ``x`` (batch, channels, height, width, padded
+    already): one row per output position, ``channels x kernel window`` long in ``F.unfold``'s
+    order (channel, then kernel row, then kernel column), and the output's height and width.
+
+    One copy out of strided views of ``x``: ``F.unfold`` on CUDA launches a kernel per image,
+    which made it a batch-512 CNN step's largest cost, and its rows needed a transposing copy.
+    """
+    (kh, kw), (dh, dw), (sh, sw) = kernel_size, dilation, stride
+    windows = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+    windows = windows[..., ::dh, ::dw]  # (batch, channels, out_h, out_w, kh, kw)
+    batch, channels, out_h, out_w = windows.shape[:4]
+    rows = windows.permute(0, 2, 3, 1, 4, 5).reshape(batch * out_h * out_w, channels * kh * kw)
+    return rows, out_h, out_w
+
+
 class _QuantizedLayer:
     """The recipe, seed and step counter that QuantLinear and QuantConv2d share."""
 
@@ -289,12 +310,8 @@ class QuantConv2d(_QuantizedLayer, nn.Conv2d):
             x = x.unsqueeze(0)
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
         x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
-        batch, _, height, width = x.shape
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        out_h = (height - dh * (kh - 1) - 1) // sh + 1
-        out_w = (width - dw * (kw - 1) - 1) // sw + 1
-        columns = F.unfold(x, self.kernel_size, dilation=self.dilation, stride=self.stride)
-        rows = columns.transpose(1, 2).reshape(batch * out_h * out_w, -1)
+        batch = x.shape[0]
+        rows, out_h, out_w = unfold_rows(x, self.kernel_size, self.dilation, self.stride)
         weight = self.weight.reshape(self.out_channels, -1)
         y = quantized_gemm(rows, weight, self.bias, self.recipe, self._next_seeds())
         y = y.reshape(batch, out_h * out_w, self.out_channels).transpose(1, 2)

@@ -12,7 +12,7 @@ from torch import nn
 from fp4sweep.quant import QuantConv2d, QuantLinear, QuantSpec, Recipe, fake_quantize, quantize_model
 from fp4sweep.quant.estimators import DERIVATIVES
 from fp4sweep.quant import layers
-from fp4sweep.quant.layers import operand_seeds, weight_quantised_once
+from fp4sweep.quant.layers import operand_seeds, unfold_rows, weight_quantised_once
 from fp4sweep.quant.quantize import quantize_detailed
 from fp4sweep.quant.recipe import OPERANDS
 
@@ -219,6 +219,21 @@ def test_bf16_recipe_is_exactly_nn_conv2d(kwargs, dtype):
         outputs.append((y, xi.grad, module.weight.grad))
     for a, b in zip(*outputs):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kernel, dilation, stride", [
+    ((3, 3), (1, 1), (1, 1)), ((3, 1), (1, 2), (2, 1)), ((2, 3), (2, 1), (3, 2)), ((1, 1), (1, 1), (2, 2)),
+])
+def test_unfold_rows_are_f_unfold_rows(kernel, dilation, stride):
+    x = torch.randn(3, 5, 11, 10, requires_grad=True)
+    rows, out_h, out_w = unfold_rows(x, kernel, dilation, stride)
+    columns = F.unfold(x, kernel, dilation=dilation, stride=stride)
+    assert torch.equal(rows, columns.transpose(1, 2).reshape(rows.shape))
+    assert rows.shape[0] == 3 * out_h * out_w
+    grad = torch.randn_like(rows)
+    (by_views,) = torch.autograd.grad(rows, x, grad)
+    (by_unfold,) = torch.autograd.grad(columns, x, grad.reshape(3, -1, rows.shape[1]).transpose(1, 2))
+    torch.testing.assert_close(by_views, by_unfold)
 
 
 @pytest.mark.parametrize("kwargs", CONV_CASES)
