@@ -93,9 +93,11 @@ def print_profile(step, recipe_name: str, rows: int, steps: int = 3) -> None:
             step()
         torch.cuda.synchronize()
     events = profiler.key_averages()
-    # Kernels are events of their own device type; operators' device times repeat theirs.
+    # As the table's total: kernels are events of their own device type, whose time operators
+    # and annotated ranges (the optimizer's step) repeat.
     device_ms = sum(event.self_device_time_total for event in events
-                    if event.device_type == torch.autograd.DeviceType.CUDA) / 1e3 / steps
+                    if event.device_type == torch.autograd.DeviceType.CUDA
+                    and not event.is_user_annotation) / 1e3 / steps
     host_ms = sum(event.self_cpu_time_total for event in events) / 1e3 / steps
     print(f"\n{recipe_name}: device busy {device_ms:.2f} ms, host in operators {host_ms:.2f} ms "
           f"per step (profiled); device time over {steps} steps:", flush=True)
