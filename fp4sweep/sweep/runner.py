@@ -3,7 +3,8 @@
 Plain Ray core: one remote function per task family with that family's resources, a bounded
 window of trials in flight, workers reused across trials (Ray gives GPU tasks a fresh process per
 call unless told otherwise), Ray's retries for a trial whose worker died. The driver is the only
-writer of the store; Ctrl-C cancels what is in flight and keeps everything finished.
+writer of the store; Ctrl-C stores everything finished and stops what is in flight (with the
+local Ray the run started, or cancelled on a Ray it found running).
 
 The loop takes its trials from a ``TrialFeed``: a plan's fixed list (``PlanFeed``), or a proposer
 that decides what to run next from the results so far (``fp4sweep.sweep.adaptive``).
@@ -199,7 +200,10 @@ def run_feed(
             start_ray(settings.ray)
         report.ray_start_s = time.monotonic() - started
         try:
-            _schedule(ray, feed, sweep, settings, writer, logger, report, stream)
+            # A Ray this run started goes down with it, and its workers with it; one it found
+            # running stays up, so what is in flight there must be cancelled.
+            _schedule(ray, feed, sweep, settings, writer, logger, report, stream,
+                      cancel_on_interrupt=connected)
         finally:
             if not connected:
                 ray.shutdown()
@@ -273,6 +277,7 @@ def _schedule(
     logger: Any,
     report: RunReport,
     stream: TextIO,
+    cancel_on_interrupt: bool,
 ) -> None:
     placements: dict[str, _Placement] = {}
     for trial in feed.task_trials:
@@ -316,8 +321,13 @@ def _schedule(
                 feed.finished(trial, row)
     except KeyboardInterrupt:
         report.interrupted = True
-        for ref in in_flight:
-            ray.cancel(ref, force=True)
+        # Finished trials reach the store first: Ray 2.60 can abort the process when a
+        # cancelled task's reply races its cancellation (task_manager.cc, "Tried to complete
+        # task that was not pending").
+        writer.flush()
+        if cancel_on_interrupt:
+            for ref in in_flight:
+                ray.cancel(ref, force=True)
     finally:
         report.loop_s = time.monotonic() - started
         progress.finish()
