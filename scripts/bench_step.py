@@ -5,7 +5,9 @@ shape: 12 layers, 12 heads, 768 wide, 1024 tokens of context, with the task's ch
 vocabulary size; every Linear but the LM head runs through the recipe (``quantize_model``), as
 in the task; the step runs under bfloat16 autocast with float32 master weights and fused AdamW.
 ``--task classification``: the classification task's CNN at its ``small`` size (MNIST images,
-batch 512, float32, AdamW), its stem and head kept in high precision as the task keeps them.
+batch 512, float32, AdamW); ``--task diffusion``: the diffusion task's U-Net at its ``small``
+size (32x32 single-channel images, batch 128, float32, Adam, random timesteps); both keep their
+stem and head in high precision as the tasks do.
 Times are medians over timed steps (CUDA events) after warm-up steps, on random inputs.
 
     PYTHONPATH=. python scripts/bench_step.py [--task gpt] [--batch 32] [--recipes bf16 nvfp4 paper_best]
@@ -27,12 +29,13 @@ import torch.nn.functional as F
 
 from fp4sweep.quant import Recipe, quantize_model
 from fp4sweep.quant.kernels import backend
-from fp4sweep.tasks import classification
+from fp4sweep.tasks import classification, diffusion
 from fp4sweep.tasks.gpt import GPT
 
 GPT2_SMALL = dict(block_size=1024, n_layer=12, n_head=12, n_embd=768)
 CNN_SMALL = classification.Config(dataset="mnist")  # width 32, the `small` size's model
 MNIST_SHAPE = (1, 28, 28)
+UNET_SMALL = diffusion.Config(dataset="mnist")  # 32 channels, 3 levels: the `small` size's model
 
 
 def gpt_step(recipe: Recipe, batch: int, vocab: int) -> Callable[[], None]:
@@ -62,6 +65,23 @@ def classification_step(recipe: Recipe, batch: int) -> Callable[[], None]:
 
     def step() -> None:
         F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def diffusion_step(recipe: Recipe, batch: int) -> Callable[[], None]:
+    model = diffusion.build_model(UNET_SMALL).cuda()
+    model = quantize_model(model, recipe, exclude=UNET_SMALL.exclude, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=UNET_SMALL.lr)
+    size = diffusion.PADDED_SIZE
+    images = torch.randn(batch, 1, size, size, device="cuda")
+    timesteps = torch.randint(UNET_SMALL.timesteps, (batch,), device="cuda")
+    noise = torch.randn_like(images)
+
+    def step() -> None:
+        F.mse_loss(model(images, timesteps), noise).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -107,9 +127,10 @@ def print_profile(step, recipe_name: str, rows: int, steps: int = 3) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=["gpt", "classification"], default="gpt")
+    parser.add_argument("--task", choices=["gpt", "classification", "diffusion"], default="gpt")
     parser.add_argument("--batch", type=int,
-                        help="sequences of 1024 tokens (gpt, default 32) or images (default 512)")
+                        help="sequences of 1024 tokens (gpt, default 32) or images "
+                             "(classification 512, diffusion 128)")
     parser.add_argument("--vocab", type=int, default=65,
                         help="vocabulary size; 65 is the Shakespeare corpus' characters")
     parser.add_argument("--recipes", nargs="+", default=["bf16", "nvfp4", "paper_best"])
@@ -122,7 +143,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the measurements to this file")
     args = parser.parse_args()
 
-    batch = args.batch or {"gpt": 32, "classification": CNN_SMALL.batch_size}[args.task]
+    batch = args.batch or {"gpt": 32, "classification": CNN_SMALL.batch_size,
+                           "diffusion": UNET_SMALL.batch_size}[args.task]
     device = torch.cuda.get_device_name()
     runs = [(name, "auto") for name in args.recipes]
     runs += [(name, "reference") for name in args.reference]
@@ -131,8 +153,11 @@ def main() -> None:
         torch.manual_seed(0)
         recipe = Recipe.preset(name)
         with backend.use_backend(quantiser):
-            step = (gpt_step(recipe, batch, args.vocab) if args.task == "gpt"
-                    else classification_step(recipe, batch))
+            if args.task == "gpt":
+                step = gpt_step(recipe, batch, args.vocab)
+            else:
+                step = {"classification": classification_step,
+                        "diffusion": diffusion_step}[args.task](recipe, batch)
             times = step_times(step, name, args.warmup, args.steps, args.profile)
         del step  # and with it the model and optimizer
         torch.cuda.empty_cache()
@@ -148,7 +173,7 @@ def main() -> None:
               "fused AdamW\n")
     else:
         examples, unit = batch, "images/s"
-        print(f"\n{device}; the classification CNN (small), batch {batch}, float32, AdamW\n")
+        print(f"\n{device}; the {args.task} task's model (small), batch {batch}, float32\n")
     print(f"{'recipe':>10} {'quantiser':>9} {'ms/step':>8} {unit:>9} {'vs bf16':>7}")
     for r in results:
         r["vs_bf16"] = r["median_ms"] / base
