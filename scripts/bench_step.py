@@ -29,13 +29,24 @@ import torch.nn.functional as F
 
 from fp4sweep.quant import Recipe, quantize_model
 from fp4sweep.quant.kernels import backend
-from fp4sweep.tasks import classification, diffusion
+from fp4sweep.tasks import classification, datasets, diffusion
 from fp4sweep.tasks.gpt import GPT
 
 GPT2_SMALL = dict(block_size=1024, n_layer=12, n_head=12, n_embd=768)
 CNN_SMALL = classification.Config(dataset="mnist")  # width 32, the `small` size's model
-MNIST_SHAPE = (1, 28, 28)
 UNET_SMALL = diffusion.Config(dataset="mnist")  # 32 channels, 3 levels: the `small` size's model
+DEFAULT_BATCH = {"gpt": 32, "classification": CNN_SMALL.batch_size,
+                 "diffusion": UNET_SMALL.batch_size}
+
+
+def training_step(loss: Callable[[], torch.Tensor],
+                  optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    def step() -> None:
+        loss().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
 
 
 def gpt_step(recipe: Recipe, batch: int, vocab: int) -> Callable[[], None]:
@@ -45,47 +56,36 @@ def gpt_step(recipe: Recipe, batch: int, vocab: int) -> Callable[[], None]:
     tokens = torch.randint(vocab, (batch, GPT2_SMALL["block_size"] + 1), device="cuda")
     idx, targets = tokens[:, :-1], tokens[:, 1:]
 
-    def step() -> None:
+    def loss() -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(idx)
-            loss = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            return F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
 
-    return step
+    return training_step(loss, optimizer)
 
 
-def classification_step(recipe: Recipe, batch: int) -> Callable[[], None]:
-    model = classification.SmallCNN(*MNIST_SHAPE[:2], CNN_SMALL.width).cuda()
+def classification_step(recipe: Recipe, batch: int, vocab: int) -> Callable[[], None]:
+    model = classification.build_model(CNN_SMALL).cuda()
     model = quantize_model(model, recipe, exclude=CNN_SMALL.exclude, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=CNN_SMALL.lr)
-    images = torch.randn(batch, *MNIST_SHAPE, device="cuda")
+    images = torch.randn(batch, *datasets.IMAGE_SHAPES[CNN_SMALL.dataset], device="cuda")
     labels = torch.randint(classification.NUM_CLASSES, (batch,), device="cuda")
-
-    def step() -> None:
-        F.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    return training_step(lambda: F.cross_entropy(model(images), labels), optimizer)
 
 
-def diffusion_step(recipe: Recipe, batch: int) -> Callable[[], None]:
+def diffusion_step(recipe: Recipe, batch: int, vocab: int) -> Callable[[], None]:
     model = diffusion.build_model(UNET_SMALL).cuda()
     model = quantize_model(model, recipe, exclude=UNET_SMALL.exclude, seed=0)
     optimizer = torch.optim.Adam(model.parameters(), lr=UNET_SMALL.lr)
-    size = diffusion.PADDED_SIZE
-    images = torch.randn(batch, 1, size, size, device="cuda")
+    channels, size = datasets.IMAGE_SHAPES[UNET_SMALL.dataset][0], diffusion.PADDED_SIZE
+    images = torch.randn(batch, channels, size, size, device="cuda")
     timesteps = torch.randint(UNET_SMALL.timesteps, (batch,), device="cuda")
     noise = torch.randn_like(images)
+    return training_step(lambda: F.mse_loss(model(images, timesteps), noise), optimizer)
 
-    def step() -> None:
-        F.mse_loss(model(images, timesteps), noise).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
-    return step
+# Each builds a task's model, optimizer and inputs for (recipe, batch, vocabulary size: GPT's).
+TASK_STEPS = {"gpt": gpt_step, "classification": classification_step, "diffusion": diffusion_step}
 
 
 def step_times(step: Callable[[], None], recipe_name: str, warmup: int, steps: int,
@@ -127,7 +127,7 @@ def print_profile(step, recipe_name: str, rows: int, steps: int = 3) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=["gpt", "classification", "diffusion"], default="gpt")
+    parser.add_argument("--task", choices=list(TASK_STEPS), default="gpt")
     parser.add_argument("--batch", type=int,
                         help="sequences of 1024 tokens (gpt, default 32) or images "
                              "(classification 512, diffusion 128)")
@@ -143,8 +143,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the measurements to this file")
     args = parser.parse_args()
 
-    batch = args.batch or {"gpt": 32, "classification": CNN_SMALL.batch_size,
-                           "diffusion": UNET_SMALL.batch_size}[args.task]
+    batch = args.batch or DEFAULT_BATCH[args.task]
     device = torch.cuda.get_device_name()
     runs = [(name, "auto") for name in args.recipes]
     runs += [(name, "reference") for name in args.reference]
@@ -153,11 +152,7 @@ def main() -> None:
         torch.manual_seed(0)
         recipe = Recipe.preset(name)
         with backend.use_backend(quantiser):
-            if args.task == "gpt":
-                step = gpt_step(recipe, batch, args.vocab)
-            else:
-                step = {"classification": classification_step,
-                        "diffusion": diffusion_step}[args.task](recipe, batch)
+            step = TASK_STEPS[args.task](recipe, batch, args.vocab)
             times = step_times(step, name, args.warmup, args.steps, args.profile)
         del step  # and with it the model and optimizer
         torch.cuda.empty_cache()
