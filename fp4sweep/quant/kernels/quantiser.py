@@ -43,12 +43,14 @@ DETAIL_FIELDS = ("transformed", "dequantized", "scaled", "elements", "scale", "b
 def _tile(
     n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
     VEC: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr,
-    PADDED: tl.constexpr, WIDE: tl.constexpr,
+    PADDED: tl.constexpr, WIDE: tl.constexpr, REVERSED: tl.constexpr,
 ):
     """Offsets (= row-major indices) and mask of this program's tile, in its load shape
     (``LAYOUT``). Consecutive programs take consecutive tiles along the axis, then the next
-    lines."""
+    lines; REVERSED, in the opposite order."""
     pid = tl.program_id(0)
+    if REVERSED:
+        pid = tl.num_programs(0) - 1 - pid
     pid_axis = pid % n_axis_tiles
     pid_lines = pid // n_axis_tiles
     n_line_tiles = tl.cdiv(n_lines, ROWS)
@@ -141,11 +143,12 @@ def _load_transformed(
     LAYOUT: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
     BLOCK: tl.constexpr, PADDED: tl.constexpr, WIDE: tl.constexpr, HAD: tl.constexpr,
     LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr, RANDOM_SIGNS: tl.constexpr,
+    REVERSED: tl.constexpr,
 ):
     """``t``, this program's tile in float32 after the spec's transform, as [ROWS, COLS];
     and the tile's offsets and mask in its load shape."""
     offsets, mask = _tile(n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
-                          COLS, BLOCK, PADDED, WIDE)
+                          COLS, BLOCK, PADDED, WIDE, REVERSED)
     t = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     t = _logical(t, LAYOUT, VEC, ROWS, COLS)
     if HAD > 0:
@@ -166,10 +169,12 @@ def tensor_amax_kernel(
     into ``amax_bits_ptr`` (an int32 zero): integer max of magnitudes is exact and order-free."""
     t, offsets, mask = _load_transformed(
         x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
-        COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS)
+        COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, False)
     bits = magnitude_bits(t)
     finite = bits < 0x7F800000
-    tl.atomic_max(amax_bits_ptr, tl.max(tl.max(tl.where(finite, bits, 0), axis=1), axis=0))
+    # Relaxed: the quantiser reads the maximum in a later kernel, whose launch orders it.
+    tl.atomic_max(amax_bits_ptr, tl.max(tl.max(tl.where(finite, bits, 0), axis=1), axis=0),
+                  sem="relaxed")
 
 
 @triton.jit
@@ -245,9 +250,10 @@ def fake_quantize_kernel(
     """``quantize.fake_quantize`` of one tile (see the module docstring); with DETAILED also
     ``quantize.quantize_detailed``'s intermediate values (``DETAIL_FIELDS``) into
     ``details_ptr``, a float32 buffer of ``len(DETAIL_FIELDS) * n_elements + 1``."""
+    # After the amax pass, the tiles it read last are the ones still in L2: start with them.
     t, offsets, mask = _load_transformed(
         x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
-        COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS)
+        COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, TENSOR_SCALE)
     amax = _block_amax(t, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
 
     # Scale rule (``scaling.py``): block scale s, decode scale d per block, scaled elements v.
