@@ -9,6 +9,7 @@ call (``call``: launch overhead included) and as CUDA-graph replays of the same 
 (``gpu``: device time alone).
 
     PYTHONPATH=. python scripts/bench_quant.py [--json out.json] [--compile-budget 150]
+        [--variants nvfp4 ...]
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ NVFP4 = QuantSpec.preset("nvfp4")
 VARIANTS = {
     "mxfp4": MXFP4,
     "nvfp4": NVFP4,
+    # The same quantiser without its amax pass: what tensor scaling costs on top.
+    "nvfp4 no-ts": dataclasses.replace(NVFP4, tensor_scale=False),
     "mxfp4+H32+SR": dataclasses.replace(MXFP4, transform="hadamard32", rounding="sr"),
     "nvfp4+RH16+SR": dataclasses.replace(NVFP4, transform="rhadamard16", rounding="sr"),
     "ue5m3+RH32+SR+ts": QuantSpec(scale="ue5m3", scale_rule="nearest", rounding="sr",
@@ -78,6 +81,8 @@ def main() -> None:
     parser.add_argument("--compile-budget", type=float, default=60.0,
                         help="seconds that compiling the reference may take in all; the "
                              "remaining torch.compile cells are skipped (reported as such)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="time only these")
     parser.add_argument("--skip-eager", action="store_true")
     parser.add_argument("--skip-layouts", action="store_true",
                         help="skip timing plain tiles against the default tile layouts")
@@ -96,7 +101,8 @@ def main() -> None:
         copy_out = torch.empty_like(xs[0])
         copy_ms = median_ms(lambda x: copy_out.copy_(x), xs)
         copy_tbs = nbytes / copy_ms / 1e9
-        for name, spec in VARIANTS.items():
+        for name in args.variants:
+            spec = VARIANTS[name]
             row = dict(shape=f"{rows}x{cols}", axis=axis, variant=name, copy_tb_s=copy_tbs)
             kernel_ms = median_ms(lambda x: kernel_fake_quantize(x, spec, axis, 1), xs)
             gpu_ms = graph_median_ms(lambda x: kernel_fake_quantize(x, spec, axis, 1), xs)
