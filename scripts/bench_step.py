@@ -15,6 +15,12 @@ Times are medians over timed steps (CUDA events) after warm-up steps, on random 
 ``--profile N`` also prints, per recipe, the N operations with the most device time over a few
 profiled steps (``torch.profiler``), and the device's busy time and the host's time per step, to
 show where a quantised step's extra time goes and whether the host or the GPU bounds it.
+
+``--traffic`` also counts, per quantised recipe, the bytes that the quantiser kernels move in
+one step (each call reads its input and writes its output; with tensor scaling its amax pass
+reads the input once more) and divides them by the copy bandwidth measured in the same run:
+the time that quantisers which run one after another, each at the copy bandwidth, would add
+to the bf16 step, whatever their arithmetic.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+import triton.testing
 
 from fp4sweep.quant import Recipe, quantize_model
-from fp4sweep.quant.kernels import backend
+from fp4sweep.quant.kernels import backend, launch
 from fp4sweep.tasks import classification, datasets, diffusion
 from fp4sweep.tasks.gpt import GPT
 
@@ -125,6 +132,34 @@ def print_profile(step, recipe_name: str, rows: int, steps: int = 3) -> None:
                        max_name_column_width=60), flush=True)
 
 
+def quantiser_bytes(step: Callable[[], None]) -> int:
+    """Bytes the quantiser kernels read and write in one ``step`` (see the module docstring)."""
+    total = 0
+    run = launch._run
+
+    def counted(x: torch.Tensor, spec, axis: int, seed: int, detailed: bool):
+        nonlocal total
+        passes = 3 if spec.tensor_scale else 2
+        total += passes * x.numel() * x.element_size()
+        return run(x, spec, axis, seed, detailed)
+
+    launch._run = counted
+    try:
+        step()
+        torch.cuda.synchronize()
+    finally:
+        launch._run = run
+    return total
+
+
+def copy_bandwidth(nbytes: int = 2**28) -> float:
+    """Bytes per second that ``copy_`` moves (read plus written) on a tensor beyond L2."""
+    x = torch.randn(nbytes // 4, device="cuda")
+    out = torch.empty_like(x)
+    ms = triton.testing.do_bench(lambda: out.copy_(x), warmup=25, rep=100, return_mode="median")
+    return 2 * nbytes / ms * 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=list(TASK_STEPS), default="gpt")
@@ -140,6 +175,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="print the N operations with the most device time per recipe")
+    parser.add_argument("--traffic", action="store_true",
+                        help="count the quantisers' bytes per step against the copy bandwidth")
     parser.add_argument("--json", help="write the measurements to this file")
     args = parser.parse_args()
 
@@ -154,11 +191,14 @@ def main() -> None:
         with backend.use_backend(quantiser):
             step = TASK_STEPS[args.task](recipe, batch, args.vocab)
             times = step_times(step, name, args.warmup, args.steps, args.profile)
+            result = dict(recipe=name, quantiser="kernels" if quantiser == "auto" else quantiser,
+                          median_ms=statistics.median(times), min_ms=min(times),
+                          max_ms=max(times))
+            if args.traffic and quantiser == "auto" and name != "bf16":
+                result["quantiser_bytes"] = quantiser_bytes(step)
         del step  # and with it the model and optimizer
         torch.cuda.empty_cache()
-        results.append(dict(recipe=name, quantiser="kernels" if quantiser == "auto" else quantiser,
-                            median_ms=statistics.median(times), min_ms=min(times),
-                            max_ms=max(times)))
+        results.append(result)
         print(f"{name:>10} {results[-1]['quantiser']:>9}: {results[-1]['median_ms']:8.2f} ms",
               flush=True)
     base = next(r["median_ms"] for r in results if r["recipe"] == "bf16")
@@ -174,10 +214,19 @@ def main() -> None:
         r["vs_bf16"] = r["median_ms"] / base
         print(f"{r['recipe']:>10} {r['quantiser']:>9} {r['median_ms']:8.2f} "
               f"{examples / r['median_ms'] * 1e3:9.0f} {r['vs_bf16']:7.2f}x")
+    copy = copy_bandwidth() if args.traffic else None
+    for r in results:
+        if "quantiser_bytes" in r:
+            r["quantiser_ms_at_copy"] = r["quantiser_bytes"] / copy * 1e3
+            bound = base + r["quantiser_ms_at_copy"]
+            print(f"{r['recipe']}: the quantisers move {r['quantiser_bytes'] / 1e9:.1f} GB a "
+                  f"step, {r['quantiser_ms_at_copy']:.2f} ms at the copy bandwidth "
+                  f"({copy / 1e12:.2f} TB/s): bf16 step + that = {bound:.2f} ms "
+                  f"({bound / base:.2f}x)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=device, torch=torch.__version__, task=args.task, batch=batch,
-                           results=results), f, indent=1)
+                           copy_bytes_per_s=copy, results=results), f, indent=1)
 
 
 if __name__ == "__main__":
