@@ -17,13 +17,22 @@ NAME = "faulty"
 class Config(regression.Config):
     fail_seed: int = -1  # raise for this seed and a quantised recipe ...
     fail_while: str = ""  # ... while this file exists
-    crash_marker: str = ""  # kill the worker process once: when this file does not exist yet
+    crash_marker: str = ""  # kill one worker process: the first to create this file
+
+
+def _created(path: str) -> bool:
+    """Create ``path`` unless it exists; whether this call created it. Atomic, so that of
+    trials running at once exactly one kills its worker."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def train(config: Config, recipe: Recipe, seed: int, device: str = "cpu") -> TaskResult:
     if seed == config.fail_seed and recipe != Recipe.preset("bf16") and os.path.exists(config.fail_while):
         raise RuntimeError(f"planned failure for seed {seed}")
-    if config.crash_marker and not os.path.exists(config.crash_marker):
-        open(config.crash_marker, "w").close()
+    if config.crash_marker and _created(config.crash_marker):
         os._exit(1)
     return regression.train(config, recipe, seed, device)
