@@ -11,6 +11,13 @@ held in int64 tensors in [0, 2**32) and every product is masked back to 32 bits.
     bits = fmix32(fmix32(counter_lo ^ key) ^ counter_hi ^ ROUND2)
 
 ``stream`` separates independent uses of one seed (stochastic rounding, Hadamard signs).
+
+Uniform numbers of few bits share a word, as FP4 hardware's stochastic conversion takes one
+32-bit word of random bits for four values (PTX ``cvt.rs ... e2m1x4``): a number of at most 8
+bits is the top of one byte of the word of ``counter // 4`` (byte ``counter % 4``, least
+significant first), one of at most 16 bits the top of one half of the word of ``counter // 2``,
+a wider one the top of the word of ``counter``. A kernel then hashes once per four (or two)
+elements.
 """
 
 from __future__ import annotations
@@ -75,12 +82,23 @@ def random_bits(counter: torch.Tensor, seed: int, stream: int = STREAM_ROUNDING)
     return fmix32(h ^ (counter >> 32) ^ ROUND2)
 
 
+def slot_bits(bits: int) -> int:
+    """Width of the part of a random word that a uniform number of ``bits`` bits takes:
+    8, 16 or 32."""
+    return 8 if bits <= 8 else 16 if bits <= 16 else 32
+
+
 def uniform(
     counter: torch.Tensor, seed: int, bits: int, stream: int = STREAM_ROUNDING
 ) -> torch.Tensor:
-    """float32 in [0, 1) on a grid of 2**-bits: the top ``bits`` random bits times 2**-bits.
+    """float32 in [0, 1) on a grid of 2**-bits: ``bits`` random bits times 2**-bits, from the
+    slot of a shared word that the module docstring gives the counter.
 
     Exact in float32 for bits <= 24.
     """
-    top = random_bits(counter, seed, stream) >> (32 - bits)
+    width = slot_bits(bits)
+    per_word = 32 // width
+    words = random_bits(counter >> (per_word.bit_length() - 1), seed, stream)
+    shift = (counter & (per_word - 1)) * width + (width - bits)
+    top = (words >> shift) & ((1 << bits) - 1)
     return top.to(torch.float32) * 2.0**-bits

@@ -43,7 +43,8 @@ class QuantSpec:
         with at most 5 exponent bits. ``scaling.py`` gives each rule exactly.
     rounding: element rounding: "rne" (round to nearest, ties to even) or "sr" (stochastic).
     sr_bits: random bits per stochastic rounding decision, 1..24 (24, the default, is unbiased,
-        see ``rounding.py``; the UE5M3 authors' recipe uses 8).
+        see ``rounding.py``; the UE5M3 authors' recipe uses 8). Up to 8 bits, four decisions
+        share one 32-bit random word (up to 16, two), as FP4 hardware draws them (``rng.py``).
     transform: "none", "hadamardK" or "rhadamardK" (K in 16..256): block-diagonal orthonormal
         Hadamard transform of size K along the quantisation axis, "r" with random signs. K may
         be smaller or larger than the block; the axis length must be a multiple of both.

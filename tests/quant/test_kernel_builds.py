@@ -5,8 +5,8 @@ the interpreter never compiles them: a construct that it accepts and the compile
 pass there and fail on every GPU. Here a fresh process (without ``TRITON_INTERPRET``, which
 replaces the kernels once set) compiles, through ``fp4sweep.quant.kernels.aot``, every kernel
 that the launcher would build for one spec per code path: each layout (contiguous and strided
-axis, padded blocks, 2-D blocks), scale rule, transform, rounding, tensor scaling, input dtype and
-the detailed quantiser behind ``quantize_detailed``.
+axis, padded blocks, 2-D blocks), scale rule, transform, rounding (random words drawn per element
+or per group), tensor scaling, input dtype and the detailed quantiser behind ``quantize_detailed``.
 """
 
 import importlib.util
@@ -37,6 +37,9 @@ PROGRAM = textwrap.dedent("""
                                               transform="rhadamard32", tensor_scale=True), 1, True),
         ((256, 512), torch.bfloat16, QuantSpec.preset("nvfp4_torchao"), 0, True),
         ((256, 512), torch.bfloat16, dataclasses.replace(mx, scale_rule="ceil", transform="hadamard256"), 1, False),
+        # random words shared by four numbers: a thread's vectors, then line vectors
+        ((256, 512), torch.bfloat16, dataclasses.replace(mx, rounding="sr", sr_bits=8, transform="hadamard32"), 1, False),
+        ((256, 512), torch.bfloat16, dataclasses.replace(nv, rounding="sr", sr_bits=8, transform="rhadamard16"), 0, True),
     ]
     built = 0
     for shape, dtype, spec, axis, detailed in cases:
@@ -53,5 +56,5 @@ def test_every_code_path_compiles_for_sm90():
     done = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True,
                           env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    # Eight specs, each with both tile shapes; the tensor-scaled ones with their amax kernels.
-    assert done.stdout.split()[-1] == "24", done.stdout
+    # Ten specs, each with both tile shapes; the tensor-scaled ones with their amax kernels.
+    assert done.stdout.split()[-1] == "30", done.stdout

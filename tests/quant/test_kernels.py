@@ -106,6 +106,10 @@ def spec_cases():
     yield dataclasses.replace(MXFP4, block=16, transform="rhadamard64", transform_seed=7)
     yield dataclasses.replace(MXFP4, rounding="sr", sr_bits=8)
     yield dataclasses.replace(NVFP4, rounding="sr", sr_bits=1)
+    # Numbers that share random words (``rng``), in each layout that draws a word per group.
+    yield dataclasses.replace(MXFP4, rounding="sr", sr_bits=8, transform="hadamard32")
+    yield dataclasses.replace(NVFP4, rounding="sr", sr_bits=12, transform="rhadamard16")
+    yield dataclasses.replace(MXFP4, rounding="sr", sr_bits=16, block=24)
 
 
 SPECS = list(spec_cases())
@@ -127,6 +131,7 @@ def test_kernels_match_the_reference_bit_for_bit(spec):
 @pytest.mark.parametrize("spec", [
     MXFP4, NVFP4, dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16"),
     dataclasses.replace(MXFP4, block=24),
+    dataclasses.replace(NVFP4, rounding="sr", sr_bits=8, transform="rhadamard16"),
 ], ids=spec_id)
 @pytest.mark.parametrize("axis", [0, 1, 2, -1])
 def test_every_axis_of_a_3d_tensor(spec, axis):
@@ -151,6 +156,32 @@ def test_input_dtypes(dtype):
     x = wide_range(16, 128).clamp(-6e4, 6e4).to(dtype)
     for spec in (MXFP4, dataclasses.replace(NVFP4, rounding="sr", transform="hadamard32")):
         check(x, spec, seed=1)
+
+
+@pytest.mark.parametrize("spec, shape, axis, grouped", [
+    # a thread's vectors along a contiguous axis; the plain layout's rows
+    pytest.param(dataclasses.replace(MXFP4, transform="hadamard32"), (16, 256), 1, True,
+                 id="axis-vectors"),
+    pytest.param(MXFP4, (16, 256), 1, True, id="plain-rows"),
+    # padded blocks: runs start at every block
+    pytest.param(dataclasses.replace(MXFP4, block=24), (16, 240), 1, True, id="padded-24"),
+    pytest.param(dataclasses.replace(MXFP4, block=10), (16, 240), 1, False, id="padded-10"),
+    # line vectors along a strided axis, as long as lines come in whole runs
+    pytest.param(dataclasses.replace(NVFP4, transform="rhadamard16"), (256, 12), 0, True,
+                 id="line-vectors"),
+    pytest.param(dataclasses.replace(NVFP4, transform="rhadamard16"), (256, 6), 0, False,
+                 id="line-vectors-6-lines"),
+    # the plain layout along a strided axis runs across the axis
+    pytest.param(dataclasses.replace(MXFP4, block=128), (256, 12), 0, False, id="plain-strided"),
+])
+def test_numbers_that_share_a_word_draw_it_once_where_tiles_hold_them_together(
+        spec, shape, axis, grouped):
+    """The grouped draw is taken exactly where its runs are whole, and gives the same bits
+    either way."""
+    spec = dataclasses.replace(spec, rounding="sr", sr_bits=8)
+    x = wide_range(*shape, seed=4)
+    assert launch.KernelArguments.of(x, spec, axis, False).quantise["SR_GROUPED"] == grouped
+    check(x, spec, axis=axis, seed=12)
 
 
 def test_a_transposed_view_quantises_as_its_values():

@@ -10,6 +10,7 @@ from fp4sweep.quant.rng import (
     fmix32,
     fmix32_int,
     random_bits,
+    slot_bits,
     stream_key,
     uniform,
 )
@@ -58,6 +59,32 @@ def test_neighbouring_counters_are_uncorrelated():
     u = uniform(torch.arange(100_001), seed=3, bits=24).double()
     a, b = u[:-1] - 0.5, u[1:] - 0.5
     assert abs((a * b).mean().item() / (a * a).mean().item()) < 0.02
+
+
+@pytest.mark.parametrize("bits", [1, 8, 9, 16, 17, 24])
+def test_narrow_uniforms_share_a_word_as_the_module_says(bits):
+    """Up to 8 bits: byte counter % 4 of word counter // 4; up to 16: half counter % 2 of word
+    counter // 2; wider: the word of the counter. Each number is the top of its slot."""
+    counter = torch.arange(4000) + 2**32 - 2000  # across the high counter word too
+    width = slot_bits(bits)
+    assert width == (8 if bits <= 8 else 16 if bits <= 16 else 32)
+    per_word = 32 // width
+    words = random_bits(counter // per_word, 21).tolist()
+    expected = [(word >> (width * (c % per_word) + width - bits)) % 2**bits
+                for word, c in zip(words, counter.tolist())]
+    assert (uniform(counter, 21, bits) * 2**bits).long().tolist() == expected
+
+
+@pytest.mark.parametrize("bits", [8, 12])
+def test_numbers_from_one_word_are_balanced_and_uncorrelated(bits):
+    u = uniform(torch.arange(200_000), seed=5, bits=bits).double()
+    assert abs(u.mean().item() - 0.5) < 0.003
+    counts = torch.bincount((u * 16).long(), minlength=16).float()
+    assert ((counts - counts.mean()).abs() / counts.mean()).max() < 0.03
+    a = u.view(-1, 4) - u.mean()  # four consecutive counters: one word (8 bits) or two (12)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert abs((a[:, i] * a[:, j]).mean().item() / a.var().item()) < 0.02
 
 
 @pytest.mark.parametrize("seed", [-1, 2**64, 1.5, True, "0"])

@@ -17,6 +17,9 @@ SR_SPECS = [
     dataclasses.replace(QuantSpec.preset("nvfp4"), rounding="sr", transform="rhadamard16"),
     QuantSpec(elem="e4m3", scale="ue5m3", block=16, scale_rule="ceil", rounding="sr"),
     dataclasses.replace(QuantSpec.preset("nvfp4"), rounding="sr", block_2d=True),
+    # Numbers that share random words (``rng``): four a word, two a word.
+    QuantSpec(rounding="sr", sr_bits=8, transform="hadamard32"),
+    dataclasses.replace(QuantSpec.preset("nvfp4"), rounding="sr", sr_bits=12),
 ]
 
 

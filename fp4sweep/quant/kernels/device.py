@@ -145,9 +145,9 @@ def fmix32(h):
 
 
 @triton.jit
-def uniform(counter, key, SR_BITS: tl.constexpr, WIDE: tl.constexpr):
-    """``rng.uniform`` for non-negative counters (int64 if WIDE, else int32, whose high word
-    is 0) and a uint32 stream key."""
+def random_words(counter, key, WIDE: tl.constexpr):
+    """``rng.random_bits`` (uint32) for non-negative counters (int64 if WIDE, else int32,
+    whose high word is 0) and a uint32 stream key."""
     if WIDE:
         low = (counter & 0xFFFFFFFF).to(tl.uint32)
         high = (counter >> 32).to(tl.uint32)
@@ -155,9 +155,41 @@ def uniform(counter, key, SR_BITS: tl.constexpr, WIDE: tl.constexpr):
         low = counter.to(tl.uint32)
         high = tl.zeros(counter.shape, tl.uint32)
     h = fmix32(low ^ key.to(tl.uint32))
-    h = fmix32(h ^ high ^ tl.full(h.shape, 0x7FEB352D, tl.uint32))
-    top = h >> (32 - SR_BITS)
+    return fmix32(h ^ high ^ tl.full(h.shape, 0x7FEB352D, tl.uint32))
+
+
+@triton.jit
+def _slot_to_uniform(words, shift, SR_BITS: tl.constexpr):
+    """The SR_BITS bits of ``words`` from bit ``shift`` up, as float32 times 2**-SR_BITS."""
+    top = (words >> shift) & ((1 << SR_BITS) - 1)
     return top.to(tl.float32) * (2.0**-SR_BITS)
+
+
+@triton.jit
+def uniform(counter, key, SR_BITS: tl.constexpr, SR_SLOT: tl.constexpr, WIDE: tl.constexpr):
+    """``rng.uniform``, one word hashed per element; SR_SLOT is ``rng.slot_bits(SR_BITS)``."""
+    PER_WORD: tl.constexpr = 32 // SR_SLOT
+    LOG_PER_WORD: tl.constexpr = PER_WORD // 2  # log2 of 1, 2 or 4
+    words = random_words(counter >> LOG_PER_WORD, key, WIDE)
+    shift = ((counter & (PER_WORD - 1)) * SR_SLOT + (SR_SLOT - SR_BITS)).to(tl.uint32)
+    return _slot_to_uniform(words, shift, SR_BITS)
+
+
+@triton.jit
+def grouped_uniform(counter, key, SR_BITS: tl.constexpr, SR_SLOT: tl.constexpr,
+                    WIDE: tl.constexpr):
+    """``uniform`` of a 2-D ``counter`` whose last axis holds the counters that share a word
+    side by side, starting at multiples of their number (the launcher checks that it does):
+    one word is hashed for each such group instead of each element."""
+    PER_WORD: tl.constexpr = 32 // SR_SLOT
+    LOG_PER_WORD: tl.constexpr = PER_WORD // 2  # log2 of 2 or 4
+    ROWS: tl.constexpr = counter.shape[0]
+    COLS: tl.constexpr = counter.shape[1]
+    groups = tl.reshape(counter, [ROWS, COLS // PER_WORD, PER_WORD])
+    words = random_words(tl.min(groups, axis=2) >> LOG_PER_WORD, key, WIDE)
+    slots = tl.arange(0, PER_WORD).to(tl.uint32) * SR_SLOT + (SR_SLOT - SR_BITS)
+    u = _slot_to_uniform(words[:, :, None], slots[None, None, :], SR_BITS)
+    return tl.reshape(u, [ROWS, COLS])
 
 
 @triton.jit

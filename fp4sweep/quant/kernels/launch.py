@@ -25,7 +25,7 @@ import triton.testing
 from fp4sweep.quant.formats import FloatFormat
 from fp4sweep.quant.kernels import quantiser
 from fp4sweep.quant.quantize import check_input
-from fp4sweep.quant.rng import STREAM_ROUNDING, stream_key
+from fp4sweep.quant.rng import STREAM_ROUNDING, slot_bits, stream_key
 from fp4sweep.quant.scaling import SCALE_RULES, tensor_target
 from fp4sweep.quant.spec import QuantSpec
 from fp4sweep.quant.transforms import hadamard_signs
@@ -118,6 +118,24 @@ class _Geometry:
             return max(rows, every_thread * self.vec, whole)
         return max(fitted, every_thread * self.vec // self.cols, whole)
 
+    def holds_runs_of(self, run: int, block: int) -> bool:
+        """Whether the last axis of every tile's load shape holds consecutive row-major
+        indices in whole runs of ``run`` that start at multiples of ``run`` (a power of two).
+
+        Along a contiguous axis that axis is the tile's positions (plain) or a thread's vector
+        of them; along a strided one, the line vectors' contiguous lines (the plain layout runs
+        across the axis there). Rows, tiles and padded blocks begin at multiples of the stride,
+        the tile width and the block.
+        """
+        if self.layout == LINE_VECTORS or (self.axis_contiguous and self.layout == AXIS_VECTORS):
+            width = self.vec
+        elif self.axis_contiguous:
+            width = self.cols
+        else:
+            return False
+        starts = block if self.padded else width
+        return width % run == 0 and starts % run == 0 and self.stride % run == 0
+
     def grid(self, rows: int) -> tuple[int, int, int]:
         return (self.n_axis_tiles * self.n_outer * triton.cdiv(self.n_lines, rows), 1, 1)
 
@@ -199,6 +217,7 @@ def _quantiser_constants(spec: QuantSpec, detailed: bool) -> dict:
         TENSOR_SCALE=spec.tensor_scale, TARGET=_tensor_target(elem, scale),
         S_MIN_POSITIVE=scale.min_positive, S_MIN_NORMAL=scale.min_normal,
         S_BIAS=scale.bias, E_EMAX=elem.emax, SR=spec.rounding == "sr", SR_BITS=spec.sr_bits,
+        SR_SLOT=slot_bits(spec.sr_bits),
         # The interpreter truncates a float32 -> bfloat16 cast; compiled code rounds.
         NATIVE_BF16=not INTERPRETED, DETAILED=detailed,
         **_format_constants("S", scale), **_format_constants("E", elem),
@@ -223,6 +242,11 @@ class KernelArguments:
         arguments = geometry.arguments(x.numel())
         tensor_amax = dict(arguments, **_transform_constants(spec)) if spec.tensor_scale else None
         quantise = dict(arguments, n_elements=x.numel(), **_quantiser_constants(spec, detailed))
+        # Draw each random word once for the elements that share it, where a tile holds them
+        # together (``rng``: four decisions of up to 8 bits a word, two of up to 16).
+        words_shared = 32 // quantise["SR_SLOT"]
+        quantise["SR_GROUPED"] = (spec.rounding == "sr" and words_shared > 1
+                                  and geometry.holds_runs_of(words_shared, spec.block))
         return cls(geometry, tensor_amax, quantise)
 
 

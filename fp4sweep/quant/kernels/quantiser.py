@@ -8,7 +8,8 @@ are its rows and element (line, position) lies at ``line * stride + position``; 
 lines are the contiguous inner elements and it lies at
 ``outer * stride * length + position * stride + line``, with ``stride`` the inner size. Either
 way the offset is also the element's row-major index, the stochastic-rounding counter, and
-nothing is copied or transposed. COLS holds whole blocks and whole Hadamard runs; a block size
+nothing is copied or transposed. Where the last axis of the load shape holds the counters that
+share a random word side by side (``launch._Geometry.holds_runs_of``), each word is hashed once. COLS holds whole blocks and whole Hadamard runs; a block size
 that is no power of two is padded to one (masked lanes, one block per tile row). The steps are
 those of ``fp4sweep.quant.quantize``, in its order; ``device.py`` holds the float32 operations
 they share with the reference.
@@ -21,7 +22,7 @@ import triton.language as tl
 
 from fp4sweep.quant.kernels.device import (
     DOWN, FLT_MAX, NEAREST, UP, copy_sign, grid_step, magnitude_bits, round_element,
-    round_magnitude, to_bfloat16, uniform, walsh_hadamard,
+    grouped_uniform, round_magnitude, to_bfloat16, uniform, walsh_hadamard,
 )
 
 # Scale rules, numbered in ``scaling.SCALE_RULES`` order.
@@ -244,7 +245,8 @@ def fake_quantize_kernel(
     S_EMIN: tl.constexpr, S_MAN: tl.constexpr, S_BIAS: tl.constexpr, S_MAX: tl.constexpr,
     S_MIN_POSITIVE: tl.constexpr, S_MIN_NORMAL: tl.constexpr,
     E_EMIN: tl.constexpr, E_MAN: tl.constexpr, E_MAX: tl.constexpr, E_EMAX: tl.constexpr,
-    SR: tl.constexpr, SR_BITS: tl.constexpr, NATIVE_BF16: tl.constexpr,
+    SR: tl.constexpr, SR_BITS: tl.constexpr, SR_SLOT: tl.constexpr, SR_GROUPED: tl.constexpr,
+    NATIVE_BF16: tl.constexpr,
     DETAILED: tl.constexpr, n_elements,
 ):
     """``quantize.fake_quantize`` of one tile (see the module docstring); with DETAILED also
@@ -300,8 +302,12 @@ def fake_quantize_kernel(
 
     # Element rounding (``rounding.round_signed``) and dequantisation.
     magnitude = tl.abs(v)
-    if SR:
-        u = uniform(_logical(offsets, LAYOUT, VEC, ROWS, COLS), sr_key, SR_BITS, WIDE)
+    if SR and SR_GROUPED:
+        # In the load shape, where the counters that share a random word lie side by side.
+        u = _logical(grouped_uniform(offsets, sr_key, SR_BITS, SR_SLOT, WIDE), LAYOUT, VEC,
+                     ROWS, COLS)
+    elif SR:
+        u = uniform(_logical(offsets, LAYOUT, VEC, ROWS, COLS), sr_key, SR_BITS, SR_SLOT, WIDE)
     else:
         u = magnitude
     q = round_element(magnitude, u, SR, E_EMIN, E_MAN, E_EMAX, E_MAX)
