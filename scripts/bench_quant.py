@@ -38,6 +38,12 @@ VARIANTS = {
     "nvfp4 no-ts": dataclasses.replace(NVFP4, tensor_scale=False),
     "mxfp4+H32+SR": dataclasses.replace(MXFP4, transform="hadamard32", rounding="sr"),
     "nvfp4+RH16+SR": dataclasses.replace(NVFP4, transform="rhadamard16", rounding="sr"),
+    # 8 random bits a decision, four decisions from one random word (``rng``): the bits that
+    # FP4 hardware's stochastic conversion takes, and the UE5M3 authors' recipe.
+    "mxfp4+H32+SR8": dataclasses.replace(MXFP4, transform="hadamard32", rounding="sr",
+                                         sr_bits=8),
+    "nvfp4+RH16+SR8": dataclasses.replace(NVFP4, transform="rhadamard16", rounding="sr",
+                                          sr_bits=8),
     "ue5m3+RH32+SR+ts": QuantSpec(scale="ue5m3", scale_rule="nearest", rounding="sr",
                                   transform="rhadamard32", tensor_scale=True),
 }

@@ -16,6 +16,9 @@ Times are medians over timed steps (CUDA events) after warm-up steps, on random 
 profiled steps (``torch.profiler``), and the device's busy time and the host's time per step, to
 show where a quantised step's extra time goes and whether the host or the GPU bounds it.
 
+``--sr-bits N`` times every quantised recipe that rounds stochastically a second time with N
+random bits per decision (``QuantSpec.sr_bits``; at most 8 share one random word four ways).
+
 ``--traffic`` also counts, per quantised recipe, the bytes that the quantiser kernels move in
 one step (each call reads its input and writes its output; with tensor scaling its amax pass
 reads the input once more) and divides them by the copy bandwidth measured in the same run:
@@ -26,6 +29,7 @@ to the bf16 step, whatever their arithmetic.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 from typing import Callable
@@ -160,6 +164,13 @@ def copy_bandwidth(nbytes: int = 2**28) -> float:
     return 2 * nbytes / ms * 1e3
 
 
+def with_sr_bits(recipe: Recipe, bits: int) -> Recipe:
+    """``recipe`` with ``bits`` random bits for each operand that rounds stochastically."""
+    return dataclasses.replace(recipe, **{
+        name: dataclasses.replace(spec, sr_bits=bits)
+        for name, spec in recipe.operands().items() if spec is not None and spec.rounding == "sr"})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=list(TASK_STEPS), default="gpt")
@@ -171,6 +182,8 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["bf16", "nvfp4", "paper_best"])
     parser.add_argument("--reference", nargs="*", default=[],
                         help="recipes to time again with the pure-PyTorch reference quantiser")
+    parser.add_argument("--sr-bits", type=int, metavar="N",
+                        help="time stochastically rounding recipes again with N random bits")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--profile", type=int, default=0, metavar="N",
@@ -182,12 +195,14 @@ def main() -> None:
 
     batch = args.batch or DEFAULT_BATCH[args.task]
     device = torch.cuda.get_device_name()
-    runs = [(name, "auto") for name in args.recipes]
-    runs += [(name, "reference") for name in args.reference]
+    runs = [(name, Recipe.preset(name), "auto") for name in args.recipes]
+    if args.sr_bits:
+        runs += [(f"{name}/sr{args.sr_bits}", with_sr_bits(recipe, args.sr_bits), "auto")
+                 for name, recipe, _ in list(runs) if with_sr_bits(recipe, args.sr_bits) != recipe]
+    runs += [(name, Recipe.preset(name), "reference") for name in args.reference]
     results = []
-    for name, quantiser in runs:
+    for name, recipe, quantiser in runs:
         torch.manual_seed(0)
-        recipe = Recipe.preset(name)
         with backend.use_backend(quantiser):
             step = TASK_STEPS[args.task](recipe, batch, args.vocab)
             times = step_times(step, name, args.warmup, args.steps, args.profile)
@@ -199,7 +214,7 @@ def main() -> None:
         del step  # and with it the model and optimizer
         torch.cuda.empty_cache()
         results.append(result)
-        print(f"{name:>10} {results[-1]['quantiser']:>9}: {results[-1]['median_ms']:8.2f} ms",
+        print(f"{name:>14} {results[-1]['quantiser']:>9}: {results[-1]['median_ms']:8.2f} ms",
               flush=True)
     base = next(r["median_ms"] for r in results if r["recipe"] == "bf16")
     if args.task == "gpt":
@@ -209,10 +224,10 @@ def main() -> None:
     else:
         examples, unit = batch, "images/s"
         print(f"\n{device}; the {args.task} task's model (small), batch {batch}, float32\n")
-    print(f"{'recipe':>10} {'quantiser':>9} {'ms/step':>8} {unit:>9} {'vs bf16':>7}")
+    print(f"{'recipe':>14} {'quantiser':>9} {'ms/step':>8} {unit:>9} {'vs bf16':>7}")
     for r in results:
         r["vs_bf16"] = r["median_ms"] / base
-        print(f"{r['recipe']:>10} {r['quantiser']:>9} {r['median_ms']:8.2f} "
+        print(f"{r['recipe']:>14} {r['quantiser']:>9} {r['median_ms']:8.2f} "
               f"{examples / r['median_ms'] * 1e3:9.0f} {r['vs_bf16']:7.2f}x")
     copy = copy_bandwidth() if args.traffic else None
     for r in results:
