@@ -158,29 +158,35 @@ def test_input_dtypes(dtype):
         check(x, spec, seed=1)
 
 
-@pytest.mark.parametrize("spec, shape, axis, grouped", [
+@pytest.mark.parametrize("spec, shape, axis, group", [
     # a thread's vectors along a contiguous axis; the plain layout's rows
-    pytest.param(dataclasses.replace(MXFP4, transform="hadamard32"), (16, 256), 1, True,
+    pytest.param(dataclasses.replace(MXFP4, transform="hadamard32"), (16, 256), 1, 4,
                  id="axis-vectors"),
-    pytest.param(MXFP4, (16, 256), 1, True, id="plain-rows"),
+    pytest.param(MXFP4, (16, 256), 1, 4, id="plain-rows"),
     # padded blocks: runs start at every block
-    pytest.param(dataclasses.replace(MXFP4, block=24), (16, 240), 1, True, id="padded-24"),
-    pytest.param(dataclasses.replace(MXFP4, block=10), (16, 240), 1, False, id="padded-10"),
-    # line vectors along a strided axis, as long as lines come in whole runs
-    pytest.param(dataclasses.replace(NVFP4, transform="rhadamard16"), (256, 12), 0, True,
+    pytest.param(dataclasses.replace(MXFP4, block=24), (16, 240), 1, 4, id="padded-24"),
+    pytest.param(dataclasses.replace(MXFP4, block=10), (16, 240), 1, 2, id="padded-10"),
+    # line vectors along a strided axis: as many lines as a vector and the line count allow
+    pytest.param(dataclasses.replace(NVFP4, transform="rhadamard16"), (256, 12), 0, 4,
                  id="line-vectors"),
-    pytest.param(dataclasses.replace(NVFP4, transform="rhadamard16"), (256, 6), 0, False,
+    pytest.param(dataclasses.replace(NVFP4, transform="rhadamard16"), (256, 6), 0, 2,
                  id="line-vectors-6-lines"),
+    pytest.param(dataclasses.replace(MXFP4, transform="hadamard32"), (256, 12), 0, 2,
+                 id="line-vectors-of-2"),
+    pytest.param(dataclasses.replace(NVFP4, transform="rhadamard16"), (256, 5), 0, 1,
+                 id="line-vectors-5-lines"),
     # the plain layout along a strided axis runs across the axis
-    pytest.param(dataclasses.replace(MXFP4, block=128), (256, 12), 0, False, id="plain-strided"),
+    pytest.param(dataclasses.replace(MXFP4, block=128), (256, 12), 0, 1, id="plain-strided"),
 ])
-def test_numbers_that_share_a_word_draw_it_once_where_tiles_hold_them_together(
-        spec, shape, axis, grouped):
-    """The grouped draw is taken exactly where its runs are whole, and gives the same bits
-    either way."""
-    spec = dataclasses.replace(spec, rounding="sr", sr_bits=8)
+@pytest.mark.parametrize("sr_bits", [8, 12])
+def test_numbers_that_share_a_word_draw_it_once_for_each_run_a_tile_holds(
+        spec, shape, axis, group, sr_bits):
+    """A word is hashed once for each run of the elements that share it that the tiles hold
+    together (runs of at most 4 numbers of 8 bits, 2 of 12), with the same bits in every case."""
+    spec = dataclasses.replace(spec, rounding="sr", sr_bits=sr_bits)
     x = wide_range(*shape, seed=4)
-    assert launch.KernelArguments.of(x, spec, axis, False).quantise["SR_GROUPED"] == grouped
+    expected = min(group, 4 if sr_bits <= 8 else 2)
+    assert launch.KernelArguments.of(x, spec, axis, False).quantise["SR_GROUP"] == expected
     check(x, spec, axis=axis, seed=12)
 
 

@@ -177,18 +177,23 @@ def uniform(counter, key, SR_BITS: tl.constexpr, SR_SLOT: tl.constexpr, WIDE: tl
 
 @triton.jit
 def grouped_uniform(counter, key, SR_BITS: tl.constexpr, SR_SLOT: tl.constexpr,
-                    WIDE: tl.constexpr):
-    """``uniform`` of a 2-D ``counter`` whose last axis holds the counters that share a word
-    side by side, starting at multiples of their number (the launcher checks that it does):
-    one word is hashed for each such group instead of each element."""
+                    GROUP: tl.constexpr, WIDE: tl.constexpr):
+    """``uniform`` of a 2-D ``counter`` whose last axis holds consecutive counters in runs of
+    GROUP (2 or 4, at most the numbers that share a word) that start at multiples of GROUP (the
+    launcher checks that it does): one word is hashed for each run instead of each element."""
     PER_WORD: tl.constexpr = 32 // SR_SLOT
     LOG_PER_WORD: tl.constexpr = PER_WORD // 2  # log2 of 2 or 4
     ROWS: tl.constexpr = counter.shape[0]
     COLS: tl.constexpr = counter.shape[1]
-    groups = tl.reshape(counter, [ROWS, COLS // PER_WORD, PER_WORD])
-    words = random_words(tl.min(groups, axis=2) >> LOG_PER_WORD, key, WIDE)
-    slots = tl.arange(0, PER_WORD).to(tl.uint32) * SR_SLOT + (SR_SLOT - SR_BITS)
-    u = _slot_to_uniform(words[:, :, None], slots[None, None, :], SR_BITS)
+    first = tl.min(tl.reshape(counter, [ROWS, COLS // GROUP, GROUP]), axis=2)
+    words = random_words(first >> LOG_PER_WORD, key, WIDE)
+    slots = tl.arange(0, GROUP).to(tl.uint32) * SR_SLOT + (SR_SLOT - SR_BITS)
+    if GROUP == PER_WORD:  # a run is a whole word: its slots are known here
+        shifts = slots[None, None, :]
+    else:
+        base = ((first & (PER_WORD - 1)) * SR_SLOT).to(tl.uint32)
+        shifts = base[:, :, None] + slots[None, None, :]
+    u = _slot_to_uniform(words[:, :, None], shifts, SR_BITS)
     return tl.reshape(u, [ROWS, COLS])
 
 

@@ -242,11 +242,12 @@ class KernelArguments:
         arguments = geometry.arguments(x.numel())
         tensor_amax = dict(arguments, **_transform_constants(spec)) if spec.tensor_scale else None
         quantise = dict(arguments, n_elements=x.numel(), **_quantiser_constants(spec, detailed))
-        # Draw each random word once for the elements that share it, where a tile holds them
-        # together (``rng``: four decisions of up to 8 bits a word, two of up to 16).
-        words_shared = 32 // quantise["SR_SLOT"]
-        quantise["SR_GROUPED"] = (spec.rounding == "sr" and words_shared > 1
-                                  and geometry.holds_runs_of(words_shared, spec.block))
+        # Draw each random word once for the elements that share it, or for as many of them as
+        # a tile holds together (``rng``: four decisions of up to 8 bits a word, two of up to 16).
+        sharing = 32 // quantise["SR_SLOT"] if spec.rounding == "sr" else 1
+        while sharing > 1 and not geometry.holds_runs_of(sharing, spec.block):
+            sharing //= 2
+        quantise["SR_GROUP"] = sharing
         return cls(geometry, tensor_amax, quantise)
 
 

@@ -9,7 +9,8 @@ lines are the contiguous inner elements and it lies at
 ``outer * stride * length + position * stride + line``, with ``stride`` the inner size. Either
 way the offset is also the element's row-major index, the stochastic-rounding counter, and
 nothing is copied or transposed. Where the last axis of the load shape holds the counters that
-share a random word side by side (``launch._Geometry.holds_runs_of``), each word is hashed once. COLS holds whole blocks and whole Hadamard runs; a block size
+share a random word side by side (``launch._Geometry.holds_runs_of``), a word is hashed once for
+each run of them. COLS holds whole blocks and whole Hadamard runs; a block size
 that is no power of two is padded to one (masked lanes, one block per tile row). The steps are
 those of ``fp4sweep.quant.quantize``, in its order; ``device.py`` holds the float32 operations
 they share with the reference.
@@ -245,7 +246,7 @@ def fake_quantize_kernel(
     S_EMIN: tl.constexpr, S_MAN: tl.constexpr, S_BIAS: tl.constexpr, S_MAX: tl.constexpr,
     S_MIN_POSITIVE: tl.constexpr, S_MIN_NORMAL: tl.constexpr,
     E_EMIN: tl.constexpr, E_MAN: tl.constexpr, E_MAX: tl.constexpr, E_EMAX: tl.constexpr,
-    SR: tl.constexpr, SR_BITS: tl.constexpr, SR_SLOT: tl.constexpr, SR_GROUPED: tl.constexpr,
+    SR: tl.constexpr, SR_BITS: tl.constexpr, SR_SLOT: tl.constexpr, SR_GROUP: tl.constexpr,
     NATIVE_BF16: tl.constexpr,
     DETAILED: tl.constexpr, n_elements,
 ):
@@ -302,10 +303,10 @@ def fake_quantize_kernel(
 
     # Element rounding (``rounding.round_signed``) and dequantisation.
     magnitude = tl.abs(v)
-    if SR and SR_GROUPED:
+    if SR and SR_GROUP > 1:
         # In the load shape, where the counters that share a random word lie side by side.
-        u = _logical(grouped_uniform(offsets, sr_key, SR_BITS, SR_SLOT, WIDE), LAYOUT, VEC,
-                     ROWS, COLS)
+        u = _logical(grouped_uniform(offsets, sr_key, SR_BITS, SR_SLOT, SR_GROUP, WIDE), LAYOUT,
+                     VEC, ROWS, COLS)
     elif SR:
         u = uniform(_logical(offsets, LAYOUT, VEC, ROWS, COLS), sr_key, SR_BITS, SR_SLOT, WIDE)
     else:
