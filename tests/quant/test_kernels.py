@@ -167,8 +167,10 @@ def test_input_dtypes(dtype):
     pytest.param(dataclasses.replace(MXFP4, block=24), (16, 240), 1, 4, id="padded-24"),
     pytest.param(dataclasses.replace(MXFP4, block=10), (16, 240), 1, 2, id="padded-10"),
     # line vectors along a strided axis: as many lines as a vector and the line count allow
-    pytest.param(dataclasses.replace(NVFP4, transform="rhadamard16"), (256, 12), 0, 4,
+    pytest.param(dataclasses.replace(NVFP4, transform="rhadamard16"), (32, 512), 0, 4,
                  id="line-vectors"),
+    pytest.param(dataclasses.replace(NVFP4, transform="rhadamard16"), (256, 12), 0, 2,
+                 id="line-vectors-shortened"),
     pytest.param(dataclasses.replace(NVFP4, transform="rhadamard16"), (256, 6), 0, 2,
                  id="line-vectors-6-lines"),
     pytest.param(dataclasses.replace(MXFP4, transform="hadamard32"), (256, 12), 0, 2,

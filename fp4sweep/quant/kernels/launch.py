@@ -33,6 +33,7 @@ from fp4sweep.quant.transforms import hadamard_signs
 WIDE_NUMEL = 2**31  # from here on, offsets (and counters) need 64 bits
 MAX_AXIS_COLS = 128  # positions per tile along a contiguous quantisation axis (PLAIN layout)
 MAX_THREAD_RUN = 64  # float32 values of one line a thread may hold (vector layouts)
+SHORTEST_LINE_VECTORS = 32  # float32 values a thread keeps when line vectors are shortened
 VECTOR_BYTES = 16  # the widest load of one thread
 TUNED_NUMEL = 2**22  # tensors from this size on get their tile shape tuned
 PLAIN, AXIS_VECTORS, LINE_VECTORS = range(3)  # quantiser.py's tile layouts
@@ -88,6 +89,13 @@ class _Geometry:
             return cls(n_outer, n_lines, *strides, length // cols, cols, False, AXIS_VECTORS, vec)
         if inner > 1 and cols <= MAX_THREAD_RUN:
             vec = max(1, min(vec, MAX_THREAD_RUN // cols))
+            # Shorter vectors, down to SHORTEST_LINE_VECTORS values a thread, where the first
+            # tile shape's lines would leave its last tile of lines part empty (768 lines in
+            # tiles of 512: a quarter of the work masked; measured on an H200,
+            # docs/benchmarks.md, 2026-12-03).
+            while (vec > 2 and vec * cols > SHORTEST_LINE_VECTORS
+                   and inner % (32 * TILES[0][1] * vec)):
+                vec //= 2
             return cls(n_outer, n_lines, *strides, length // cols, cols, False, LINE_VECTORS, vec)
         if inner == 1:
             # Longer contiguous runs per tile row, as long as they divide the axis.
