@@ -91,7 +91,8 @@ def main() -> None:
                         help="time only these")
     parser.add_argument("--skip-eager", action="store_true")
     parser.add_argument("--skip-layouts", action="store_true",
-                        help="skip timing plain tiles against the default tile layouts")
+                        help="skip timing plain tiles against the default tile layouts, and "
+                             "fitted line vectors against the longest")
     args = parser.parse_args()
 
     # Every (spec, shape) is its own compiled graph: keep dynamo from falling back to eager.
@@ -137,38 +138,61 @@ def main() -> None:
     for row in rows_out:
         print(_line(row))
     layouts = compare_layouts() if not args.skip_layouts else []
+    line_vectors = compare_line_vectors() if not args.skip_layouts else []
     overheads = launch_overheads()
     print("\nhost time per call, small tensor (1024x768), no synchronisation: " + ", ".join(
         f"{name} {us:.1f} us" for name, us in overheads.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=device, torch=torch.__version__, triton=triton.__version__,
-                           rows=rows_out, host_us_per_call=overheads, layouts=layouts),
+                           rows=rows_out, host_us_per_call=overheads, layouts=layouts,
+                           line_vectors=line_vectors),
                       f, indent=1)
 
 
-def compare_layouts() -> list[dict]:
-    """Device time of the default tile layouts against plain [rows, cols] tiles everywhere."""
+def compare_launcher_setting(title: str, constant: str, settings: dict[str, int],
+                             cases: list[tuple[tuple[int, int, int], str]]) -> list[dict]:
+    """Device time of each case (shape and axis, variant) with the launcher's module constant
+    ``constant`` at each of ``settings`` (label -> value), the plans rebuilt for each."""
     results = []
-    print("\ndevice time (CUDA graphs), default tile layouts vs plain [rows, cols] tiles")
-    for (rows, cols, axis), name in itertools.product(
-            [(8192, 8192, -1), (16384, 3072, 0)], ["mxfp4", "nvfp4", "mxfp4+H32+SR"]):
+    print(f"\ndevice time (CUDA graphs), {title}")
+    for (rows, cols, axis), name in cases:
         xs, spec = inputs(rows, cols), VARIANTS[name]
         nbytes = 2 * rows * cols * DTYPE.itemsize
         row = dict(shape=f"{rows}x{cols}", axis=axis, variant=name)
-        for layout, thread_run in (("default", launch.MAX_THREAD_RUN), ("plain", 0)):
-            default, launch.MAX_THREAD_RUN = launch.MAX_THREAD_RUN, thread_run
+        for label, value in settings.items():
+            default = getattr(launch, constant)
+            setattr(launch, constant, value)
             launch.clear_plans()
             try:
                 ms = graph_median_ms(lambda x: kernel_fake_quantize(x, spec, axis, 1), xs)
             finally:
-                launch.MAX_THREAD_RUN = default
+                setattr(launch, constant, default)
                 launch.clear_plans()
-            row[f"{layout}_ms"], row[f"{layout}_tb_s"] = ms, nbytes / ms / 1e9
+            row[f"{label}_ms"], row[f"{label}_tb_s"] = ms, nbytes / ms / 1e9
         results.append(row)
-        print(f"{row['shape']:>11} {axis:>4} {name:>17}  default {row['default_tb_s']:.3f} TB/s  "
-              f"plain {row['plain_tb_s']:.3f} TB/s", flush=True)
+        timings = "  ".join(f"{label} {row[f'{label}_tb_s']:.3f} TB/s" for label in settings)
+        print(f"{row['shape']:>11} {axis:>4} {name:>17}  {timings}", flush=True)
     return results
+
+
+def compare_layouts() -> list[dict]:
+    """The default tile layouts against plain [rows, cols] tiles everywhere."""
+    return compare_launcher_setting(
+        "default tile layouts vs plain [rows, cols] tiles", "MAX_THREAD_RUN",
+        {"default": launch.MAX_THREAD_RUN, "plain": 0},
+        list(itertools.product([(8192, 8192, -1), (16384, 3072, 0)],
+                               ["mxfp4", "nvfp4", "mxfp4+H32+SR"])))
+
+
+def compare_line_vectors() -> list[dict]:
+    """Along the token axis, line vectors shortened where tiles would leave lines masked (the
+    launcher's choice) against the longest vectors everywhere."""
+    return compare_launcher_setting(
+        "line vectors fitted to the lines vs the longest", "SHORTEST_LINE_VECTORS",
+        {"fitted": launch.SHORTEST_LINE_VECTORS, "longest": launch.MAX_THREAD_RUN},
+        list(itertools.product([(32768, 768, 0), (32768, 2304, 0), (16384, 3072, 0)],
+                               ["nvfp4", "nvfp4 no-ts", "nvfp4+RH16+SR", "nvfp4+RH16+SR8"])))
 
 
 def launch_overheads(calls: int = 500) -> dict[str, float]:
