@@ -192,6 +192,19 @@ def test_numbers_that_share_a_word_draw_it_once_for_each_run_a_tile_holds(
     check(x, spec, axis=axis, seed=12)
 
 
+@pytest.mark.parametrize("spec, lines, vec", [
+    (NVFP4, 3072, 4),  # tiles of 512 lines divide 3072: the longest vectors
+    (NVFP4, 768, 2),  # they leave 256 of 1024 masked: half as long
+    (NVFP4, 2304, 2),
+    (dataclasses.replace(MXFP4, block=8), 768, 4),  # no shorter than 32 values a thread
+    (dataclasses.replace(MXFP4, transform="hadamard32"), 768, 2),  # nor than 2 lines
+], ids=["nvfp4-3072", "nvfp4-768", "nvfp4-2304", "block8-768", "hadamard32-768"])
+def test_line_vectors_shorten_where_tiles_would_leave_lines_masked(spec, lines, vec):
+    x = torch.empty(4096, lines, dtype=torch.bfloat16, device="meta")
+    geometry = launch._Geometry.of(x, 0, spec)
+    assert (geometry.layout, geometry.vec) == (launch.LINE_VECTORS, vec)
+
+
 def test_a_transposed_view_quantises_as_its_values():
     x = wide_range(64, 32).to(DEVICE).T  # not contiguous
     spec = dataclasses.replace(NVFP4, rounding="sr")
