@@ -166,23 +166,14 @@ def _slot_to_uniform(words, shift, SR_BITS: tl.constexpr):
 
 
 @triton.jit
-def uniform(counter, key, SR_BITS: tl.constexpr, SR_SLOT: tl.constexpr, WIDE: tl.constexpr):
-    """``rng.uniform``, one word hashed per element; SR_SLOT is ``rng.slot_bits(SR_BITS)``."""
+def uniform(counter, key, SR_BITS: tl.constexpr, SR_SLOT: tl.constexpr, GROUP: tl.constexpr,
+            WIDE: tl.constexpr):
+    """``rng.uniform`` of a 2-D ``counter``; SR_SLOT is ``rng.slot_bits(SR_BITS)``. With GROUP
+    of 2 or 4 (at most the numbers that share a word) the last axis holds consecutive counters
+    in runs of GROUP that start at multiples of GROUP (the launcher checks that it does), and a
+    word is hashed once for each run instead of each element."""
     PER_WORD: tl.constexpr = 32 // SR_SLOT
     LOG_PER_WORD: tl.constexpr = PER_WORD // 2  # log2 of 1, 2 or 4
-    words = random_words(counter >> LOG_PER_WORD, key, WIDE)
-    shift = ((counter & (PER_WORD - 1)) * SR_SLOT + (SR_SLOT - SR_BITS)).to(tl.uint32)
-    return _slot_to_uniform(words, shift, SR_BITS)
-
-
-@triton.jit
-def grouped_uniform(counter, key, SR_BITS: tl.constexpr, SR_SLOT: tl.constexpr,
-                    GROUP: tl.constexpr, WIDE: tl.constexpr):
-    """``uniform`` of a 2-D ``counter`` whose last axis holds consecutive counters in runs of
-    GROUP (2 or 4, at most the numbers that share a word) that start at multiples of GROUP (the
-    launcher checks that it does): one word is hashed for each run instead of each element."""
-    PER_WORD: tl.constexpr = 32 // SR_SLOT
-    LOG_PER_WORD: tl.constexpr = PER_WORD // 2  # log2 of 2 or 4
     ROWS: tl.constexpr = counter.shape[0]
     COLS: tl.constexpr = counter.shape[1]
     first = tl.min(tl.reshape(counter, [ROWS, COLS // GROUP, GROUP]), axis=2)

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from fp4sweep.quant.kernels.device import (
     DOWN, FLT_MAX, NEAREST, UP, copy_sign, grid_step, magnitude_bits, round_element,
-    grouped_uniform, round_magnitude, to_bfloat16, uniform, walsh_hadamard,
+    round_magnitude, to_bfloat16, uniform, walsh_hadamard,
 )
 
 # Scale rules, numbered in ``scaling.SCALE_RULES`` order.
@@ -303,12 +303,10 @@ def fake_quantize_kernel(
 
     # Element rounding (``rounding.round_signed``) and dequantisation.
     magnitude = tl.abs(v)
-    if SR and SR_GROUP > 1:
+    if SR:
         # In the load shape, where the counters that share a random word lie side by side.
-        u = _logical(grouped_uniform(offsets, sr_key, SR_BITS, SR_SLOT, SR_GROUP, WIDE), LAYOUT,
-                     VEC, ROWS, COLS)
-    elif SR:
-        u = uniform(_logical(offsets, LAYOUT, VEC, ROWS, COLS), sr_key, SR_BITS, SR_SLOT, WIDE)
+        u = _logical(uniform(offsets, sr_key, SR_BITS, SR_SLOT, SR_GROUP, WIDE), LAYOUT, VEC,
+                     ROWS, COLS)
     else:
         u = magnitude
     q = round_element(magnitude, u, SR, E_EMIN, E_MAN, E_EMAX, E_MAX)
