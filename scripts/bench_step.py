@@ -197,8 +197,9 @@ def main() -> None:
     device = torch.cuda.get_device_name()
     runs = [(name, Recipe.preset(name), "auto") for name in args.recipes]
     if args.sr_bits:
-        runs += [(f"{name}/sr{args.sr_bits}", with_sr_bits(recipe, args.sr_bits), "auto")
-                 for name, recipe, _ in list(runs) if with_sr_bits(recipe, args.sr_bits) != recipe]
+        rebits = [(name, recipe, with_sr_bits(recipe, args.sr_bits)) for name, recipe, _ in runs]
+        runs += [(f"{name}/sr{args.sr_bits}", changed, "auto")
+                 for name, recipe, changed in rebits if changed != recipe]
     runs += [(name, Recipe.preset(name), "reference") for name in args.reference]
     results = []
     for name, recipe, quantiser in runs:
