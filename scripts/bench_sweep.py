@@ -5,6 +5,7 @@ store, each time on a fresh local Ray: once with the task's own GPU fraction (co
 resources.gpu, e.g. a quarter: four trials per GPU) and once asking a whole GPU per trial.
 
     PYTHONPATH=. python scripts/bench_sweep.py [--tasks regression classification] [--trials 16]
+                                               [--seeds 0 1]
                                                [--fraction F] [--modes MODE ...]
                                                [--out bench.json] [--keep DIR] [OVERRIDE ...]
 
@@ -77,10 +78,13 @@ def mps_daemon(directory: Path) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def run_mode(task: str, mode: str, trials: int, results: Path, extra: list[str]) -> dict[str, Any]:
-    """Run the task's first ``trials`` gpu_smoke trials in one mode; measure from report and store."""
+def run_mode(task: str, mode: str, trials: int, seeds: list[int], results: Path,
+             extra: list[str]) -> dict[str, Any]:
+    """Run the task's first ``trials`` gpu_smoke trials with ``seeds`` in one mode; measure from
+    report and store."""
     tree = ConfigTree()
-    overrides = ["+sweep=gpu_smoke", f"task={task}", "seeds=[0,1]", f"results_dir={results}",
+    seed_list = ",".join(map(str, seeds))
+    overrides = ["+sweep=gpu_smoke", f"task={task}", f"seeds=[{seed_list}]", f"results_dir={results}",
                  "progress_every=60", *MODES[mode], *extra]  # fmt: skip
     settings = load_settings(tree, overrides)
     plan = expand(tree, settings)
@@ -121,6 +125,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["regression", "classification"])
     parser.add_argument("--trials", type=int, default=16, help="trials per task and mode")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                        help="the sweep's seeds (gpu_smoke has 10 recipes a task: 10 trials a seed)")
     parser.add_argument("overrides", nargs="*",
                         help="more overrides, e.g. device=cpu task.sizes.small.steps=20")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs in use (default: nvidia-smi's count)")
@@ -145,7 +151,8 @@ def main() -> None:
                     overrides.append(f"task.resources.gpu.num_gpus={args.fraction}")
                 with (mps_daemon(scratch / "mps") if mode == "packed_mps"
                       else contextlib.nullcontext()):
-                    run = run_mode(task, mode, args.trials, scratch / f"{task}-{mode}", overrides)
+                    run = run_mode(task, mode, args.trials, args.seeds, scratch / f"{task}-{mode}",
+                                   overrides)
                 run["trials_per_gpu_minute"] = run["trials"] / (run["loop_s"] / 60 * gpus)
                 runs.append(run)
                 print(json.dumps(run), flush=True)
