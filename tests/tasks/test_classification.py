@@ -3,6 +3,8 @@ import math
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from taskconf import one_thread  # noqa: F401 (an autouse fixture)
 from taskconf import require_data, task_config, write_cifar10
 from torch import nn
@@ -118,3 +120,23 @@ def test_blow_up_is_a_diverged_result():
 def test_bad_config_names_the_field(params, message):
     with pytest.raises(ValueError, match=message):
         build_config(classification.Config, params)
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs CUDA")])])
+@pytest.mark.parametrize("size", [(28, 28), (7, 9)])
+def test_max_pool_2x2_matches_max_pool2d_bit_for_bit(device, size):
+    # Small integers after a ReLU: many ties (zeros and equal maxima), which the backward must
+    # route to the same element as F.max_pool2d's; odd sizes leave inputs outside every window.
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randint(-3, 4, (4, 3, *size), generator=generator).float().relu().to(device)
+    grad = torch.randn(4, 3, size[0] // 2, size[1] // 2, generator=generator).to(device)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    pooled = classification.max_pool_2x2(ours)
+    expected = F.max_pool2d(theirs, 2)
+    assert torch.equal(pooled, expected)
+    pooled.backward(grad)
+    expected.backward(grad)
+    assert torch.equal(ours.grad, theirs.grad)
+    assert (theirs.grad != 0).sum() > 0
