@@ -17,6 +17,7 @@ from torch import nn
 from fp4sweep.quant import Recipe, quantize_model
 from fp4sweep.quant.gemm import GemmShape
 from fp4sweep.tasks.base import TaskResult
+from fp4sweep.tasks.checks import check_non_negative, check_positive
 from fp4sweep.tasks.training import fit, task_result, to_device
 
 NAME = "regression"
@@ -37,9 +38,9 @@ class Config:
     exclude: tuple[str, ...] = ()  # layers kept in high precision
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_val", "n_features", "n_outputs", "steps", "batch_size", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"regression Config.{name} must be positive, got {getattr(self, name)}")
+        check_positive(self, "n_train", "n_val", "n_features", "n_outputs", "steps", "batch_size",
+                       "lr", "eval_every")
+        check_non_negative(self, "noise_std")
         if self.batch_size > self.n_train:
             raise ValueError(f"regression batch_size {self.batch_size} exceeds n_train {self.n_train}")
 

@@ -84,5 +84,9 @@ def test_the_task_api_and_config_checks():
     assert isinstance(Student(Config()).linear, torch.nn.Linear)
     with pytest.raises(ValueError, match="batch_size 512 exceeds n_train 256"):
         Config(n_train=256, batch_size=512)
-    with pytest.raises(ValueError, match="steps must be positive"):
+    with pytest.raises(ValueError, match=r"Config.steps must be > 0, got 0"):
         Config(steps=0)
+    with pytest.raises(ValueError, match=r"Config.lr must be > 0, got -0.1"):
+        Config(lr=-0.1)
+    with pytest.raises(ValueError, match=r"Config.noise_std must be >= 0, got -1"):
+        Config(noise_std=-1.0)
