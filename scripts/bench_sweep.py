@@ -2,7 +2,7 @@
 
 For each task, the first N trials of the gpu_smoke sweep run twice through the real runner and
 store, each time on a fresh local Ray: once with the task's own GPU fraction (conf/task/NAME.yaml
-resources.gpu, e.g. a quarter: four trials per GPU) and once asking a whole GPU per trial.
+resources.gpu, e.g. an eighth: eight trials per GPU) and once asking a whole GPU per trial.
 
     PYTHONPATH=. python scripts/bench_sweep.py [--tasks regression classification] [--trials 16]
                                                [--seeds 0 1]
