@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fp4sweep.quant.estimators import quantize_for_training
+from fp4sweep.quant.kernels import backend as kernel_backend
 from fp4sweep.quant.quantize import fake_quantize
 from fp4sweep.quant.recipe import OPERANDS, Recipe
 from fp4sweep.quant.spec import QuantSpec
@@ -173,6 +174,39 @@ def quantized_gemm(
         return _QuantizedGemm.apply(x, weight, bias, recipe, seeds)
 
 
+def _windows(
+    x: torch.Tensor,
+    kernel_size: tuple[int, int],
+    dilation: tuple[int, int],
+    stride: tuple[int, int],
+) -> torch.Tensor:
+    """The convolution's windows over ``x``, as views: (batch, channels, out_h, out_w, kh, kw)."""
+    (kh, kw), (dh, dw), (sh, sw) = kernel_size, dilation, stride
+    windows = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+    return windows[..., ::dh, ::dw]
+
+
+def _rows(windows: torch.Tensor) -> torch.Tensor:
+    batch, channels, out_h, out_w, kh, kw = windows.shape
+    return windows.permute(0, 2, 3, 1, 4, 5).reshape(batch * out_h * out_w, channels * kh * kw)
+
+
+class _RowsFoldedByKernel(torch.autograd.Function):
+    """The rows, whose backward is ``kernels.fold``'s one pass (PyTorch's bits) instead of the
+    views' two ``unfold_backward`` passes."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, dilation, stride):  # type: ignore[override]
+        ctx.geometry = (tuple(x.shape), kernel_size, dilation, stride)
+        return _rows(_windows(x, kernel_size, dilation, stride))
+
+    @staticmethod
+    def backward(ctx, grad_rows):  # type: ignore[override]
+        from fp4sweep.quant.kernels.fold import fold_rows  # imports Triton
+
+        return fold_rows(grad_rows, *ctx.geometry), None, None, None
+
+
 def unfold_rows(
     x: torch.Tensor,
     kernel_size: tuple[int, int],
@@ -185,13 +219,16 @@ def unfold_rows(
 
     One copy out of strided views of ``x``: ``F.unfold`` on CUDA launches a kernel per image,
     which made it a batch-512 CNN step's largest cost, and its rows needed a transposing copy.
+    Where the backend runs kernels (CUDA, by default), a float32 ``x``'s gradient comes from
+    one kernel, with the same bits as the views' backward.
     """
-    (kh, kw), (dh, dw), (sh, sw) = kernel_size, dilation, stride
-    windows = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
-    windows = windows[..., ::dh, ::dw]  # (batch, channels, out_h, out_w, kh, kw)
-    batch, channels, out_h, out_w = windows.shape[:4]
-    rows = windows.permute(0, 2, 3, 1, 4, 5).reshape(batch * out_h * out_w, channels * kh * kw)
-    return rows, out_h, out_w
+    windows = _windows(x, kernel_size, dilation, stride)
+    out_h, out_w = windows.shape[2:4]
+    if (x.requires_grad and torch.is_grad_enabled() and x.dtype == torch.float32
+            and kernel_backend.kernels_for(x)):
+        rows = _RowsFoldedByKernel.apply(x, tuple(kernel_size), tuple(dilation), tuple(stride))
+        return rows, out_h, out_w
+    return _rows(windows), out_h, out_w
 
 
 class _QuantizedLayer:

@@ -1,6 +1,7 @@
 """The fused kernels return the reference's bits: every format, scale rule, block size, tensor
 scaling, transform, axis, rounding and dtype, and the edge values (zeros, ties, NaN, inf,
-subnormals).
+subnormals). So does the kernel behind a convolution's unfolded rows' backward (``fold``), against
+the backward of the rows' views.
 
 Without a GPU the kernels run on the CPU under Triton's interpreter (set here, before Triton is
 imported) on small tensors; with one they are compiled and the same tests run on CUDA, plus the
@@ -19,7 +20,8 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from fp4sweep.quant.estimators import quantize_for_training  # noqa: E402
-from fp4sweep.quant.kernels import backend, launch  # noqa: E402
+from fp4sweep.quant.kernels import backend, fold, launch  # noqa: E402
+from fp4sweep.quant.layers import unfold_rows  # noqa: E402
 from fp4sweep.quant.quantize import QuantResult, fake_quantize, quantize_detailed  # noqa: E402
 from fp4sweep.quant.spec import QuantSpec  # noqa: E402
 
@@ -254,10 +256,10 @@ def test_launch_arguments_must_be_the_kernel_parameters():
     arguments = dict(geometry.arguments(x.numel()), **launch._transform_constants(MXFP4), ROWS=4)
     kernel, per_call = launch.quantiser.tensor_amax_kernel, (x, x, x)
     with pytest.raises(TypeError, match=r"unknown \['EXTRA'\]"):
-        launch._Launcher(kernel, per_call, dict(arguments, EXTRA=1), geometry.grid(4), 4)
+        launch.Launcher(kernel, per_call, dict(arguments, EXTRA=1), geometry.grid(4), 4)
     del arguments["HAD"]
     with pytest.raises(TypeError, match=r"missing \['HAD'\]"):
-        launch._Launcher(kernel, per_call, arguments, geometry.grid(4), 4)
+        launch.Launcher(kernel, per_call, arguments, geometry.grid(4), 4)
 
 
 def test_invalid_inputs_raise_like_the_reference():
@@ -414,3 +416,87 @@ def test_gpu_detailed_matches_cuda_and_cpu_references(spec):
     for device in ("cuda", "cpu"):
         with backend.use_backend("reference"):
             assert_same_details(kernel, quantize_detailed(x.to(device), spec, 1, 777))
+
+
+# A convolution's unfolded rows: their backward by kernels.fold against the views' backward.
+
+FOLD_CASES = [  # kernel, dilation, stride
+    ((3, 3), (1, 1), (1, 1)),  # windows overlap along both axes
+    ((3, 3), (1, 1), (2, 2)),
+    ((3, 3), (2, 2), (1, 1)),  # dilation: positions within a span that no window takes
+    ((3, 1), (1, 2), (2, 1)),
+    ((2, 3), (2, 1), (3, 2)),  # overlap along width only
+    ((2, 2), (1, 1), (2, 2)),  # windows that do not overlap: copies, not sums
+    ((1, 1), (1, 1), (2, 2)),  # positions that no window holds
+]
+
+
+def rows_and_input_gradient(x: torch.Tensor, grad_rows: torch.Tensor, kernel, dilation, stride,
+                            backend_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    with backend.use_backend(backend_name):
+        x = x.clone().requires_grad_(True)
+        rows, _, _ = unfold_rows(x, kernel, dilation, stride)
+        (grad,) = torch.autograd.grad(rows, x, grad_rows)
+    return rows.detach(), grad
+
+
+@pytest.mark.parametrize("kernel, dilation, stride", FOLD_CASES)
+def test_fold_is_the_backward_of_the_rows_views_bit_for_bit(kernel, dilation, stride):
+    x = wide_range(3, 5, 11, 10, seed=1).to(DEVICE)
+    with backend.use_backend("reference"):
+        rows, _, _ = unfold_rows(x, kernel, dilation, stride)
+    # Six decades in every sum, so that adding in another order changes bits; and signed
+    # zeros, which a sum that starts from zero turns positive and a copy keeps.
+    grad_rows = wide_range(*rows.shape, seed=2).to(DEVICE)
+    grad_rows[::5, ::3] = -0.0
+    by_kernel = rows_and_input_gradient(x, grad_rows, kernel, dilation, stride, "triton")
+    by_views = rows_and_input_gradient(x, grad_rows, kernel, dilation, stride, "reference")
+    assert torch.equal(by_kernel[0], by_views[0])
+    assert_same_bits(by_kernel[1], by_views[1])
+
+
+def test_fold_with_64_bit_offsets_and_strided_gradients(monkeypatch):
+    monkeypatch.setattr(fold, "WIDE_NUMEL", 0)
+    x = wide_range(2, 4, 9, 8, seed=3).to(DEVICE)
+    grad_rows = wide_range(2 * 7 * 6, 2 * 36, seed=4).to(DEVICE)[:, ::2]  # column stride 2
+    by_kernel = rows_and_input_gradient(x, grad_rows, (3, 3), (1, 1), (1, 1), "triton")
+    by_views = rows_and_input_gradient(x, grad_rows, (3, 3), (1, 1), (1, 1), "reference")
+    assert_same_bits(by_kernel[1], by_views[1])
+
+
+def test_fold_rejects_what_it_does_not_fold():
+    grad_rows = torch.zeros(2 * 7 * 6, 4 * 9, device=DEVICE)
+    with pytest.raises(ValueError, match="do not unfold"):
+        fold.fold_rows(grad_rows, (2, 4, 9, 9), (3, 3), (1, 1), (1, 1))
+    with pytest.raises(TypeError, match="float32"):
+        fold.fold_rows(grad_rows.half(), (2, 4, 9, 8), (3, 3), (1, 1), (1, 1))
+
+
+def test_rows_of_other_dtypes_and_without_gradients_keep_the_views():
+    x = wide_range(2, 4, 9, 8).to(DEVICE)
+    with backend.use_backend("triton"):
+        assert unfold_rows(x.half().requires_grad_(True), (3, 3), (1, 1), (1, 1))[0].grad_fn is not None
+        assert "RowsFoldedByKernel" not in type(
+            unfold_rows(x.half().requires_grad_(True), (3, 3), (1, 1), (1, 1))[0].grad_fn).__name__
+        assert "RowsFoldedByKernel" in type(
+            unfold_rows(x.requires_grad_(True), (3, 3), (1, 1), (1, 1))[0].grad_fn).__name__
+        with torch.no_grad():
+            assert unfold_rows(x, (3, 3), (1, 1), (1, 1))[0].grad_fn is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kernel, dilation, stride", FOLD_CASES)
+def test_gpu_fold_matches_cuda_and_cpu_backwards(kernel, dilation, stride):
+    """By default (backend "auto") a float32 CUDA input's rows take the kernel's backward;
+    larger tensors than the interpreter's, against PyTorch's CUDA and CPU kernels."""
+    x = wide_range(8, 32, 30, 28, seed=5)
+    with backend.use_backend("reference"):
+        rows, _, _ = unfold_rows(x, kernel, dilation, stride)
+    grad_rows = wide_range(*rows.shape, seed=6)
+    grad_rows[::5, ::3] = -0.0
+    by_kernel = rows_and_input_gradient(x.cuda(), grad_rows.cuda(), kernel, dilation, stride, "auto")
+    for device in ("cuda", "cpu"):
+        by_views = rows_and_input_gradient(x.to(device), grad_rows.to(device), kernel, dilation,
+                                           stride, "reference")
+        assert_same_bits(by_kernel[1].to(device), by_views[1])

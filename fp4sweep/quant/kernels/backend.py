@@ -1,9 +1,10 @@
-"""Which implementation ``fake_quantize`` runs: the pure-PyTorch reference or the kernels.
+"""Which implementation ``fake_quantize`` (and the backward of a convolution's unfolded rows,
+``fold_rows``) runs: the pure-PyTorch reference or the kernels.
 
 The environment variable ``FP4SWEEP_QUANT_BACKEND`` (or ``use_backend``, which takes
 precedence) picks one of:
 
-- "auto" (default): the kernels for CUDA tensors whose spec they support, the reference
+- "auto" (default): the kernels for CUDA tensors (whose spec they support), the reference
   otherwise (CPU tensors, or a machine without Triton);
 - "reference": always the reference;
 - "triton": the kernels for every tensor, CPU tensors included (these run under Triton's
@@ -59,9 +60,8 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def use_kernels(x: torch.Tensor, spec: QuantSpec) -> bool:
-    """Whether ``fake_quantize(x, spec, ...)`` (and ``quantize_detailed``) should run the
-    kernels."""
+def kernels_for(x: torch.Tensor) -> bool:
+    """Whether the backend in force runs kernels on ``x``."""
     backend = selected()
     if backend == "reference":
         return False
@@ -69,7 +69,17 @@ def use_kernels(x: torch.Tensor, spec: QuantSpec) -> bool:
         if not triton_available():
             raise RuntimeError(f"{ENV_VAR}='triton' but Triton is not installed")
         return True
-    if not (x.is_cuda and triton_available() and isinstance(spec, QuantSpec)):
+    return x.is_cuda and triton_available()
+
+
+def use_kernels(x: torch.Tensor, spec: QuantSpec) -> bool:
+    """Whether ``fake_quantize(x, spec, ...)`` (and ``quantize_detailed``) should run the
+    kernels."""
+    if not kernels_for(x):
+        return False
+    if selected() == "triton":
+        return True
+    if not isinstance(spec, QuantSpec):
         return False
     from fp4sweep.quant.kernels.launch import supports
 
@@ -90,3 +100,4 @@ def quantize_detailed(
     from fp4sweep.quant.kernels.launch import quantize_detailed as kernel_quantize_detailed
 
     return kernel_quantize_detailed(x, spec, axis, seed)
+

@@ -154,7 +154,7 @@ class _Geometry:
                     COLS=self.cols, PADDED=self.padded, WIDE=numel >= WIDE_NUMEL)
 
 
-class _Launcher:
+class Launcher:
     """One kernel with every argument but the leading per-call ones (tensors, key) fixed.
 
     Compiled, it launches the kernel that Triton compiled for these arguments directly (the
@@ -187,13 +187,13 @@ class _Launcher:
 
 
 def _fastest(kernel, per_call: tuple, arguments: dict, geometry: _Geometry, numel: int,
-             tuned: bool = True) -> _Launcher:
+             tuned: bool = True) -> Launcher:
     """The launcher of the fastest tile shape (``TILES``), timed on this call's tensors;
     the first tile shape for tensors too small for the choice to matter, or unless ``tuned``."""
     candidates = []
     for tile, warps in TILES if tuned and numel >= TUNED_NUMEL else TILES[:1]:
         rows = geometry.rows(tile, warps, arguments["BLOCK"], arguments["BLOCK_2D"])
-        candidates.append(_Launcher(kernel, per_call, dict(arguments, ROWS=rows),
+        candidates.append(Launcher(kernel, per_call, dict(arguments, ROWS=rows),
                                     geometry.grid(rows), warps))
     if len(candidates) == 1:
         return candidates[0]
@@ -264,8 +264,8 @@ class _Plan:
     """Everything about a call that the seed and the tensor's values do not change."""
 
     signs: torch.Tensor | None  # the random Hadamard signs, on the tensor's device
-    tensor_amax: _Launcher | None  # with tensor scaling
-    quantise: _Launcher
+    tensor_amax: Launcher | None  # with tensor scaling
+    quantise: Launcher
 
     @classmethod
     def build(cls, x: torch.Tensor, out: torch.Tensor, details: torch.Tensor | None,
