@@ -6,7 +6,8 @@ pass there and fail on every GPU. Here a fresh process (without ``TRITON_INTERPR
 replaces the kernels once set) compiles, through ``fp4sweep.quant.kernels.aot``, every kernel
 that the launcher would build for one spec per code path: each layout (contiguous and strided
 axis, padded blocks, 2-D blocks), scale rule, transform, rounding (random words drawn per element
-or per group), tensor scaling, input dtype and the detailed quantiser behind ``quantize_detailed``.
+or per group), tensor scaling, input dtype and the detailed quantiser behind ``quantize_detailed``;
+and the kernel behind a convolution's rows' backward (``fold``).
 """
 
 import importlib.util
@@ -41,13 +42,20 @@ PROGRAM = textwrap.dedent("""
         ((256, 512), torch.bfloat16, dataclasses.replace(mx, rounding="sr", sr_bits=8, transform="hadamard32"), 1, False),
         ((256, 512), torch.bfloat16, dataclasses.replace(nv, rounding="sr", sr_bits=8, transform="rhadamard16"), 0, True),
     ]
-    built = 0
-    for shape, dtype, spec, axis, detailed in cases:
-        for build in aot.builds(shape, dtype, spec, axis, detailed):
-            compiled = aot.compile_build(build, 90)
-            assert sum(aot.opcode_counts(aot.sass(compiled)).values()) > 0, build.label
-            built += 1
-    print("built", built)
+    builds = [build for shape, dtype, spec, axis, detailed in cases
+              for build in aot.builds(shape, dtype, spec, axis, detailed)]
+    # A convolution's rows' backward: overlapping windows, and dilated ones that do not overlap.
+    from fp4sweep.quant.kernels import fold
+    for kernel, dilation, stride in (((3, 3), (1, 1), (1, 1)), ((2, 3), (2, 1), (3, 2))):
+        arguments = fold.kernel_arguments((8, 32, 16, 16), kernel, dilation, stride,
+                                          (32 * kernel[0] * kernel[1], 1), wide=False)
+        builds.append(aot.Build(f"fold {kernel}", fold.fold_rows_kernel,
+                                dict(grad_ptr=torch.float32, out_ptr=torch.float32), arguments,
+                                fold.WARPS, fold.BLOCK // (32 * fold.WARPS)))
+    for build in builds:
+        compiled = aot.compile_build(build, 90)
+        assert sum(aot.opcode_counts(aot.sass(compiled)).values()) > 0, build.label
+    print("built", len(builds))
 """)
 
 
@@ -56,5 +64,6 @@ def test_every_code_path_compiles_for_sm90():
     done = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True,
                           env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    # Ten specs, each with both tile shapes; the tensor-scaled ones with their amax kernels.
-    assert done.stdout.split()[-1] == "30", done.stdout
+    # Ten specs, each with both tile shapes; the tensor-scaled ones with their amax kernels;
+    # two fold kernels.
+    assert done.stdout.split()[-1] == "32", done.stdout

@@ -31,10 +31,6 @@ from fp4sweep.quant.spec import QuantSpec
 
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32",
                  torch.int32: "*i32"}
-# Integer arguments the launcher passes at run time (the others are compile-time constants);
-# Triton specialises those divisible by 16, except the kernels' ``do_not_specialize`` ones.
-RUNTIME_INTS = ("sr_key", "n_lines", "n_axis_tiles", "stride", "n_elements")
-NOT_SPECIALISED = ("sr_key", "n_elements")
 
 
 @dataclass(frozen=True)
@@ -85,15 +81,19 @@ def compile_build(build: Build, arch: int = 90) -> triton.compiler.CompiledKerne
     if not isinstance(build.kernel, triton.runtime.JITFunction):
         raise RuntimeError("the kernels are interpreted here (TRITON_INTERPRET=1 was set before "
                            "Triton was imported): compile them in a process without it")
+    kernel = build.kernel
+    not_specialised = {kernel.arg_names.index(p) if isinstance(p, str) else p
+                       for p in kernel.do_not_specialize}
     signature, constants, attributes = {}, {}, {}
-    for index, name in enumerate(build.kernel.arg_names):
+    for index, param in enumerate(kernel.params):
+        name = param.name
         if name in build.pointers:
             signature[name] = POINTER_TYPES[build.pointers[name]]
             attributes[(index,)] = [["tt.divisibility", 16]]
-        elif name in RUNTIME_INTS:
-            value = build.arguments.get(name, 0)  # the key: any value
+        elif not param.is_constexpr:
+            value = build.arguments.get(name, 0)  # a per-call one (the key): any value
             signature[name] = "i64" if value >= 2**31 else "i32"
-            if value % 16 == 0 and name not in NOT_SPECIALISED:
+            if value % 16 == 0 and index not in not_specialised:
                 attributes[(index,)] = [["tt.divisibility", 16]]
         else:
             signature[name] = "constexpr"

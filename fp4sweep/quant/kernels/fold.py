@@ -16,6 +16,8 @@ order, so the result is the same bits:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -76,6 +78,24 @@ def fold_rows_kernel(
     tl.store(out_ptr + offsets, total, mask=mask)
 
 
+def kernel_arguments(
+    input_shape: tuple[int, int, int, int],
+    kernel_size: tuple[int, int],
+    dilation: tuple[int, int],
+    stride: tuple[int, int],
+    grad_strides: tuple[int, int],
+    wide: bool,
+) -> dict:
+    """``fold_rows_kernel``'s arguments after its two pointers."""
+    (kh, kw), (dh, dw), (sh, sw) = kernel_size, dilation, stride
+    batch, channels, height, width = input_shape
+    return dict(n_elements=batch * channels * height * width, stride_row=grad_strides[0],
+                stride_col=grad_strides[1], channels=channels, height=height, width=width,
+                out_h=(height - dh * (kh - 1) - 1) // sh + 1,
+                out_w=(width - dw * (kw - 1) - 1) // sw + 1,
+                KH=kh, KW=kw, DH=dh, DW=dw, SH=sh, SW=sw, WIDE=wide, BLOCK=BLOCK)
+
+
 _launchers: dict[tuple, Launcher] = {}
 
 
@@ -90,30 +110,24 @@ def fold_rows(
     ``x`` (float32, of ``input_shape``), given that of its rows: PyTorch's bits."""
     if grad_rows.dtype != torch.float32:
         raise TypeError(f"fold_rows takes float32 row gradients, not {grad_rows.dtype}")
-    (kh, kw), (dh, dw), (sh, sw) = kernel_size, dilation, stride
-    batch, channels, height, width = input_shape
-    out_h = (height - dh * (kh - 1) - 1) // sh + 1
-    out_w = (width - dw * (kw - 1) - 1) // sw + 1
-    if grad_rows.shape != (batch * out_h * out_w, channels * kh * kw):
+    wide = max(math.prod(input_shape), grad_rows.numel()) >= WIDE_NUMEL
+    arguments = kernel_arguments(input_shape, kernel_size, dilation, stride, grad_rows.stride(),
+                                 wide)
+    rows = input_shape[0] * arguments["out_h"] * arguments["out_w"]
+    if grad_rows.shape != (rows, input_shape[1] * kernel_size[0] * kernel_size[1]):
         raise ValueError(f"row gradients of shape {tuple(grad_rows.shape)} do not unfold "
                          f"{tuple(input_shape)} with kernel {kernel_size}, dilation {dilation}, "
                          f"stride {stride}")
     out = torch.empty(input_shape, dtype=torch.float32, device=grad_rows.device)
-    numel = out.numel()
-    if numel == 0:
+    if out.numel() == 0:
         return out
-    wide = max(numel, grad_rows.numel()) >= WIDE_NUMEL
     per_call = (grad_rows, out)
     # Compiled for this alignment of the row gradients (Triton specialises on it).
     key = (tuple(input_shape), kernel_size, dilation, stride, grad_rows.stride(), wide,
            grad_rows.device, grad_rows.data_ptr() % ALIGNMENT == 0)
     launcher = _launchers.get(key)
     if launcher is None:
-        arguments = dict(n_elements=numel, stride_row=grad_rows.stride(0),
-                         stride_col=grad_rows.stride(1), channels=channels, height=height,
-                         width=width, out_h=out_h, out_w=out_w, KH=kh, KW=kw, DH=dh, DW=dw,
-                         SH=sh, SW=sw, WIDE=wide, BLOCK=BLOCK)
-        launcher = _launchers[key] = Launcher(fold_rows_kernel, per_call, arguments,
-                                              (triton.cdiv(numel, BLOCK), 1, 1), WARPS)
+        grid = (triton.cdiv(out.numel(), BLOCK), 1, 1)
+        launcher = _launchers[key] = Launcher(fold_rows_kernel, per_call, arguments, grid, WARPS)
     launcher(*per_call)
     return out
