@@ -201,6 +201,7 @@ class _RowsFoldedByKernel(torch.autograd.Function):
         return _rows(_windows(x, kernel_size, dilation, stride))
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernel's output has no graph
     def backward(ctx, grad_rows):  # type: ignore[override]
         from fp4sweep.quant.kernels.fold import fold_rows  # imports Triton
 

@@ -484,6 +484,16 @@ def test_rows_of_other_dtypes_and_without_gradients_keep_the_views():
             assert unfold_rows(x, (3, 3), (1, 1), (1, 1))[0].grad_fn is None
 
 
+def test_rows_folded_by_the_kernel_refuse_a_second_derivative():
+    x = wide_range(2, 4, 9, 8).to(DEVICE).requires_grad_(True)
+    with backend.use_backend("triton"):
+        rows, _, _ = unfold_rows(x, (3, 3), (1, 1), (1, 1))
+        weights = torch.ones_like(rows, requires_grad=True)
+        (grad,) = torch.autograd.grad(rows, x, weights, create_graph=True)
+        with pytest.raises(RuntimeError, match="differentiate twice"):
+            grad.sum().backward()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kernel, dilation, stride", FOLD_CASES)
