@@ -2,8 +2,9 @@
 
 ``layers.unfold_rows`` makes the rows of a convolution out of two ``Tensor.unfold`` views (along
 height, then width) and a dilation slice. PyTorch's backward of those views is two
-``unfold_backward`` kernels, each a full pass over a tensor the size of the rows or a third of it
-(a classification step's largest cost after its GEMMs on an H200, docs/gpu_sweep.md). The kernel
+``unfold_backward`` kernels: the first reads the rows' gradient and writes a tensor a third its
+size, the second reads that (9 % of a classification step's device time on an H200, more than
+any other PyTorch operator but the GEMMs; docs/benchmarks.md). The kernel
 here reads each row gradient once and writes the input gradient once, and adds in PyTorch's
 order, so the result is the same bits:
 
