@@ -192,20 +192,21 @@ def _rows(windows: torch.Tensor) -> torch.Tensor:
 
 
 class _RowsFoldedByKernel(torch.autograd.Function):
-    """The rows, whose backward is ``kernels.fold``'s one pass (PyTorch's bits) instead of the
-    views' two ``unfold_backward`` passes."""
+    """The rows of ``windows`` (views of ``x`` without a graph), whose gradient with respect to
+    ``x`` is ``kernels.fold``'s one pass (PyTorch's bits) instead of the views' two
+    ``unfold_backward`` passes."""
 
     @staticmethod
-    def forward(ctx, x, kernel_size, dilation, stride):  # type: ignore[override]
+    def forward(ctx, x, windows, kernel_size, dilation, stride):  # type: ignore[override]
         ctx.geometry = (tuple(x.shape), kernel_size, dilation, stride)
-        return _rows(_windows(x, kernel_size, dilation, stride))
+        return _rows(windows)
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # the kernel's output has no graph
     def backward(ctx, grad_rows):  # type: ignore[override]
         from fp4sweep.quant.kernels.fold import fold_rows  # imports Triton
 
-        return fold_rows(grad_rows, *ctx.geometry), None, None, None
+        return fold_rows(grad_rows, *ctx.geometry), None, None, None, None
 
 
 def unfold_rows(
@@ -223,11 +224,13 @@ def unfold_rows(
     Where the backend runs kernels (CUDA, by default), a float32 ``x``'s gradient comes from
     one kernel, with the same bits as the views' backward.
     """
-    windows = _windows(x, kernel_size, dilation, stride)
+    folded_by_kernel = (x.requires_grad and torch.is_grad_enabled()
+                        and x.dtype == torch.float32 and kernel_backend.kernels_for(x))
+    windows = _windows(x.detach() if folded_by_kernel else x, kernel_size, dilation, stride)
     out_h, out_w = windows.shape[2:4]
-    if (x.requires_grad and torch.is_grad_enabled() and x.dtype == torch.float32
-            and kernel_backend.kernels_for(x)):
-        rows = _RowsFoldedByKernel.apply(x, tuple(kernel_size), tuple(dilation), tuple(stride))
+    if folded_by_kernel:
+        rows = _RowsFoldedByKernel.apply(x, windows, tuple(kernel_size), tuple(dilation),
+                                         tuple(stride))
         return rows, out_h, out_w
     return _rows(windows), out_h, out_w
 
