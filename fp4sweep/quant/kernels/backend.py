@@ -100,4 +100,3 @@ def quantize_detailed(
     from fp4sweep.quant.kernels.launch import quantize_detailed as kernel_quantize_detailed
 
     return kernel_quantize_detailed(x, spec, axis, seed)
-
