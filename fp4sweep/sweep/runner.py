@@ -13,6 +13,7 @@ that decides what to run next from the results so far (``fp4sweep.sweep.adaptive
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime as dt
 import math
 import os
@@ -21,7 +22,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -214,27 +215,49 @@ def start_ray(settings: RaySettings) -> None:
     """Start a local Ray, or connect to ``settings.address``, with what trial workers need."""
     import ray
 
-    data = Path(os.environ.get("FP4SWEEP_DATA", "data")).resolve()
-    env_vars = {
-        # Tasks read their data from here; workers on other hosts get the driver's path.
-        "FP4SWEEP_DATA": str(data),
-        # This checkout first, so local workers run the driver's code (and tests' task modules).
-        "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}${{PYTHONPATH}}",
-    }
+    data = str(Path(os.environ.get("FP4SWEEP_DATA", "data")).resolve())
     local = settings.address is None
+    options = dict(include_dashboard=False,
+                   log_to_driver=False,  # trial output would break the progress line; failures are stored
+                   logging_level="WARNING")
     try:
-        ray.init(
-            # "local" starts a Ray of our own: left out, Ray would join the latest cluster started on
-            # this machine (or the one RAY_ADDRESS names), which may be another user's.
-            address="local" if local else settings.address,
-            num_cpus=settings.num_cpus if local else None,
-            runtime_env={"env_vars": env_vars},
-            include_dashboard=False,
-            log_to_driver=False,  # trial output would break the progress line; failures are stored
-            logging_level="WARNING",
-        )
+        if local:
+            # Workers of a local Ray inherit the environment its processes start with. A runtime
+            # environment would do the same, but Ray starts workers for it only when the first
+            # trial asks, where it has workers of the plain environment ready from the start.
+            # "local" starts a Ray of our own: left out, Ray would join the latest cluster
+            # started on this machine (or the one RAY_ADDRESS names), which may be another user's.
+            with _environment(FP4SWEEP_DATA=data, PYTHONPATH=_with_project(os.environ.get("PYTHONPATH"))):
+                ray.init(address="local", num_cpus=settings.num_cpus, **options)
+        else:
+            env_vars = {
+                # Tasks read their data from here; workers on other hosts get the driver's path.
+                "FP4SWEEP_DATA": data,
+                "PYTHONPATH": _with_project("${PYTHONPATH}"),
+            }
+            ray.init(address=settings.address, runtime_env={"env_vars": env_vars}, **options)
     except ConnectionError as error:
         raise SweepError(f"ray.address={settings.address!r}: {error}") from None
+
+
+def _with_project(pythonpath: str | None) -> str:
+    """This checkout first, so that workers run the driver's code (and tests' task modules)."""
+    return os.pathsep.join(filter(None, [str(PROJECT_ROOT), pythonpath]))
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """``os.environ`` with ``values`` set, restored on the way out."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 @dataclass(frozen=True)

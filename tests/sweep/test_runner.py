@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pandas as pd
 import pytest
 
 from fp4sweep.cli import main
+from fp4sweep.sweep.runner import PROJECT_ROOT
 from fp4sweep.sweep.store import ResultsStore
 
 TEST_CONF = str(Path(__file__).parent / "conf")
@@ -92,6 +96,32 @@ def test_a_dead_worker_past_its_retries_is_a_failure(tmp_path):
     latest = ResultsStore(results).trials()
     assert sorted(latest["status"]) == ["done", "failed"]
     assert "Worker" in latest.loc[latest["status"] == "failed", "error.type"].item()
+
+
+WORKER_VIEW = """
+import json, os, sys, ray
+from fp4sweep.sweep.config import RaySettings
+from fp4sweep.sweep.runner import start_ray
+start_ray(RaySettings(address=None, num_cpus=1, max_in_flight=None, max_retries=0))
+seen = ray.get(ray.remote(lambda: (os.environ["FP4SWEEP_DATA"], sys.path)).remote())
+print(json.dumps({"worker": seen, "driver": [os.environ.get("FP4SWEEP_DATA"), os.environ.get("PYTHONPATH")]}))
+"""
+
+
+def test_local_workers_get_the_data_path_and_this_checkout(tmp_path):
+    """A local Ray's workers inherit the data path, made absolute, and this checkout on their
+    path, from the environment its processes started with; the driver's is left as it was."""
+    elsewhere = tmp_path / "elsewhere"
+    env = {**os.environ, "FP4SWEEP_DATA": "some-data", "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{elsewhere}"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", WORKER_VIEW], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    data, path = seen["worker"]
+    assert data == str(tmp_path.resolve() / "some-data")
+    assert path.index(str(PROJECT_ROOT)) < path.index(str(elsewhere))
+    assert seen["driver"] == ["some-data", env["PYTHONPATH"]]
 
 
 def test_a_damaged_file_is_named_and_its_trials_run_again(tmp_path, capsys):
