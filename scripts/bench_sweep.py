@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from fp4sweep.sweep.config import ConfigTree, load_settings  # noqa: E402
 from fp4sweep.sweep.plan import expand  # noqa: E402
-from fp4sweep.sweep.runner import RunReport, run_trials  # noqa: E402
+from fp4sweep.sweep.runner import RunReport, environment, run_trials  # noqa: E402
 from fp4sweep.sweep.store import ResultsStore  # noqa: E402
 
 MODES = {"packed": [], "one_per_gpu": ["task.resources.gpu.num_gpus=1"], "packed_mps": []}
@@ -62,20 +61,15 @@ def mps_daemon(directory: Path) -> Iterator[None]:
     """NVIDIA's MPS control daemon, its pipes and logs under ``directory``, for the enclosed
     code: processes started inside (the local Ray and its workers) inherit the variables that
     lead them to it. Stopped, and the variables restored, on the way out."""
-    saved = {name: os.environ.get(name) for name in MPS_VARIABLES}
-    for name, sub in zip(MPS_VARIABLES, ("pipe", "log")):
-        (directory / sub).mkdir(parents=True, exist_ok=True)
-        os.environ[name] = str(directory / sub)
-    subprocess.run(["nvidia-cuda-mps-control", "-d"], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, check=False)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    paths = {name: directory / sub for name, sub in zip(MPS_VARIABLES, ("pipe", "log"))}
+    for path in paths.values():
+        path.mkdir(parents=True, exist_ok=True)
+    with environment(**{name: str(path) for name, path in paths.items()}):
+        subprocess.run(["nvidia-cuda-mps-control", "-d"], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, check=False)
 
 
 def run_mode(task: str, mode: str, trials: int, seeds: list[int], results: Path,

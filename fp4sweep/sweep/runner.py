@@ -227,7 +227,7 @@ def start_ray(settings: RaySettings) -> None:
             # trial asks, where it has workers of the plain environment ready from the start.
             # "local" starts a Ray of our own: left out, Ray would join the latest cluster
             # started on this machine (or the one RAY_ADDRESS names), which may be another user's.
-            with _environment(FP4SWEEP_DATA=data, PYTHONPATH=_with_project(os.environ.get("PYTHONPATH"))):
+            with environment(FP4SWEEP_DATA=data, PYTHONPATH=_with_project(os.environ.get("PYTHONPATH"))):
                 ray.init(address="local", num_cpus=settings.num_cpus, **options)
         else:
             env_vars = {
@@ -246,7 +246,7 @@ def _with_project(pythonpath: str | None) -> str:
 
 
 @contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
+def environment(**values: str) -> Iterator[None]:
     """``os.environ`` with ``values`` set, restored on the way out."""
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
