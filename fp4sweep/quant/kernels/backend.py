@@ -62,7 +62,10 @@ def triton_available() -> bool:
 
 def kernels_for(x: torch.Tensor) -> bool:
     """Whether the backend in force runs kernels on ``x``."""
-    backend = selected()
+    return _kernels_for(x, selected())
+
+
+def _kernels_for(x: torch.Tensor, backend: str) -> bool:
     if backend == "reference":
         return False
     if backend == "triton":
@@ -75,9 +78,10 @@ def kernels_for(x: torch.Tensor) -> bool:
 def use_kernels(x: torch.Tensor, spec: QuantSpec) -> bool:
     """Whether ``fake_quantize(x, spec, ...)`` (and ``quantize_detailed``) should run the
     kernels."""
-    if not kernels_for(x):
+    backend = selected()
+    if not _kernels_for(x, backend):
         return False
-    if selected() == "triton":
+    if backend == "triton":
         return True
     if not isinstance(spec, QuantSpec):
         return False
