@@ -255,7 +255,7 @@ def environment(**values: str) -> Iterator[None]:
     finally:
         for name, value in saved.items():
             if value is None:
-                del os.environ[name]
+                os.environ.pop(name, None)
             else:
                 os.environ[name] = value
 
