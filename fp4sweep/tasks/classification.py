@@ -20,8 +20,8 @@ from fp4sweep.quant.gemm import GemmShape
 from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_choice, check_non_negative, check_positive
-from fp4sweep.tasks.training import (EpochSampler, fit, quantise, resolve_device, seeded, task_result,
-                                     to_device, trace_gemm_shapes)
+from fp4sweep.tasks.training import (EpochSampler, adam_options, fit, quantise, resolve_device,
+                                     seeded, task_result, to_device, trace_gemm_shapes)
 
 NAME = "classification"
 NUM_CLASSES = 10
@@ -164,7 +164,8 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     generator = seeded(seed)
     x_train, y_train, x_val, y_val = _standardised_splits(config, device)
     model = quantise(build_model(config).to(device), recipe, config.exclude, seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  **adam_options(device))
     batch_at = EpochSampler(len(x_train), config.batch_size, generator)
 
     def loss_at(step: int) -> torch.Tensor:

@@ -30,8 +30,8 @@ from fp4sweep.quant.gemm import GemmShape
 from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_choice, check_non_negative, check_positive
-from fp4sweep.tasks.training import (EpochSampler, fit, quantise, resolve_device, seeded, task_result,
-                                     to_device, trace_gemm_shapes, warmup_cosine)
+from fp4sweep.tasks.training import (EpochSampler, adam_options, fit, quantise, resolve_device,
+                                     seeded, task_result, to_device, trace_gemm_shapes, warmup_cosine)
 
 NAME = "diffusion"
 PADDED_SIZE = 32
@@ -268,7 +268,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     x0_val, t_val, noise_val = (v.to(device) for v in held_out)
     alpha_bar = alpha_bars(config.schedule, config.timesteps).to(device)
     model = quantise(build_model(config).to(device), recipe, config.exclude, seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **adam_options(device))
     batch_at = EpochSampler(len(x_train), config.batch_size, generator)
 
     def loss_at(step: int) -> torch.Tensor:

@@ -29,7 +29,7 @@ from fp4sweep.quant.gemm import GemmShape
 from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_non_negative, check_positive
-from fp4sweep.tasks.training import (fit, quantise, resolve_device, seeded, task_result,
+from fp4sweep.tasks.training import (adam_options, fit, quantise, resolve_device, seeded, task_result,
                                      to_device, trace_gemm_shapes, warmup_cosine)
 
 NAME = "gpt"
@@ -203,7 +203,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     others = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": config.weight_decay},
                                    {"params": others, "weight_decay": 0.0}],
-                                  lr=config.lr, betas=(0.9, 0.99))
+                                  lr=config.lr, betas=(0.9, 0.99), **adam_options(device))
 
     def loss_on(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = model(to_device(x, device))

@@ -18,7 +18,7 @@ from fp4sweep.quant import Recipe, quantize_model
 from fp4sweep.quant.gemm import GemmShape
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_non_negative, check_positive
-from fp4sweep.tasks.training import fit, task_result, to_device
+from fp4sweep.tasks.training import adam_options, fit, task_result, to_device
 
 NAME = "regression"
 
@@ -83,7 +83,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     torch.manual_seed(seed)
     batches = torch.Generator().manual_seed(seed)
     model = quantize_model(Student(config).to(device), recipe, exclude=config.exclude, seed=seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **adam_options(device))
 
     def loss_at(step: int) -> torch.Tensor:
         batch = to_device(torch.randint(config.n_train, (config.batch_size,), generator=batches),

@@ -38,6 +38,14 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+def adam_options(device: torch.device) -> dict[str, bool]:
+    """Keyword arguments for ``torch.optim.Adam`` or ``AdamW`` on ``device``. On CUDA the update
+    is one fused kernel instead of the default's foreach kernels, whose launches bound small
+    trials: a classification step alone on an H200 took 17 % less time (docs/gpu_sweep.md).
+    Elsewhere PyTorch's default, so CPU results stay as they were."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
 def seeded(seed: int) -> torch.Generator:
     """Seed torch's global generator (model initialisation) and return a CPU generator for the
     data order, so that the same seed gives the same run."""
