@@ -112,23 +112,25 @@ def fold_rows(
     if grad_rows.dtype != torch.float32:
         raise TypeError(f"fold_rows takes float32 row gradients, not {grad_rows.dtype}")
     wide = max(math.prod(input_shape), grad_rows.numel()) >= WIDE_NUMEL
-    arguments = kernel_arguments(input_shape, kernel_size, dilation, stride, grad_rows.stride(),
-                                 wide)
-    rows = input_shape[0] * arguments["out_h"] * arguments["out_w"]
-    if grad_rows.shape != (rows, input_shape[1] * kernel_size[0] * kernel_size[1]):
-        raise ValueError(f"row gradients of shape {tuple(grad_rows.shape)} do not unfold "
-                         f"{tuple(input_shape)} with kernel {kernel_size}, dilation {dilation}, "
-                         f"stride {stride}")
+    # Compiled for this alignment of the row gradients (Triton specialises on it). Their shape
+    # is in the key so that it is checked, with the arguments made, only for a new launcher.
+    key = (tuple(input_shape), kernel_size, dilation, stride, grad_rows.shape, grad_rows.stride(),
+           wide, grad_rows.device, grad_rows.data_ptr() % ALIGNMENT == 0)
+    launcher = _launchers.get(key)
+    if launcher is None:
+        arguments = kernel_arguments(input_shape, kernel_size, dilation, stride,
+                                     grad_rows.stride(), wide)
+        rows = input_shape[0] * arguments["out_h"] * arguments["out_w"]
+        if grad_rows.shape != (rows, input_shape[1] * kernel_size[0] * kernel_size[1]):
+            raise ValueError(f"row gradients of shape {tuple(grad_rows.shape)} do not unfold "
+                             f"{tuple(input_shape)} with kernel {kernel_size}, dilation "
+                             f"{dilation}, stride {stride}")
     out = torch.empty(input_shape, dtype=torch.float32, device=grad_rows.device)
     if out.numel() == 0:
         return out
-    per_call = (grad_rows, out)
-    # Compiled for this alignment of the row gradients (Triton specialises on it).
-    key = (tuple(input_shape), kernel_size, dilation, stride, grad_rows.stride(), wide,
-           grad_rows.device, grad_rows.data_ptr() % ALIGNMENT == 0)
-    launcher = _launchers.get(key)
     if launcher is None:
         grid = (triton.cdiv(out.numel(), BLOCK), 1, 1)
-        launcher = _launchers[key] = Launcher(fold_rows_kernel, per_call, arguments, grid, WARPS)
-    launcher(*per_call)
+        launcher = _launchers[key] = Launcher(fold_rows_kernel, (grad_rows, out), arguments, grid,
+                                              WARPS)
+    launcher(grad_rows, out)
     return out
