@@ -5,9 +5,9 @@ the interpreter never compiles them: a construct that it accepts and the compile
 pass there and fail on every GPU. Here a fresh process (without ``TRITON_INTERPRET``, which
 replaces the kernels once set) compiles, through ``fp4sweep.quant.kernels.aot``, every kernel
 that the launcher would build for one spec per code path: each layout (contiguous and strided
-axis, padded blocks, 2-D blocks), scale rule, transform, rounding (random words drawn per element
-or per group), tensor scaling, input dtype and the detailed quantiser behind ``quantize_detailed``;
-and the kernel behind a convolution's rows' backward (``fold``).
+axis, padded blocks, 2-D blocks, runs split over lanes), scale rule, transform, rounding (random
+words drawn per element or per group), tensor scaling, input dtype and the detailed quantiser
+behind ``quantize_detailed``; and the kernel behind a convolution's rows' backward (``fold``).
 """
 
 import importlib.util
@@ -64,6 +64,7 @@ def test_every_code_path_compiles_for_sm90():
     done = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True,
                           env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    # Ten specs, each with both tile shapes; the tensor-scaled ones with their amax kernels;
-    # two fold kernels.
-    assert done.stdout.split()[-1] == "32", done.stdout
+    # Ten specs, each with both tile shapes, and both run lanes where a thread's vectors hold
+    # Hadamard runs (two specs); the tensor-scaled ones with their amax kernels; two fold
+    # kernels.
+    assert done.stdout.split()[-1] == "38", done.stdout

@@ -207,6 +207,35 @@ def test_line_vectors_shorten_where_tiles_would_leave_lines_masked(spec, lines, 
     assert (geometry.layout, geometry.vec) == (launch.LINE_VECTORS, vec)
 
 
+@pytest.mark.parametrize("spec", [
+    dataclasses.replace(MXFP4, rounding="sr", transform="hadamard32"),
+    dataclasses.replace(MXFP4, rounding="sr", sr_bits=8, transform="hadamard32"),
+    dataclasses.replace(NVFP4, rounding="sr", sr_bits=12, transform="rhadamard16"),
+    dataclasses.replace(MXFP4, block=16, transform="rhadamard64", transform_seed=7),
+    QuantSpec(scale="ue5m3", scale_rule="nearest", rounding="sr", transform="rhadamard32",
+              tensor_scale=True),
+], ids=spec_id)
+def test_runs_split_over_two_lanes(monkeypatch, spec):
+    """Axis vectors whose lines' runs two lanes share (a butterfly stage between lanes, random
+    words drawn per group): the same bits, and the same details."""
+    monkeypatch.setattr(launch, "RUN_LANES", (2,))
+    monkeypatch.setattr(launch, "_plans", {})
+    x = edge_values(256, 128, seed=6)
+    geometry = launch._Geometry.of(x, 1, spec)
+    assert geometry.layout == launch.AXIS_VECTORS
+    assert {lanes for _, _, lanes in geometry.choices()} == {2}
+    check(x, spec, seed=11)
+    check_detailed(x[:8], spec, seed=2)
+
+
+def test_only_axis_vectors_split_runs_over_lanes():
+    x = torch.empty(64, 512, dtype=torch.bfloat16, device="meta")
+    hadamard = dataclasses.replace(MXFP4, transform="hadamard32")
+    assert {lanes for _, _, lanes in launch._Geometry.of(x, 1, hadamard).choices()} == {1, 2}
+    for spec, axis in ((hadamard, 0), (MXFP4, 1)):  # line vectors, plain tiles
+        assert {lanes for _, _, lanes in launch._Geometry.of(x, axis, spec).choices()} == {1}
+
+
 def test_a_transposed_view_quantises_as_its_values():
     x = wide_range(64, 32).to(DEVICE).T  # not contiguous
     spec = dataclasses.replace(NVFP4, rounding="sr")
@@ -253,7 +282,8 @@ def test_launch_arguments_must_be_the_kernel_parameters():
     checks them itself."""
     x = wide_range(4, 64).to(DEVICE)
     geometry = launch._Geometry.of(x, 1, MXFP4)
-    arguments = dict(geometry.arguments(x.numel()), **launch._transform_constants(MXFP4), ROWS=4)
+    arguments = dict(geometry.arguments(x.numel()), **launch._transform_constants(MXFP4),
+                     ROWS=4, RUN_LANES=1)
     kernel, per_call = launch.quantiser.tensor_amax_kernel, (x, x, x)
     with pytest.raises(TypeError, match=r"unknown \['EXTRA'\]"):
         launch.Launcher(kernel, per_call, dict(arguments, EXTRA=1), geometry.grid(4), 4)

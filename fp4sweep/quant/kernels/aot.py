@@ -49,8 +49,8 @@ class Build:
 def builds(shape: tuple[int, ...], dtype: torch.dtype, spec: QuantSpec, axis: int = -1,
            detailed: bool = False) -> list[Build]:
     """The kernels ``launch`` compiles for a contiguous ``dtype`` tensor of ``shape``: for each
-    tile shape it may choose (``launch.TILES``), the amax kernel (with tensor scaling) and the
-    quantiser (``detailed``: the one behind ``quantize_detailed``)."""
+    tile shape and run lanes it may choose (``_Geometry.choices``), the amax kernel (with tensor
+    scaling) and the quantiser (``detailed``: the one behind ``quantize_detailed``)."""
     if not launch.supports(spec):
         raise ValueError(f"the kernels do not implement {spec}")
     x = torch.empty(shape, dtype=dtype, device="meta")
@@ -61,17 +61,18 @@ def builds(shape: tuple[int, ...], dtype: torch.dtype, spec: QuantSpec, axis: in
                              amax_bits_ptr=torch.int32 if spec.tensor_scale else dtype,
                              details_ptr=torch.float32 if detailed else dtype)
     found = []
-    for tile, warps in launch.TILES:
+    for tile, warps, lanes in arguments.geometry.choices():
         rows = arguments.geometry.rows(tile, warps, spec.block, spec.block_2d)
         per_thread = rows * arguments.geometry.cols // (32 * warps)
-        label = f"axis {axis}, tile {tile}, {warps} warps"
+        label = f"axis {axis}, tile {tile}, {warps} warps, {lanes} run lane{'s' * (lanes > 1)}"
+        chosen = dict(ROWS=rows, RUN_LANES=lanes)
         if arguments.tensor_amax is not None:
             found.append(Build(f"{label}, amax", quantiser.tensor_amax_kernel,
                                dict(x_ptr=dtype, signs_ptr=signs, amax_bits_ptr=torch.int32),
-                               dict(arguments.tensor_amax, ROWS=rows), warps, per_thread))
+                               dict(arguments.tensor_amax, **chosen), warps, per_thread))
         found.append(Build(f"{label}{', detailed' if detailed else ''}",
                            quantiser.fake_quantize_kernel, quantise_pointers,
-                           dict(arguments.quantise, ROWS=rows), warps, per_thread))
+                           dict(arguments.quantise, **chosen), warps, per_thread))
     return found
 
 

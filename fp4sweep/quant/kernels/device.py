@@ -194,21 +194,35 @@ def _add(a, b):
 
 
 @triton.jit
-def walsh_hadamard(x, ROWS: tl.constexpr, COLS: tl.constexpr, LOG_SIZE: tl.constexpr):
+def _xor(a, b):
+    return a ^ b
+
+
+@triton.jit
+def walsh_hadamard(x, ROWS: tl.constexpr, COLS: tl.constexpr, LOG_SIZE: tl.constexpr,
+                   LANE_FROM: tl.constexpr = 0, LANE_TO: tl.constexpr = 0):
     """``transforms.walsh_hadamard`` of each run of 2**LOG_SIZE along the last axis of
     [ROWS, COLS]: butterflies (a + b, a - b) at distance 1, 2, 4, ..., unnormalised.
 
     Each stage views the runs as [.., 2, half] and reduces over the pair axis twice, once with
     the second element's sign bit flipped: a sum of two terms is one rounded addition in either
-    order, and a + (-b) is a - b, so these are the reference's bits, and a pair split across
-    threads costs a shuffle rather than a trip through shared memory. Two spellings would lose
+    order, and a + (-b) is a - b, so these are the reference's bits. Two spellings would lose
     the sign of zero: ``tl.sum`` (the interpreter's starts from +0) and unary minus (Triton
-    3.6 computes 0 - b)."""
+    3.6 computes 0 - b). At distances in [LANE_FROM, LANE_TO) the caller's layout puts a pair
+    in two lanes, where each reduction is a shuffle: there one exchange, the xor of the pair's
+    bits, gives each lane the other's value, and each lane makes its own term."""
     for stage in tl.static_range(LOG_SIZE):
         pairs = tl.reshape(x, [ROWS, COLS >> (stage + 1), 2, 1 << stage])
         second = (tl.arange(0, 2) == 1)[None, None, :, None]
-        total = tl.reduce(pairs, 2, _add, keep_dims=True)
         flipped = pairs.to(tl.int32, bitcast=True) ^ (second.to(tl.int32) << 31)
-        difference = tl.reduce(flipped.to(tl.float32, bitcast=True), 2, _add, keep_dims=True)
-        x = tl.reshape(tl.where(second, difference, total), [ROWS, COLS])
+        if LANE_FROM <= (1 << stage) and (1 << stage) < LANE_TO:
+            bits = pairs.to(tl.int32, bitcast=True)
+            other = tl.reduce(bits, 2, _xor, keep_dims=True) ^ bits
+            x = other.to(tl.float32, bitcast=True) + flipped.to(tl.float32, bitcast=True)
+        else:
+            total = tl.reduce(pairs, 2, _add, keep_dims=True)
+            difference = tl.reduce(flipped.to(tl.float32, bitcast=True), 2, _add,
+                                   keep_dims=True)
+            x = tl.where(second, difference, total)
+        x = tl.reshape(x, [ROWS, COLS])
     return x

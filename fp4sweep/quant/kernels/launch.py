@@ -46,6 +46,11 @@ ALIGNMENT = 16  # bytes; compiled kernels assume it of a pointer that has it (Tr
 TILES = ((4096, 4), (8192, 8))
 if INTERPRETED:
     TILES = TILES[:1]
+# Lanes that share each line's runs in the axis-vector layout, tried in this order (with every
+# tile shape): with 2, a warp's access covers whole 32-byte sectors, for a shuffle in one
+# butterfly stage. Which wins depends on the kernel (measured on an H200: 8 random bits a
+# decision gain 3 to 5 points of the copy bandwidth, 24 lose 1 to 2; docs/benchmarks.md).
+RUN_LANES = (1, 2)
 
 
 def supports(spec: QuantSpec) -> bool:
@@ -102,6 +107,15 @@ class _Geometry:
             while cols * 2 <= MAX_AXIS_COLS and length % (cols * 2) == 0:
                 cols *= 2
         return cls(n_outer, n_lines, *strides, length // cols, cols, False, PLAIN, vec)
+
+    def choices(self) -> list[tuple[int, int, int]]:
+        """The (elements per tile, warps, run lanes) a launcher may take, the untuned one
+        first; run lanes other than 1 only in the axis-vector layout, one vector a lane at
+        least."""
+        lanes = [1]
+        if self.layout == AXIS_VECTORS:
+            lanes = [n for n in RUN_LANES if n <= self.cols // self.vec]
+        return [(tile, warps, n) for n in lanes for tile, warps in TILES]
 
     def rows(self, tile: int, warps: int, block: int, block_2d: bool) -> int:
         """Lines per tile: about ``tile`` elements, and never so few that threads would share
@@ -188,12 +202,13 @@ class Launcher:
 
 def _fastest(kernel, per_call: tuple, arguments: dict, geometry: _Geometry, numel: int,
              tuned: bool = True) -> Launcher:
-    """The launcher of the fastest tile shape (``TILES``), timed on this call's tensors;
-    the first tile shape for tensors too small for the choice to matter, or unless ``tuned``."""
+    """The launcher of the fastest of ``geometry.choices()``, timed on this call's tensors;
+    the first for tensors too small for the choice to matter, or unless ``tuned``."""
+    choices = geometry.choices()
     candidates = []
-    for tile, warps in TILES if tuned and numel >= TUNED_NUMEL else TILES[:1]:
+    for tile, warps, lanes in choices if tuned and numel >= TUNED_NUMEL else choices[:1]:
         rows = geometry.rows(tile, warps, arguments["BLOCK"], arguments["BLOCK_2D"])
-        candidates.append(Launcher(kernel, per_call, dict(arguments, ROWS=rows),
+        candidates.append(Launcher(kernel, per_call, dict(arguments, ROWS=rows, RUN_LANES=lanes),
                                     geometry.grid(rows), warps))
     if len(candidates) == 1:
         return candidates[0]
@@ -235,8 +250,8 @@ def _quantiser_constants(spec: QuantSpec, detailed: bool) -> dict:
 @dataclass(frozen=True)
 class KernelArguments:
     """What the kernels for tensors like one ``x`` are compiled with, but ROWS (lines per tile,
-    ``geometry.rows`` of the tile shape): the geometry, and the arguments of the amax kernel
-    (None without tensor scaling) and of the quantiser."""
+    ``geometry.rows`` of the tile shape) and RUN_LANES (``geometry.choices``): the geometry,
+    and the arguments of the amax kernel (None without tensor scaling) and of the quantiser."""
 
     geometry: _Geometry
     tensor_amax: dict | None

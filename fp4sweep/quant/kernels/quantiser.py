@@ -31,7 +31,9 @@ FLOOR, CEIL, NEAREST_RULE, NVFP4, NVFP4_TORCHAO = (tl.constexpr(i) for i in rang
 
 # Tile load shapes (see ``_tile``). Triton spreads a tile's lanes over its contiguous dimension
 # first; splitting off a vector dimension keeps whole runs of the axis in one thread's
-# registers, where butterflies and block maxima need no shuffles.
+# registers, where butterflies and block maxima need no shuffles. With RUN_LANES > 1 the axis
+# vectors give a run's neighbouring vectors to neighbouring lanes instead, so that a warp's
+# access covers whole 32-byte sectors, at the cost of shuffles.
 PLAIN, AXIS_VECTORS, LINE_VECTORS = (tl.constexpr(i) for i in range(3))
 
 # What ``fake_quantize_kernel`` writes besides its output when DETAILED, in this order: one
@@ -44,8 +46,8 @@ DETAIL_FIELDS = ("transformed", "dequantized", "scaled", "elements", "scale", "b
 @triton.jit
 def _tile(
     n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
-    VEC: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr,
-    PADDED: tl.constexpr, WIDE: tl.constexpr, REVERSED: tl.constexpr,
+    VEC: tl.constexpr, RUN_LANES: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+    BLOCK: tl.constexpr, PADDED: tl.constexpr, WIDE: tl.constexpr, REVERSED: tl.constexpr,
 ):
     """Offsets (= row-major indices) and mask of this program's tile, in its load shape
     (``LAYOUT``). Consecutive programs take consecutive tiles along the axis, then the next
@@ -71,11 +73,13 @@ def _tile(
     # the vector is the one contiguous dimension and lanes take consecutive b: no ties for
     # Triton's layout choice to break, and offsets it can see are aligned vectors.
     if LAYOUT == AXIS_VECTORS:
-        # A = COLS // VEC, B = ROWS: each thread holds whole runs of the axis.
+        # A = COLS // VEC, B = ROWS: each thread holds whole runs of the axis, or with
+        # RUN_LANES > 1 every RUN_LANES-th vector of them, its neighbour lanes the vectors
+        # between (k = (a // RUN_LANES, b, a % RUN_LANES)).
         k = tl.arange(0, COLS // VEC * ROWS)[:, None]
-        lines = first_line + k % ROWS
-        offsets = (lines * stride + first_position + (k // ROWS) * VEC
-                   + tl.arange(0, VEC)[None, :])
+        lines = first_line + (k // RUN_LANES) % ROWS
+        vector = (k // (RUN_LANES * ROWS)) * RUN_LANES + k % RUN_LANES
+        offsets = lines * stride + first_position + vector * VEC + tl.arange(0, VEC)[None, :]
         mask = tl.broadcast_to(lines < n_lines, [COLS // VEC * ROWS, VEC])
     elif LAYOUT == LINE_VECTORS:
         # A = COLS, B = ROWS // VEC: VEC contiguous lines at every position of the axis.
@@ -98,12 +102,12 @@ def _tile(
 
 
 @triton.jit
-def _logical(x, LAYOUT: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr,
-             COLS: tl.constexpr):
+def _logical(x, LAYOUT: tl.constexpr, VEC: tl.constexpr, RUN_LANES: tl.constexpr,
+             ROWS: tl.constexpr, COLS: tl.constexpr):
     """A tile in its load shape as [ROWS, COLS] (lines by positions along the axis)."""
     if LAYOUT == AXIS_VECTORS:
-        x = tl.reshape(tl.permute(tl.reshape(x, [COLS // VEC, ROWS, VEC]), [1, 0, 2]),
-                       [ROWS, COLS])
+        x = tl.reshape(x, [COLS // VEC // RUN_LANES, ROWS, RUN_LANES, VEC])
+        x = tl.reshape(tl.permute(x, [1, 0, 2, 3]), [ROWS, COLS])
     elif LAYOUT == LINE_VECTORS:
         x = tl.reshape(tl.permute(tl.reshape(x, [COLS, ROWS // VEC, VEC]), [1, 2, 0]),
                        [ROWS, COLS])
@@ -111,12 +115,12 @@ def _logical(x, LAYOUT: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr,
 
 
 @triton.jit
-def _physical(y, LAYOUT: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr,
-              COLS: tl.constexpr):
+def _physical(y, LAYOUT: tl.constexpr, VEC: tl.constexpr, RUN_LANES: tl.constexpr,
+              ROWS: tl.constexpr, COLS: tl.constexpr):
     """The inverse of ``_logical``."""
     if LAYOUT == AXIS_VECTORS:
-        y = tl.reshape(tl.permute(tl.reshape(y, [ROWS, COLS // VEC, VEC]), [1, 0, 2]),
-                       [COLS // VEC * ROWS, VEC])
+        y = tl.reshape(y, [ROWS, COLS // VEC // RUN_LANES, RUN_LANES, VEC])
+        y = tl.reshape(tl.permute(y, [1, 0, 2, 3]), [COLS // VEC * ROWS, VEC])
     elif LAYOUT == LINE_VECTORS:
         y = tl.reshape(tl.permute(tl.reshape(y, [ROWS // VEC, VEC, COLS]), [2, 0, 1]),
                        [COLS * (ROWS // VEC), VEC])
@@ -124,7 +128,8 @@ def _physical(y, LAYOUT: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr,
 
 
 @triton.jit
-def _hadamard(t, signs_ptr, ROWS: tl.constexpr, COLS: tl.constexpr, HAD: tl.constexpr,
+def _hadamard(t, signs_ptr, LAYOUT: tl.constexpr, VEC: tl.constexpr, RUN_LANES: tl.constexpr,
+              ROWS: tl.constexpr, COLS: tl.constexpr, HAD: tl.constexpr,
               LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr, RANDOM_SIGNS: tl.constexpr,
               INVERSE: tl.constexpr):
     """``transforms.apply_transform`` (or ``invert_transform``) along the tile's last axis."""
@@ -133,7 +138,10 @@ def _hadamard(t, signs_ptr, ROWS: tl.constexpr, COLS: tl.constexpr, HAD: tl.cons
     runs: tl.constexpr = [ROWS, COLS // HAD, HAD]
     if RANDOM_SIGNS and not INVERSE:
         t = tl.reshape(tl.reshape(t, runs) * signs[None, None, :], [ROWS, COLS])
-    t = walsh_hadamard(t, ROWS, COLS, LOG_HAD) * NORMALISER
+    if LAYOUT == AXIS_VECTORS:  # positions VEC to VEC * RUN_LANES apart are in other lanes
+        t = walsh_hadamard(t, ROWS, COLS, LOG_HAD, VEC, VEC * RUN_LANES) * NORMALISER
+    else:
+        t = walsh_hadamard(t, ROWS, COLS, LOG_HAD) * NORMALISER
     if RANDOM_SIGNS and INVERSE:
         t = tl.reshape(tl.reshape(t, runs) * signs[None, None, :], [ROWS, COLS])
     return t
@@ -142,19 +150,20 @@ def _hadamard(t, signs_ptr, ROWS: tl.constexpr, COLS: tl.constexpr, HAD: tl.cons
 @triton.jit
 def _load_transformed(
     x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr,
-    LAYOUT: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
-    BLOCK: tl.constexpr, PADDED: tl.constexpr, WIDE: tl.constexpr, HAD: tl.constexpr,
-    LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr, RANDOM_SIGNS: tl.constexpr,
-    REVERSED: tl.constexpr,
+    LAYOUT: tl.constexpr, VEC: tl.constexpr, RUN_LANES: tl.constexpr, ROWS: tl.constexpr,
+    COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr, WIDE: tl.constexpr,
+    HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
+    RANDOM_SIGNS: tl.constexpr, REVERSED: tl.constexpr,
 ):
     """``t``, this program's tile in float32 after the spec's transform, as [ROWS, COLS];
     and the tile's offsets and mask in its load shape."""
-    offsets, mask = _tile(n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
-                          COLS, BLOCK, PADDED, WIDE, REVERSED)
+    offsets, mask = _tile(n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC,
+                          RUN_LANES, ROWS, COLS, BLOCK, PADDED, WIDE, REVERSED)
     t = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    t = _logical(t, LAYOUT, VEC, ROWS, COLS)
+    t = _logical(t, LAYOUT, VEC, RUN_LANES, ROWS, COLS)
     if HAD > 0:
-        t = _hadamard(t, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, False)
+        t = _hadamard(t, signs_ptr, LAYOUT, VEC, RUN_LANES, ROWS, COLS, HAD, LOG_HAD,
+                      NORMALISER, RANDOM_SIGNS, False)
     return t, offsets, mask
 
 
@@ -162,7 +171,7 @@ def _load_transformed(
 def tensor_amax_kernel(
     x_ptr, signs_ptr, amax_bits_ptr,
     n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
-    VEC: tl.constexpr, ROWS: tl.constexpr,
+    VEC: tl.constexpr, RUN_LANES: tl.constexpr, ROWS: tl.constexpr,
     COLS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr, PADDED: tl.constexpr,
     WIDE: tl.constexpr, HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
     RANDOM_SIGNS: tl.constexpr,
@@ -170,8 +179,8 @@ def tensor_amax_kernel(
     """``scaling.finite_amax`` of the transformed tensor, as float32 bits max-ed atomically
     into ``amax_bits_ptr`` (an int32 zero): integer max of magnitudes is exact and order-free."""
     t, offsets, mask = _load_transformed(
-        x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
-        COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, False)
+        x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, RUN_LANES,
+        ROWS, COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, False)
     bits = magnitude_bits(t)
     finite = bits < 0x7F800000
     # Relaxed: the quantiser reads the maximum in a later kernel, whose launch orders it.
@@ -225,9 +234,9 @@ def _tensor_scale(amax_bits_ptr, RULE: tl.constexpr, TARGET: tl.constexpr):
 
 @triton.jit
 def _store_tile(ptrs, values, mask, LAYOUT: tl.constexpr, VEC: tl.constexpr,
-                ROWS: tl.constexpr, COLS: tl.constexpr):
+                RUN_LANES: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
     """A [ROWS, COLS] tile to ``ptrs``, pointers in the tile's load shape."""
-    tl.store(ptrs, _physical(values, LAYOUT, VEC, ROWS, COLS), mask=mask)
+    tl.store(ptrs, _physical(values, LAYOUT, VEC, RUN_LANES, ROWS, COLS), mask=mask)
 
 
 # The key differs on every call: specialising on its value (divisible by 16, equal to 1) would
@@ -237,7 +246,7 @@ def _store_tile(ptrs, values, mask, LAYOUT: tl.constexpr, VEC: tl.constexpr,
 def fake_quantize_kernel(
     x_ptr, out_ptr, signs_ptr, amax_bits_ptr, details_ptr, sr_key,
     n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
-    VEC: tl.constexpr, ROWS: tl.constexpr,
+    VEC: tl.constexpr, RUN_LANES: tl.constexpr, ROWS: tl.constexpr,
     COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr, BLOCK_2D: tl.constexpr,
     WIDE: tl.constexpr,
     HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
@@ -255,8 +264,8 @@ def fake_quantize_kernel(
     ``details_ptr``, a float32 buffer of ``len(DETAIL_FIELDS) * n_elements + 1``."""
     # After the amax pass, the tiles it read last are the ones still in L2: start with them.
     t, offsets, mask = _load_transformed(
-        x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, ROWS,
-        COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, TENSOR_SCALE)
+        x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, RUN_LANES,
+        ROWS, COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, TENSOR_SCALE)
     amax = _block_amax(t, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
 
     # Scale rule (``scaling.py``): block scale s, decode scale d per block, scaled elements v.
@@ -306,7 +315,7 @@ def fake_quantize_kernel(
     if SR:
         # In the load shape, where the counters that share a random word lie side by side.
         u = _logical(uniform(offsets, sr_key, SR_BITS, SR_SLOT, SR_GROUP, WIDE), LAYOUT, VEC,
-                     ROWS, COLS)
+                     RUN_LANES, ROWS, COLS)
     else:
         u = magnitude
     q = round_element(magnitude, u, SR, E_EMIN, E_MAN, E_EMAX, E_MAX)
@@ -322,15 +331,15 @@ def fake_quantize_kernel(
         block_amax = _per_element(amax, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
         step = grid_step(magnitude, E_EMIN, E_EMAX, E_MAN) * decode
         saturated = (magnitude > E_MAX).to(tl.float32)
-        _store_tile(ptrs, t, mask, LAYOUT, VEC, ROWS, COLS)
-        _store_tile(ptrs + plane, y, mask, LAYOUT, VEC, ROWS, COLS)
-        _store_tile(ptrs + 2 * plane, v, mask, LAYOUT, VEC, ROWS, COLS)
-        _store_tile(ptrs + 3 * plane, elements, mask, LAYOUT, VEC, ROWS, COLS)
-        _store_tile(ptrs + 4 * plane, decode, mask, LAYOUT, VEC, ROWS, COLS)
-        _store_tile(ptrs + 5 * plane, block_scale, mask, LAYOUT, VEC, ROWS, COLS)
-        _store_tile(ptrs + 6 * plane, block_amax, mask, LAYOUT, VEC, ROWS, COLS)
-        _store_tile(ptrs + 7 * plane, step, mask, LAYOUT, VEC, ROWS, COLS)
-        _store_tile(ptrs + 8 * plane, saturated, mask, LAYOUT, VEC, ROWS, COLS)
+        _store_tile(ptrs, t, mask, LAYOUT, VEC, RUN_LANES, ROWS, COLS)
+        _store_tile(ptrs + plane, y, mask, LAYOUT, VEC, RUN_LANES, ROWS, COLS)
+        _store_tile(ptrs + 2 * plane, v, mask, LAYOUT, VEC, RUN_LANES, ROWS, COLS)
+        _store_tile(ptrs + 3 * plane, elements, mask, LAYOUT, VEC, RUN_LANES, ROWS, COLS)
+        _store_tile(ptrs + 4 * plane, decode, mask, LAYOUT, VEC, RUN_LANES, ROWS, COLS)
+        _store_tile(ptrs + 5 * plane, block_scale, mask, LAYOUT, VEC, RUN_LANES, ROWS, COLS)
+        _store_tile(ptrs + 6 * plane, block_amax, mask, LAYOUT, VEC, RUN_LANES, ROWS, COLS)
+        _store_tile(ptrs + 7 * plane, step, mask, LAYOUT, VEC, RUN_LANES, ROWS, COLS)
+        _store_tile(ptrs + 8 * plane, saturated, mask, LAYOUT, VEC, RUN_LANES, ROWS, COLS)
         if tl.program_id(0) == 0:
             if RULE == NVFP4_TORCHAO:
                 tensor_scale = tl.math.div_rn(one, g)  # g holds torchao's decode scale p
@@ -339,8 +348,9 @@ def fake_quantize_kernel(
             tl.store(details_ptr + 9 * plane, tensor_scale)
 
     if HAD > 0:
-        y = _hadamard(y, signs_ptr, ROWS, COLS, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, True)
+        y = _hadamard(y, signs_ptr, LAYOUT, VEC, RUN_LANES, ROWS, COLS, HAD, LOG_HAD,
+                      NORMALISER, RANDOM_SIGNS, True)
     if out_ptr.dtype.element_ty == tl.bfloat16 and not NATIVE_BF16:
         y = to_bfloat16(y)
-    y = _physical(y, LAYOUT, VEC, ROWS, COLS)
+    y = _physical(y, LAYOUT, VEC, RUN_LANES, ROWS, COLS)
     tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
