@@ -49,7 +49,8 @@ if INTERPRETED:
 # Lanes that share each line's runs in the axis-vector layout, tried in this order (with every
 # tile shape): with 2, a warp's access covers whole 32-byte sectors, for a shuffle in one
 # butterfly stage. Which wins depends on the kernel (measured on an H200: 8 random bits a
-# decision gain 3 to 5 points of the copy bandwidth, 24 lose 1 to 2; docs/benchmarks.md).
+# decision gain 3 to 5 points of the copy bandwidth, 24 lose 1 to 2; docs/benchmarks.md,
+# night of 2026-12-03).
 RUN_LANES = (1, 2)
 
 
