@@ -200,7 +200,7 @@ def _xor(a, b):
 
 @triton.jit
 def walsh_hadamard(x, ROWS: tl.constexpr, COLS: tl.constexpr, LOG_SIZE: tl.constexpr,
-                   LANE_FROM: tl.constexpr = 0, LANE_TO: tl.constexpr = 0):
+                   LANE_FROM: tl.constexpr, LANE_TO: tl.constexpr):
     """``transforms.walsh_hadamard`` of each run of 2**LOG_SIZE along the last axis of
     [ROWS, COLS]: butterflies (a + b, a - b) at distance 1, 2, 4, ..., unnormalised.
 

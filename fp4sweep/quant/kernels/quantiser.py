@@ -128,20 +128,18 @@ def _physical(y, LAYOUT: tl.constexpr, VEC: tl.constexpr, RUN_LANES: tl.constexp
 
 
 @triton.jit
-def _hadamard(t, signs_ptr, LAYOUT: tl.constexpr, VEC: tl.constexpr, RUN_LANES: tl.constexpr,
-              ROWS: tl.constexpr, COLS: tl.constexpr, HAD: tl.constexpr,
-              LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr, RANDOM_SIGNS: tl.constexpr,
-              INVERSE: tl.constexpr):
+def _hadamard(t, signs_ptr, VEC: tl.constexpr, RUN_LANES: tl.constexpr, ROWS: tl.constexpr,
+              COLS: tl.constexpr, HAD: tl.constexpr, LOG_HAD: tl.constexpr,
+              NORMALISER: tl.constexpr, RANDOM_SIGNS: tl.constexpr, INVERSE: tl.constexpr):
     """``transforms.apply_transform`` (or ``invert_transform``) along the tile's last axis."""
     if RANDOM_SIGNS:
         signs = tl.load(signs_ptr + tl.arange(0, HAD))
     runs: tl.constexpr = [ROWS, COLS // HAD, HAD]
     if RANDOM_SIGNS and not INVERSE:
         t = tl.reshape(tl.reshape(t, runs) * signs[None, None, :], [ROWS, COLS])
-    if LAYOUT == AXIS_VECTORS:  # positions VEC to VEC * RUN_LANES apart are in other lanes
-        t = walsh_hadamard(t, ROWS, COLS, LOG_HAD, VEC, VEC * RUN_LANES) * NORMALISER
-    else:
-        t = walsh_hadamard(t, ROWS, COLS, LOG_HAD) * NORMALISER
+    # RUN_LANES > 1 only in the axis-vector layout, where positions VEC to VEC * RUN_LANES
+    # apart lie in other lanes.
+    t = walsh_hadamard(t, ROWS, COLS, LOG_HAD, VEC, VEC * RUN_LANES) * NORMALISER
     if RANDOM_SIGNS and INVERSE:
         t = tl.reshape(tl.reshape(t, runs) * signs[None, None, :], [ROWS, COLS])
     return t
@@ -162,8 +160,8 @@ def _load_transformed(
     t = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     t = _logical(t, LAYOUT, VEC, RUN_LANES, ROWS, COLS)
     if HAD > 0:
-        t = _hadamard(t, signs_ptr, LAYOUT, VEC, RUN_LANES, ROWS, COLS, HAD, LOG_HAD,
-                      NORMALISER, RANDOM_SIGNS, False)
+        t = _hadamard(t, signs_ptr, VEC, RUN_LANES, ROWS, COLS, HAD, LOG_HAD, NORMALISER,
+                      RANDOM_SIGNS, False)
     return t, offsets, mask
 
 
@@ -348,8 +346,8 @@ def fake_quantize_kernel(
             tl.store(details_ptr + 9 * plane, tensor_scale)
 
     if HAD > 0:
-        y = _hadamard(y, signs_ptr, LAYOUT, VEC, RUN_LANES, ROWS, COLS, HAD, LOG_HAD,
-                      NORMALISER, RANDOM_SIGNS, True)
+        y = _hadamard(y, signs_ptr, VEC, RUN_LANES, ROWS, COLS, HAD, LOG_HAD, NORMALISER,
+                      RANDOM_SIGNS, True)
     if out_ptr.dtype.element_ty == tl.bfloat16 and not NATIVE_BF16:
         y = to_bfloat16(y)
     y = _physical(y, LAYOUT, VEC, RUN_LANES, ROWS, COLS)
