@@ -214,9 +214,9 @@ def walsh_hadamard(x, ROWS: tl.constexpr, COLS: tl.constexpr, LOG_SIZE: tl.const
     for stage in tl.static_range(LOG_SIZE):
         pairs = tl.reshape(x, [ROWS, COLS >> (stage + 1), 2, 1 << stage])
         second = (tl.arange(0, 2) == 1)[None, None, :, None]
-        flipped = pairs.to(tl.int32, bitcast=True) ^ (second.to(tl.int32) << 31)
+        bits = pairs.to(tl.int32, bitcast=True)
+        flipped = bits ^ (second.to(tl.int32) << 31)
         if LANE_FROM <= (1 << stage) and (1 << stage) < LANE_TO:
-            bits = pairs.to(tl.int32, bitcast=True)
             other = tl.reduce(bits, 2, _xor, keep_dims=True) ^ bits
             x = other.to(tl.float32, bitcast=True) + flipped.to(tl.float32, bitcast=True)
         else:
