@@ -175,15 +175,21 @@ def tensor_amax_kernel(
     RANDOM_SIGNS: tl.constexpr,
 ):
     """``scaling.finite_amax`` of the transformed tensor, as float32 bits max-ed atomically
-    into ``amax_bits_ptr`` (an int32 zero): integer max of magnitudes is exact and order-free."""
-    t, offsets, mask = _load_transformed(
+    into ``amax_bits_ptr`` (an int32 zero): integer max of magnitudes is exact and order-free.
+
+    The transform's normaliser c (below 1) scales the tile's maximum rather than each element:
+    rounding is monotone, so the largest fl(|h| * c) is fl(max |h| * c), and h is finite exactly
+    where fl(h * c) is."""
+    h, offsets, mask = _load_transformed(
         x_ptr, signs_ptr, n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS, LAYOUT, VEC, RUN_LANES,
-        ROWS, COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, NORMALISER, RANDOM_SIGNS, False)
-    bits = magnitude_bits(t)
-    finite = bits < 0x7F800000
+        ROWS, COLS, BLOCK, PADDED, WIDE, HAD, LOG_HAD, 1.0, RANDOM_SIGNS, False)
+    # Shifted by the smallest normal's bits, finite magnitudes stay positive and infinities and
+    # NaN wrap to negative int32: the maximum of the shifted bits skips them.
+    shifted = magnitude_bits(h) + 0x00800000
+    amax = tl.maximum(tl.max(tl.max(shifted, axis=1), axis=0) - 0x00800000, 0)
+    amax = (amax.to(tl.float32, bitcast=True) * NORMALISER).to(tl.int32, bitcast=True)
     # Relaxed: the quantiser reads the maximum in a later kernel, whose launch orders it.
-    tl.atomic_max(amax_bits_ptr, tl.max(tl.max(tl.where(finite, bits, 0), axis=1), axis=0),
-                  sem="relaxed")
+    tl.atomic_max(amax_bits_ptr, amax, sem="relaxed")
 
 
 @triton.jit
