@@ -142,6 +142,14 @@ def test_every_axis_of_a_3d_tensor(spec, axis):
     check(wide_range(*shape, seed=axis + 5), spec, axis=axis, seed=11)
 
 
+@pytest.mark.parametrize("spec", [
+    dataclasses.replace(MXFP4, rounding="sr", transform="rhadamard64"),
+    dataclasses.replace(MXFP4, block=64, transform="hadamard32", tensor_scale=True),
+], ids=spec_id)
+def test_runs_of_64_along_a_strided_axis(spec):
+    check(edge_values(40, 192).T.contiguous(), spec, axis=0, seed=3)
+
+
 @pytest.mark.parametrize("spec", [dataclasses.replace(NVFP4, block_2d=True),
                                   dataclasses.replace(MXFP4, block=16, block_2d=True),
                                   dataclasses.replace(NVFP4, block_2d=True, rounding="sr",
@@ -200,8 +208,12 @@ def test_numbers_that_share_a_word_draw_it_once_for_each_run_a_tile_holds(
     (NVFP4, 2304, 2),
     (dataclasses.replace(MXFP4, block=8), 768, 4),  # no shorter than 32 values a thread
     (dataclasses.replace(MXFP4, transform="hadamard32"), 768, 2),  # nor than 2 lines
-], ids=["nvfp4-3072", "nvfp4-768", "nvfp4-2304", "block8-768", "hadamard32-768"])
-def test_line_vectors_shorten_where_tiles_would_leave_lines_masked(spec, lines, vec):
+    (dataclasses.replace(MXFP4, block=64), 3072, 1),  # runs of 64: one line a thread
+    (dataclasses.replace(MXFP4, transform="rhadamard64"), 3072, 2),  # two with a transform
+    (dataclasses.replace(MXFP4, block=64, transform="hadamard32"), 3072, 2),
+], ids=["nvfp4-3072", "nvfp4-768", "nvfp4-2304", "block8-768", "hadamard32-768", "block64",
+        "rhadamard64", "hadamard32-block64"])
+def test_lines_a_thread_takes_in_line_vectors(spec, lines, vec):
     x = torch.empty(4096, lines, dtype=torch.bfloat16, device="meta")
     geometry = launch._Geometry.of(x, 0, spec)
     assert (geometry.layout, geometry.vec) == (launch.LINE_VECTORS, vec)

@@ -94,7 +94,11 @@ class _Geometry:
         if inner == 1 and spec.hadamard_size and vec <= cols <= MAX_THREAD_RUN:
             return cls(n_outer, n_lines, *strides, length // cols, cols, False, AXIS_VECTORS, vec)
         if inner > 1 and cols <= MAX_THREAD_RUN:
-            vec = max(1, min(vec, MAX_THREAD_RUN // cols))
+            # A transform wants two lines a thread at least: with one, its runs of 64 ran at 3 %
+            # of copy on an H200, at 52 % with two (docs/benchmarks.md, late night of
+            # 2026-12-03); without a transform, one line of 64 reads best.
+            fewest = 2 if spec.hadamard_size else 1
+            vec = max(fewest, min(vec, MAX_THREAD_RUN // cols))
             # Shorter vectors, down to SHORTEST_LINE_VECTORS values a thread, where the first
             # tile shape's lines would leave its last tile of lines part empty (768 lines in
             # tiles of 512: a quarter of the work masked; measured on an H200,
