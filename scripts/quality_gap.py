@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from fp4sweep.quant import Recipe
 from fp4sweep.tasks.base import build_config
 
-CONF_TASK = Path(__file__).resolve().parents[1] / "conf" / "task"
+CONF_TASK = Path(__file__).resolve().parents[1] / "fp4sweep" / "conf" / "task"
 
 
 def mean_sd(values: list[float]) -> str:

@@ -22,7 +22,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 class SweepError(ValueError):
@@ -43,8 +43,8 @@ class ConfigTree:
     def __init__(self, extra_dirs: Sequence[str | os.PathLike[str]] = ()) -> None:
         if not CONF_DIR.is_dir():
             raise SweepError(
-                f"the config tree {CONF_DIR} is missing: install fp4sweep from its repository "
-                "with `pip install -e .`"
+                f"the config tree {CONF_DIR} is missing: reinstall fp4sweep "
+                "(`pip install .` ships it inside the package)"
             )
         self.dirs = [CONF_DIR] + [Path(d).resolve() for d in extra_dirs]
         for folder in self.dirs[1:]:

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import build_config
 
-CONF_TASK = Path(__file__).resolve().parents[2] / "conf" / "task"
+CONF_TASK = Path(__file__).resolve().parents[2] / "fp4sweep" / "conf" / "task"
 
 # What each data set needs on disk, relative to the data directory.
 _DATA_FILES = {
