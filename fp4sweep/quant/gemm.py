@@ -12,6 +12,8 @@ class GemmShape:
     The layer's three GEMMs reduce over different axes: the forward over ``k``, the input
     gradient ``dx = dy @ w`` over ``n``, the weight gradient ``dw = dy.T @ x`` over ``m``.
     ``count`` is how many times the layer runs per training step (e.g. layers sharing a shape).
+    ``high_precision`` marks a layer that a layer policy keeps in bf16: its GEMMs run at the BF16
+    rate with no quantiser, whatever the recipe says.
     """
 
     m: int
@@ -19,6 +21,7 @@ class GemmShape:
     n: int
     count: int = 1
     name: str = ""
+    high_precision: bool = False
 
     def __post_init__(self) -> None:
         for field in ("m", "k", "n", "count"):
