@@ -1,65 +1,88 @@
 """Modelled overhead of a recipe on FP4 hardware, and the paper's complexity points.
 
-The unit is time on one machine (``Hardware``): every technique adds elementwise operations on
-the vector units and bytes of DRAM traffic; each is converted to seconds with the machine's
-throughput and reported as a fraction of the step's GEMM time, i.e. the three GEMMs of every
-layer run as FP4 GEMMs. The reference is plain MXFP4 quantisation (E2M1, E8M0 scale per 32,
-OCP floor rule, nearest rounding, STE): its quantise-and-cast is what an FP4 GEMM needs anyway,
-so it costs 0 here and every cost below is *extra* to it.
+The unit is time on one machine (``Hardware``, rates as data in ``conf/hardware/``) for the linear
+layers of one training step (``GemmShape`` list: a target in ``conf/target/`` or a task's own
+shapes). A recipe's overhead is its extra time over plain MXFP4 on every layer (E2M1, E8M0 scale
+per 32, OCP floor rule, nearest rounding, STE), as a fraction of that MXFP4 step's GEMM time; so
+MXFP4 costs 0 and bf16 costs what its slower GEMMs add less the quantisers it does without.
+``Overhead.vs_bf16`` is the recipe's linear-layer time over the bf16 step's: below 1, the recipe
+is faster than training those layers in bf16. A layer that a layer policy keeps in high precision
+(``GemmShape.high_precision``) runs its GEMMs at the BF16 rate with no quantiser.
 
-Techniques are priced unfused, one pass each: an upper bound that a fused kernel can beat, but
-one that ranks techniques by what they add. Per quantised operand of N elements (N counted over
-the layer's ``count`` calls), in the pass where the operand is quantised:
+Two models (``overhead(..., model=...)``):
 
-- hadamard: a fast Walsh-Hadamard transform of size K is log2(K) add/sub stages per element;
-  random signs one more multiply. Fused into the quantiser's read: no extra traffic.
-- stochastic_rounding: one random number of ``sr_bits`` bits per element plus the add that
-  applies it. Random bits come from a counter-based generator: Philox-4x32-10 spends ~60
-  integer ops for four 32-bit words, ~15 ops per word, so ``15 * sr_bits / 32`` ops per element.
-- tensor_scaling: one extra read of the high-precision tensor for its amax (and a max per
-  element), plus a multiply per block scale by the global encode scale.
-- scale_format: scale bytes differ from MX's one byte per 32 elements; each scale is written by
-  the quantiser and read by the GEMM. Block sizes above 32, 2-D tiles and one-byte scales make
-  this negative (a saving). A scale with mantissa bits (not a power of two) needs a rounding of
-  amax / elem_max into the format and a reciprocal: 2 ops per scale over E8M0's exponent add.
+``fused`` (the default) prices kernels as a production FP4 training stack runs them. Each kernel
+takes the larger of its arithmetic time (instructions at ``vector_ops``) and its memory time
+(bytes at the streaming bandwidth); a GEMM the larger of its tensor-core time and its operand
+and output traffic. Which passes fuse:
 
-Backward pass, for each quantised forward operand (the estimator and the scale gradient
-differentiate through the forward quantisers):
+- one quantiser kernel per tensor (x and w in the forward pass, dy in the backward): it reads
+  the high-precision tensor once and writes each of its quantised operands (x for the forward
+  GEMM along k and for the weight gradient along m; w along k and n; dy along n and m), as a
+  cast-transpose kernel does. The Hadamard transform, block scales (and their format), the
+  tensor scale's multiply, stochastic rounding's random bits and the cast all run inside it, on
+  values in registers: they add instructions, never traffic, except the scale bytes written.
+- tensor scaling's amax is a pass of its own: the whole tensor's amax must be known before any
+  block is scaled (current scaling; a delayed amax would need no pass). It reads the tensor once
+  more and, for a transformed operand, runs the transform too (the amax is the rotated tensor's).
+- an estimator other than STE and the scale gradient adjust the gradient of each forward operand
+  in one pass after the GEMM that produces it: read and write the gradient, read the operand's
+  saved state, and (with a Hadamard transform) take the gradient into the rotated basis and back.
+- GEMMs read their quantised operands (codes and scales) and write a bf16 output. Machines
+  without FP4 tensor cores (H200) run them as this project does: quantise-dequantise into bf16,
+  then the bf16 GEMM.
 
-- estimator: STE passes the gradient through (free). Others read and write the gradient once
-  more and need the operand's quantisation state: clipped STE a 1-bit saturation mask (written
-  in the forward, read in the backward), spline and power re-read the high-precision operand
-  and locate each element in its interval. Ops per element: select (1); spline: position in
-  the interval (3) + band test (2) + multiply (1) = 6; power: position (3) + |2u/d - 1| (2) +
-  pow via log2/exp2 (2) + scale and clamp (2) + multiply (1) = 10.
-- scale_grad "amax": per element the residual y - t*D (2), its product with the gradient (1),
-  the block sum (1) and the scatter to the block's arg-max (1) = 5 ops; it re-reads the operand
-  and reads and writes the gradient.
-- hadamard (backward): with any gradient adjustment above, the gradient goes into the
-  transformed basis and back: two transforms of the operand's size.
+Within a kernel, each technique's term is the time it adds when added in ``TECHNIQUES`` order
+(a Hadamard's instructions are free while the kernel waits on memory, and cost once it is bound
+by issue); the terms add up to the whole. ``quantise`` is the plain quantise-and-cast kernel's
+time relative to MXFP4's: negative where operands stay in bf16, positive for wider elements.
 
-gemm_precision: an operand left unquantised (None) runs its GEMM at the machine's BF16 rate,
-a 6- or 8-bit element format at its FP8 rate (a 4-bit one, INT4 included, at the FP4 rate);
-the extra time over the FP4 GEMM is the cost. The scale rule (floor, ceil, nearest, ...)
-costs the same for every rule: not a line item.
+``unfused`` is the upper bound that ranks techniques by what they add: every technique's
+arithmetic and traffic are added, nothing overlaps, GEMMs are priced by tensor-core time alone
+and MXFP4's own quantise-and-cast costs nothing (it is what an FP4 GEMM needs anyway).
 
-Arithmetic and memory time are added, not overlapped, and nothing is fused: the model ranks
-recipes by what they add on a given machine; ``Hardware`` holds that machine's rates.
+Instruction counts, per element unless said otherwise, shared by both models:
+
+- quantise-and-cast: 5 (unpack, |x| into the block's max, multiply by the scale's reciprocal,
+  cast, pack), plus 4 per block scale (amax to scale, its format, reciprocal, store).
+- scale format: a scale with mantissa bits (not a power of two) rounds amax / elem_max into its
+  format: 2 more per scale. Its bytes are written by the quantiser and read by the GEMM; blocks
+  above 32, 2-D tiles and one-byte scales make this term negative (a saving).
+- hadamard: a fast Walsh-Hadamard transform of size K is log2(K) add/sub stages; random signs
+  one more multiply.
+- stochastic_rounding: the add that applies the random bits, plus one 32-bit random word per
+  element (up to 8 random bits four elements share a word, up to 16 two, as ``rng.py`` draws
+  them) at 21 instructions a word: the counter-based hash of this project's kernels, counted in
+  their SASS (docs/benchmarks.md).
+- tensor_scaling: a max per element in the amax pass, a multiply per block scale.
+- estimator (backward, per forward operand): STE is free; clipped STE reads a 1-bit saturation
+  mask written in the forward and selects (1); spline re-reads the operand and locates each
+  element in its interval: position (3) + band test (2) + multiply (1) = 6; power: position (3)
+  + |2u/d - 1| (2) + pow via log2/exp2 (2) + scale and clamp (2) + multiply (1) = 10.
+- scale_grad "amax": the residual y - t*D (2), its product with the gradient (1), the block sum
+  (1) and the scatter to the block's arg-max (1) = 5; it re-reads the operand.
+- gemm_precision: an operand left unquantised (None) runs its GEMM at the BF16 rate, a 6- or
+  8-bit element format at the FP8 rate (4-bit, INT4 included, at the FP4 rate). The scale rule
+  (floor, ceil, nearest, ...) costs the same for every rule: not a line item.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 from fp4sweep.quant.gemm import GemmShape
+from fp4sweep.quant.hardware import (DEFAULT_HARDWARE, Hardware, load_hardware, scale_bytes_per_element,
+                                     scales_per_element)
 from fp4sweep.quant.recipe import FORWARD_OPERANDS, GEMM_OPERANDS, Recipe
 from fp4sweep.quant.spec import QuantSpec
 
 PASSES = ("fwd", "bwd")
 TECHNIQUES = (
     "gemm_precision",
+    "quantise",
     "hadamard",
     "stochastic_rounding",
     "tensor_scaling",
@@ -67,50 +90,34 @@ TECHNIQUES = (
     "estimator",
     "scale_grad",
 )
+MODELS = ("fused", "unfused")
+DEFAULT_MODEL = "fused"
 
+QUANTISE_OPS = 5.0
+SCALE_OPS = 4.0
+MANTISSA_SCALE_OPS = 2.0
 OPS_PER_RANDOM_WORD = 15.0
+MX_SCALES_PER_ELEMENT = 1 / 32
 MX_SCALE_BYTES_PER_ELEMENT = 1 / 32
-# (ops per element, bytes per element of operand state) of each estimator's backward, beyond
-# the gradient's own read and write; hp = the high-precision element size.
 _ESTIMATOR_OPS = {"ste": 0.0, "clipped_ste": 1.0, "spline": 6.0, "power": 10.0}
+_REREADS_OPERAND = ("spline", "power")
 _MASK_BYTES = 2 / 8  # one bit written in the forward, read in the backward
 _SCALE_GRAD_OPS = 5.0
+# Each tensor's operands, quantised together by one kernel in the pass where the tensor appears.
+TENSOR_OPERANDS = {"x": ("fwd_x", "wgrad_x"), "w": ("fwd_w", "dgrad_w"), "dy": ("dgrad_dy", "wgrad_dy")}
+TENSOR_PASS = {"x": "fwd", "w": "fwd", "dy": "bwd"}
+# Each GEMM's output: y = x w^T (m x n), dx = dy w (m x k), dw = dy^T x (n x k).
+GEMM_OUTPUT = {"fwd": "dy", "dgrad": "x", "wgrad": "w"}
+
+B200 = load_hardware(DEFAULT_HARDWARE)
+
+# Seconds per (technique, pass): [arithmetic, memory].
+Seconds = dict[tuple[str, str], list[float]]
 
 
-@dataclass(frozen=True)
-class Hardware:
-    """Throughputs that turn operations and bytes into time (dense rates, per second)."""
-
-    name: str
-    fp4_flops: float
-    fp8_flops: float
-    bf16_flops: float
-    vector_ops: float
-    memory_bytes: float
-    high_precision_bytes: int = 2  # bf16 activations, weights and gradients
-
-    def gemm_flops(self, spec: QuantSpec | None) -> float:
-        """Tensor-core rate of a GEMM whose widest operand is quantised by ``spec``."""
-        if spec is None:
-            return self.bf16_flops
-        return self.fp4_flops if spec.elem_format.bits <= 4 else self.fp8_flops
-
-
-# NVIDIA HGX B200 (1000 W) datasheet, dense: FP4 9 PFLOP/s, FP8/FP6 4.5, BF16 2.25; FP32 vector
-# 80 TFLOP/s counts an FMA as two, so 40e12 elementwise instructions/s; HBM3e 8 TB/s.
-B200 = Hardware(
-    name="B200",
-    fp4_flops=9e15,
-    fp8_flops=4.5e15,
-    bf16_flops=2.25e15,
-    vector_ops=40e12,
-    memory_bytes=8e12,
-)
-
-
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Term:
-    """One technique's cost in one pass, as fractions of the step's FP4 GEMM time."""
+    """One technique's cost in one pass, as fractions of the MXFP4 step's GEMM time."""
 
     technique: str
     pass_: str
@@ -122,19 +129,19 @@ class Term:
         return self.arithmetic + self.memory
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Overhead:
-    """A recipe's modelled cost: ``terms`` per technique and pass, plus complexity points."""
+    """A recipe's modelled cost: ``terms`` per technique and pass, complexity points, and what
+    it needs to compare with bf16: the MXFP4 step's time (``reference``) and the bf16 recipe's
+    overhead (``bf16``), both in the same unit as the terms."""
 
     terms: tuple[Term, ...]
     points: float
+    reference: float
+    bf16: float
 
-    def _sum(self, pass_: str | None = None, technique: str | None = None) -> float:
-        return sum(
-            t.total
-            for t in self.terms
-            if (pass_ is None or t.pass_ == pass_) and (technique is None or t.technique == technique)
-        )
+    def _sum(self, pass_: str | None = None) -> float:
+        return math.fsum(t.total for t in self.terms if pass_ is None or t.pass_ == pass_)
 
     @property
     def forward(self) -> float:
@@ -150,15 +157,21 @@ class Overhead:
 
     @property
     def arithmetic(self) -> float:
-        return sum(t.arithmetic for t in self.terms)
+        return math.fsum(t.arithmetic for t in self.terms)
 
     @property
     def memory(self) -> float:
-        return sum(t.memory for t in self.terms)
+        return math.fsum(t.memory for t in self.terms)
+
+    @property
+    def vs_bf16(self) -> float:
+        """The recipe's linear-layer step time over bf16's: below 1 is faster than bf16."""
+        return (self.reference + self.total) / (self.reference + self.bf16)
 
     def as_dict(self) -> dict[str, float]:
         """Flat str -> float for a results row: model, model_fwd, model_bwd, points,
-        model_arith, model_memory and ``<technique>_<pass>`` for every technique and pass."""
+        model_arith, model_memory, vs_bf16 and ``<technique>_<pass>`` for every technique and
+        pass."""
         row = {
             "model": self.total,
             "model_fwd": self.forward,
@@ -166,104 +179,246 @@ class Overhead:
             "points": float(self.points),
             "model_arith": self.arithmetic,
             "model_memory": self.memory,
+            "vs_bf16": self.vs_bf16,
         }
         for t in self.terms:
             row[f"{t.technique}_{t.pass_}"] = t.total
         return row
 
 
-def overhead(recipe: Recipe, gemm_shapes: list[GemmShape], hardware: Hardware = B200) -> Overhead:
+def overhead(
+    recipe: Recipe, gemm_shapes: list[GemmShape], hardware: Hardware = B200, model: str = DEFAULT_MODEL
+) -> Overhead:
     """The modelled extra cost of ``recipe`` over plain MXFP4 for one training step whose
-    linear layers are ``gemm_shapes``, as fractions of that step's FP4 GEMM time."""
+    linear layers are ``gemm_shapes``, as fractions of the MXFP4 step's GEMM time."""
     if not gemm_shapes:
         raise ValueError("overhead needs at least one GemmShape: the step's GEMM cost is its unit")
+    if model not in MODELS:
+        raise ValueError(f"unknown overhead model {model!r}; valid: {list(MODELS)}")
+    seconds = _fused_seconds if model == "fused" else _unfused_seconds
+    every_layer_fp4 = [dataclasses.replace(s, high_precision=False) for s in gemm_shapes]
+    mx = seconds(Recipe.preset("mxfp4"), every_layer_fp4, hardware)
+    unit = math.fsum(sum(mx["gemm_precision", p]) for p in PASSES)
+    own = seconds(recipe, gemm_shapes, hardware)
+    terms = tuple(
+        Term(
+            technique,
+            pass_,
+            (own[technique, pass_][0] - mx[technique, pass_][0]) / unit,
+            (own[technique, pass_][1] - mx[technique, pass_][1]) / unit,
+        )
+        for technique in TECHNIQUES
+        for pass_ in PASSES
+    )
+    bf16 = (_total(seconds(Recipe(), gemm_shapes, hardware)) - _total(mx)) / unit
+    return Overhead(terms, float(complexity_points(recipe)), _total(mx) / unit, bf16)
+
+
+def _total(seconds: Seconds) -> float:
+    return math.fsum(a + m for a, m in seconds.values())
+
+
+def _new_seconds() -> Seconds:
+    return defaultdict(lambda: [0.0, 0.0])
+
+
+def layer_recipe(recipe: Recipe, shape: GemmShape) -> Recipe:
+    """The recipe a layer runs: bf16 (nothing quantised) where a layer policy keeps it so."""
+    return Recipe() if shape.high_precision else recipe
+
+
+def operand_elements(shape: GemmShape, operand: str) -> int:
+    """Elements of one operand (or tensor: x, w, dy) over the layer's ``count`` calls: x is
+    m*k, w n*k, dy m*n."""
+    sizes = {"x": shape.m * shape.k, "w": shape.n * shape.k, "dy": shape.m * shape.n}
+    return sizes[operand.split("_")[-1]] * shape.count
+
+
+# -- instruction counts shared by both models ---------------------------------------------------
+
+
+def transform_ops(spec: QuantSpec) -> float:
+    if not spec.hadamard_size:
+        return 0.0
+    return math.log2(spec.hadamard_size) + (1.0 if spec.random_signs else 0.0)
+
+
+def rounding_ops(spec: QuantSpec) -> float:
+    """Stochastic rounding's instructions per element: its share of a random word, and the add."""
+    if spec.rounding != "sr":
+        return 0.0
+    return 1.0 + OPS_PER_RANDOM_WORD / (32 // spec.sr_bits)
+
+
+def scale_format_ops(spec: QuantSpec) -> float:
+    """Instructions per element for block scales beyond MX's one per 32 elements: the scales'
+    own work, and a rounding into a format with mantissa bits."""
+    scales = scales_per_element(spec)
+    mantissa = MANTISSA_SCALE_OPS if spec.scale_format.man_bits else 0.0
+    return (scales - MX_SCALES_PER_ELEMENT) * SCALE_OPS + scales * mantissa
+
+
+def _gradient_parts(recipe: Recipe, spec: QuantSpec, n: int, hp: int) -> list[tuple[str, float, float]]:
+    """(technique, ops, bytes) of the backward through one forward quantiser of ``n`` elements:
+    the estimator's derivative, the scale gradient and the transforms they need. The gradient's
+    read and write and the operand's re-read are counted once, by the first that needs them."""
+    parts = []
+    gradient_pass, operand_read = 2 * hp, hp
+    if recipe.estimator != "ste":
+        state = hp if recipe.estimator in _REREADS_OPERAND else _MASK_BYTES
+        parts.append(("estimator", n * _ESTIMATOR_OPS[recipe.estimator], n * (gradient_pass + state)))
+        gradient_pass = 0
+        if recipe.estimator in _REREADS_OPERAND:
+            operand_read = 0
+    if recipe.scale_grad == "amax":
+        parts.append(("scale_grad", n * _SCALE_GRAD_OPS, n * (gradient_pass + operand_read)))
+    if parts and spec.hadamard_size:
+        parts.append(("hadamard", 2 * n * transform_ops(spec), 0.0))
+    return parts
+
+
+# -- the fused roofline ---------------------------------------------------------------------------
+
+
+def _kernel(
+    out: Seconds, pass_: str, parts: Iterable[tuple[str, float, float]], hardware: Hardware
+) -> None:
+    """Add one kernel's time to ``out``: parts are (technique, compute seconds, bytes); the
+    kernel takes the larger of its compute and memory time, and each part the time it adds."""
+    compute = data = elapsed = 0.0
+    for technique, seconds, nbytes in parts:
+        compute += seconds
+        data += nbytes
+        memory = data / hardware.stream_bytes
+        now = max(compute, memory)
+        out[technique, pass_][0 if compute >= memory else 1] += now - elapsed
+        elapsed = now
+
+
+def _fused_seconds(recipe: Recipe, shapes: list[GemmShape], hardware: Hardware) -> Seconds:
+    out = _new_seconds()
+    hp = hardware.high_precision_bytes
+    for shape in shapes:
+        layer = layer_recipe(recipe, shape)
+        for gemm, (a, b) in GEMM_OPERANDS.items():
+            specs = [getattr(layer, a), getattr(layer, b)]
+            rate = min(hardware.gemm_flops(s) for s in specs)
+            sizes = [operand_elements(shape, a), operand_elements(shape, b)]
+            output = operand_elements(shape, GEMM_OUTPUT[gemm]) * hp
+            operands = [n * _mx_operand_bytes(s, hardware) for s, n in zip(specs, sizes)]
+            scales = [n * _scale_bytes_over_mx(s, hardware) for s, n in zip(specs, sizes)]
+            _kernel(out, "fwd" if gemm == "fwd" else "bwd", [
+                ("gemm_precision", shape.flops_per_pass / rate, sum(operands) + output),
+                ("scale_format", 0.0, sum(scales)),
+            ], hardware)
+        for tensor, names in TENSOR_OPERANDS.items():
+            specs = [s for s in (getattr(layer, name) for name in names) if s is not None]
+            n = operand_elements(shape, tensor)
+            for parts in quantiser_kernels(specs, n, hardware):
+                _kernel(out, TENSOR_PASS[tensor], parts, hardware)
+        for name in FORWARD_OPERANDS:
+            spec = getattr(layer, name)
+            if spec is None:
+                continue
+            parts = _gradient_parts(layer, spec, operand_elements(shape, name), hp)
+            _kernel(out, "bwd", [(t, ops / hardware.vector_ops, nbytes) for t, ops, nbytes in parts],
+                    hardware)
+    return out
+
+
+def quantiser_kernels(
+    specs: list[QuantSpec], n: int, hardware: Hardware
+) -> list[list[tuple[str, float, float]]]:
+    """The kernels that quantise one tensor of ``n`` elements into the operands ``specs``: the
+    fused quantiser, and tensor scaling's amax pass before it where an operand needs it. Each
+    kernel is its parts: (technique, compute seconds, bytes)."""
+    if not specs:
+        return []
+    vector, hp = hardware.vector_ops, hardware.high_precision_bytes
+    kernels = []
+    scaled = [s for s in specs if s.tensor_scale]
+    if scaled:  # one more read, and the transform where the amax is the rotated tensor's
+        ops = n * sum(1.0 + transform_ops(s) for s in scaled)
+        kernels.append([("tensor_scaling", ops / vector, n * hp)])
+    kernels.append([
+        ("quantise", n * len(specs) * (QUANTISE_OPS + SCALE_OPS * MX_SCALES_PER_ELEMENT) / vector,
+         n * (hp + sum(_mx_operand_bytes(s, hardware) for s in specs))),
+        ("hadamard", n * sum(transform_ops(s) for s in specs) / vector, 0.0),
+        ("stochastic_rounding", n * sum(rounding_ops(s) for s in specs) / vector, 0.0),
+        ("tensor_scaling", n * sum(scales_per_element(s) for s in scaled) / vector, 0.0),
+        ("scale_format", n * sum(scale_format_ops(s) for s in specs) / vector,
+         n * sum(_scale_bytes_over_mx(s, hardware) for s in specs)),
+    ])
+    return kernels
+
+
+def kernel_seconds(parts: Iterable[tuple[str, float, float]], hardware: Hardware) -> float:
+    """A kernel's time: the larger of its compute time and its bytes at the streaming bandwidth."""
+    parts = list(parts)
+    return max(math.fsum(p[1] for p in parts), math.fsum(p[2] for p in parts) / hardware.stream_bytes)
+
+
+def _mx_operand_bytes(spec: QuantSpec | None, hardware: Hardware) -> float:
+    """Bytes per element a GEMM reads for an operand, with MX's scale bytes in place of its own."""
+    if spec is None or not hardware.native_fp4:
+        return hardware.operand_bytes(spec)
+    return spec.elem_format.bits / 8 + MX_SCALE_BYTES_PER_ELEMENT
+
+
+def _scale_bytes_over_mx(spec: QuantSpec | None, hardware: Hardware) -> float:
+    """Scale bytes per element beyond MX's, for an operand stored with its scales."""
+    if spec is None or not hardware.native_fp4:
+        return 0.0
+    return scale_bytes_per_element(spec) - MX_SCALE_BYTES_PER_ELEMENT
+
+
+# -- the unfused upper bound ----------------------------------------------------------------------
+
+
+def _unfused_seconds(recipe: Recipe, shapes: list[GemmShape], hardware: Hardware) -> Seconds:
     ops: dict[tuple[str, str], float] = defaultdict(float)
     data: dict[tuple[str, str], float] = defaultdict(float)
-    extra_gemm_seconds: dict[str, float] = defaultdict(float)
-    for shape in gemm_shapes:
-        for name, spec in recipe.operands().items():
+    out = _new_seconds()
+    hp = hardware.high_precision_bytes
+    for shape in shapes:
+        layer = layer_recipe(recipe, shape)
+        for name, spec in layer.operands().items():
             if spec is None:
                 continue
             pass_ = "fwd" if name in FORWARD_OPERANDS else "bwd"
             n = operand_elements(shape, name)
-            for technique, (o, b) in quantiser_costs(spec, n, hardware).items():
+            for technique, (o, b) in _unfused_quantiser_costs(spec, n, hp).items():
                 ops[technique, pass_] += o
                 data[technique, pass_] += b
         for name in FORWARD_OPERANDS:
-            spec = getattr(recipe, name)
+            spec = getattr(layer, name)
             if spec is None:
                 continue
-            n = operand_elements(shape, name)
-            for technique, (o, b) in gradient_costs(recipe, spec, n, hardware).items():
+            for technique, o, b in _gradient_parts(layer, spec, operand_elements(shape, name), hp):
                 ops[technique, "bwd"] += o
                 data[technique, "bwd"] += b
         for gemm, (a, b) in GEMM_OPERANDS.items():
-            rate = min(hardware.gemm_flops(getattr(recipe, a)), hardware.gemm_flops(getattr(recipe, b)))
-            flops = shape.flops_per_pass
-            extra = flops / rate - flops / hardware.fp4_flops
-            extra_gemm_seconds["fwd" if gemm == "fwd" else "bwd"] += extra
-    step_seconds = sum(3 * s.flops_per_pass for s in gemm_shapes) / hardware.fp4_flops
-    terms = []
-    for technique in TECHNIQUES:
-        for pass_ in PASSES:
-            if technique == "gemm_precision":
-                arithmetic, memory = extra_gemm_seconds[pass_], 0.0
-            else:
-                arithmetic = ops[technique, pass_] / hardware.vector_ops
-                memory = data[technique, pass_] / hardware.memory_bytes
-            terms.append(Term(technique, pass_, arithmetic / step_seconds, memory / step_seconds))
-    return Overhead(terms=tuple(terms), points=float(complexity_points(recipe)))
+            rate = min(hardware.gemm_flops(getattr(layer, a)), hardware.gemm_flops(getattr(layer, b)))
+            out["gemm_precision", "fwd" if gemm == "fwd" else "bwd"][0] += shape.flops_per_pass / rate
+    for key in set(ops) | set(data):
+        out[key][0] += ops[key] / hardware.vector_ops
+        out[key][1] += data[key] / hardware.memory_bytes
+    return out
 
 
-def operand_elements(shape: GemmShape, operand: str) -> int:
-    """Elements of one operand over the layer's ``count`` calls: x is m*k, w n*k, dy m*n."""
-    sizes = {"x": shape.m * shape.k, "w": shape.n * shape.k, "dy": shape.m * shape.n}
-    return sizes[operand.split("_", 1)[1]] * shape.count
-
-
-def scales_per_element(spec: QuantSpec) -> float:
-    return 1 / (spec.block * spec.block) if spec.block_2d else 1 / spec.block
-
-
-def quantiser_costs(spec: QuantSpec, n: int, hardware: Hardware) -> dict[str, tuple[float, float]]:
-    """(ops, bytes) per technique of quantising one operand of ``n`` elements with ``spec``."""
-    costs = {}
-    if spec.hadamard_size:
-        costs["hadamard"] = (n * _transform_ops_per_element(spec), 0.0)
-    if spec.rounding == "sr":
-        costs["stochastic_rounding"] = (n * (1 + OPS_PER_RANDOM_WORD * spec.sr_bits / 32), 0.0)
-    scales = n * scales_per_element(spec)
+def _unfused_quantiser_costs(spec: QuantSpec, n: int, hp: int) -> dict[str, tuple[float, float]]:
+    """(ops, bytes) per technique of quantising one operand of ``n`` elements with ``spec``,
+    beyond MXFP4's own quantise-and-cast."""
+    costs = {
+        "hadamard": (n * transform_ops(spec), 0.0),
+        "stochastic_rounding": (n * rounding_ops(spec), 0.0),
+        # each scale written by the quantiser and read by the GEMM
+        "scale_format": (n * scale_format_ops(spec),
+                         2 * n * (scale_bytes_per_element(spec) - MX_SCALE_BYTES_PER_ELEMENT)),
+    }
     if spec.tensor_scale:
-        costs["tensor_scaling"] = (n + scales, n * hardware.high_precision_bytes)
-    scale_bytes = math.ceil(spec.scale_format.bits / 8)
-    scale_ops = 2.0 if spec.scale_format.man_bits else 0.0
-    costs["scale_format"] = (
-        scales * scale_ops,
-        2 * (scales * scale_bytes - n * MX_SCALE_BYTES_PER_ELEMENT),
-    )
+        costs["tensor_scaling"] = (n * (1 + scales_per_element(spec)), n * hp)
     return costs
-
-
-def gradient_costs(
-    recipe: Recipe, spec: QuantSpec, n: int, hardware: Hardware
-) -> dict[str, tuple[float, float]]:
-    """(ops, bytes) per technique of the backward through one forward quantiser of ``n``
-    elements: the estimator's derivative, the scale gradient and the transforms they need."""
-    hp = hardware.high_precision_bytes
-    gradient_pass = 2 * hp  # read and write the gradient once more
-    costs = {}
-    if recipe.estimator != "ste":
-        state = _MASK_BYTES if recipe.estimator == "clipped_ste" else hp
-        costs["estimator"] = (n * _ESTIMATOR_OPS[recipe.estimator], n * (gradient_pass + state))
-    if recipe.scale_grad == "amax":
-        costs["scale_grad"] = (n * _SCALE_GRAD_OPS, n * (gradient_pass + hp))
-    if costs and spec.hadamard_size:
-        costs["hadamard"] = (2 * n * _transform_ops_per_element(spec), 0.0)
-    return costs
-
-
-def _transform_ops_per_element(spec: QuantSpec) -> float:
-    return math.log2(spec.hadamard_size) + (1.0 if spec.random_signs else 0.0)
 
 
 def complexity_points(recipe: Recipe) -> int:

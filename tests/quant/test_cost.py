@@ -1,4 +1,4 @@
-"""Hand-computed cases of the overhead model, on a machine with round numbers."""
+"""Hand-computed cases of the unfused overhead model, on a machine with round numbers."""
 
 import math
 
@@ -21,13 +21,15 @@ def fraction(ops=0.0, data=0.0):
 
 
 def costs(recipe, shapes=(SHAPE,)):
-    return overhead(recipe, list(shapes), HW)
+    return overhead(recipe, list(shapes), HW, model="unfused")
 
 
 def test_plain_mxfp4_is_the_reference_and_costs_nothing():
     result = costs(Recipe.preset("mxfp4"))
     assert result.total == 0 and result.points == 0
-    assert set(result.as_dict().values()) == {0.0}
+    row = result.as_dict()
+    assert row.pop("vs_bf16") == pytest.approx(1 / 4)  # bf16's GEMMs run at a quarter the rate
+    assert set(row.values()) == {0.0}
 
 
 def test_bf16_runs_every_gemm_at_a_quarter_of_the_fp4_rate():
@@ -69,9 +71,10 @@ def test_hadamard_costs_log2_k_stages_and_a_sign(transform, ops):
 def test_scale_bytes_relative_to_one_byte_per_32_elements():
     result = costs(Recipe.from_axes(scale="ue4m3", block=16, scale_rule="nearest", weight_block_2d=True))
     # write + read of one byte per 16 elements (x, dy) or per 16x16 tile (w), minus MX's 1/32;
-    # a scale with mantissa bits costs 2 ops per scale
+    # each scale beyond MX's one per 32 elements costs 4 ops, one with mantissa bits 2 more
     def operand(n, per_scale):
-        return fraction(2 * n / per_scale, 2 * (n / per_scale - n / 32))
+        ops = 4 * (n / per_scale - n / 32) + 2 * n / per_scale
+        return fraction(ops, 2 * (n / per_scale - n / 32))
 
     assert result.forward == pytest.approx(operand(X, 16) + operand(W, 256))
     assert result.backward == pytest.approx(2 * operand(DY, 16) + operand(W, 256) + operand(X, 16))
@@ -92,7 +95,7 @@ def test_estimator_and_scale_gradient_in_the_backward_pass():
     quantise_bwd = 4 * (DY + W + DY + X)
     fwd_operands = X + W
     estimator = fraction(10 * fwd_operands, (4 + 2) * fwd_operands)  # gradient r/w + operand
-    scale_grad = fraction(5 * fwd_operands, (4 + 2) * fwd_operands)
+    scale_grad = fraction(5 * fwd_operands)  # its gradient pass and re-read are the estimator's
     transforms = fraction(2 * 4 * fwd_operands)  # gradient into the rotated basis and back
     assert result.forward == pytest.approx(fraction(quantise_fwd))
     assert result.backward == pytest.approx(fraction(quantise_bwd) + estimator + scale_grad + transforms)
@@ -134,6 +137,26 @@ def test_preset_points():
     assert costs(Recipe.preset("paper_best")).points == 4
 
 
-def test_needs_gemm_shapes():
+def test_needs_gemm_shapes_and_a_known_model():
     with pytest.raises(ValueError, match="at least one GemmShape"):
         overhead(Recipe.preset("mxfp4"), [])
+    with pytest.raises(ValueError, match="unknown overhead model 'roofline'; valid: \\['fused', 'unfused'\\]"):
+        overhead(Recipe.preset("mxfp4"), [SHAPE], model="roofline")
+
+
+def test_stochastic_rounding_draws_a_whole_word_above_16_bits():
+    result = costs(Recipe.from_axes(rounding_bwd="sr", sr_bits=24))
+    assert result.backward == pytest.approx(fraction((DY + W + DY + X) * (1 + 15)))
+
+
+def test_a_layer_kept_in_high_precision_is_priced_as_bf16():
+    kept = GemmShape(m=256, k=128, n=64, high_precision=True)
+    assert costs(Recipe.preset("nvfp4"), [kept]).total == pytest.approx(costs(Recipe.preset("bf16")).total)
+    assert costs(Recipe.preset("nvfp4"), [kept]).points == 5  # the recipe's, whatever a layer runs
+
+
+def test_vs_bf16_compares_step_times():
+    # unfused: the MXFP4 step is its GEMM time (1 unit), bf16 costs 3 more
+    assert costs(Recipe.preset("bf16")).vs_bf16 == pytest.approx(1.0)
+    assert costs(Recipe.preset("mxfp4")).vs_bf16 == pytest.approx(1 / 4)
+    assert costs(Recipe.from_axes(elem="e4m3")).vs_bf16 == pytest.approx(2 / 4)
