@@ -19,6 +19,7 @@ from fp4sweep.sweep.search import SearchSettings, split_search
 from fp4sweep.sweep.store import ResultsStore, StoreError
 
 if TYPE_CHECKING:
+    from fp4sweep.analysis.pricing import Pricing
     from fp4sweep.sweep.adaptive import SearchReport
     from fp4sweep.sweep.plan import Plan
     from fp4sweep.sweep.runner import RunReport
@@ -186,6 +187,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the Pareto report of a results store: one HTML page plus its tables as CSV."""
     from fp4sweep.analysis import DEFAULT_TOLERANCE, ReferencePoint, report_from_store
+    from fp4sweep.analysis.pricing import PricingError
 
     # `fp4sweep report path/to/results` names the store directly; otherwise the overrides
     # (e.g. +sweep=full results_dir=DIR) say where it is.
@@ -205,9 +207,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise SweepError(str(error)) from None
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    page = report_from_store(results_dir, args.out, reference=reference, tolerance=tolerance)
+    pricing = _pricing(args)
+    try:
+        page = report_from_store(results_dir, args.out, reference, tolerance, pricing)
+    except PricingError as error:
+        raise SweepError(str(error)) from None
+    if pricing is not None:
+        print(f"Overhead priced on {pricing.label}")
     print(f"Report: {page}")
     return 0
+
+
+def _pricing(args: argparse.Namespace) -> Pricing | None:
+    """The report's --target/--hardware pricing; None keeps the overhead the trials stored."""
+    from fp4sweep.analysis.pricing import DEFAULT_HARDWARE, TASK_TARGET, Pricing
+
+    if args.target is None and args.hardware is None:
+        return None
+    try:
+        return Pricing(args.target or TASK_TARGET, args.hardware or DEFAULT_HARDWARE)
+    except ValueError as error:
+        raise SweepError(str(error)) from None
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
@@ -236,6 +256,16 @@ def _add_report_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--reference", type=float, nargs="+", default=None, metavar="X",
         help="hypervolume reference point (quality gap, overhead[, measured overhead])",
+    )
+    sub.add_argument(
+        "--target", default=None, metavar="NAME",
+        help="price the modelled overhead on this workload (fp4sweep/conf/target/: gpt2_small, "
+        "llama3_8b, task; default: the figure each trial stored, on its own task)",
+    )
+    sub.add_argument(
+        "--hardware", default=None, metavar="NAME",
+        help="price the modelled overhead on this machine (fp4sweep/conf/hardware/: b200, b300, "
+        "h200; default b200)",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -25,15 +26,21 @@ def report_from_store(
     out_dir: str | Path | None = None,
     reference: ReferencePoint = ReferencePoint(),
     tolerance: float = DEFAULT_TOLERANCE,
+    pricing: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> Path:
     """Report on the results store at ``results_dir``; returns the HTML file's path.
 
     Writes to ``out_dir`` (default ``results_dir/report``). Unreadable parts of the store and
-    missing baselines are named in the report rather than raised.
+    missing baselines are named in the report rather than raised. ``pricing`` (an
+    ``analysis.pricing.Pricing``) re-prices the overhead on a target and machine.
     """
     trials, problems = read_trials(results_dir)
+    source = str(results_dir)
+    if pricing is not None:
+        trials = pricing(trials)
+        source += f", overhead priced on {getattr(pricing, 'label', 'a target')}"
     out_dir = Path(results_dir) / REPORT_DIR if out_dir is None else out_dir
-    return build_report(trials, out_dir, reference, tolerance, problems, source=str(results_dir))
+    return build_report(trials, out_dir, reference, tolerance, problems, source=source)
 
 
 def build_report(
