@@ -133,12 +133,13 @@ class Term:
 class Overhead:
     """A recipe's modelled cost: ``terms`` per technique and pass, complexity points, and what
     it needs to compare with bf16: the MXFP4 step's time (``reference``) and the bf16 recipe's
-    overhead (``bf16``), both in the same unit as the terms."""
+    overhead (``bf16``), both in the same unit as the terms, which lasts ``unit_seconds``."""
 
     terms: tuple[Term, ...]
     points: float
     reference: float
     bf16: float
+    unit_seconds: float
 
     def _sum(self, pass_: str | None = None) -> float:
         return math.fsum(t.total for t in self.terms if pass_ is None or t.pass_ == pass_)
@@ -162,6 +163,11 @@ class Overhead:
     @property
     def memory(self) -> float:
         return math.fsum(t.memory for t in self.terms)
+
+    @property
+    def seconds(self) -> float:
+        """The recipe's modelled linear-layer time of one step, in seconds."""
+        return (self.reference + self.total) * self.unit_seconds
 
     @property
     def vs_bf16(self) -> float:
@@ -211,7 +217,7 @@ def overhead(
         for pass_ in PASSES
     )
     bf16 = (_total(seconds(Recipe(), gemm_shapes, hardware)) - _total(mx)) / unit
-    return Overhead(terms, float(complexity_points(recipe)), _total(mx) / unit, bf16)
+    return Overhead(terms, float(complexity_points(recipe)), _total(mx) / unit, bf16, unit)
 
 
 def _total(seconds: Seconds) -> float:
