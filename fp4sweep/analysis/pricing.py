@@ -72,22 +72,33 @@ def price_trials(
     @lru_cache(maxsize=None)
     def price(spec_json: str) -> tuple[tuple[str, float], ...]:
         spec = json.loads(spec_json)
+        try:
+            recipe = Recipe.from_dict(spec["recipe"])
+        except ValueError as error:
+            raise PricingError(f"a stored recipe is not valid here: {error}") from None
         shapes = list(workload.shapes) if not workload.from_task else task_shapes(spec)
-        costs = overhead(Recipe.from_dict(spec["recipe"]), shapes, machine, model)
-        return tuple(costs.as_dict().items())
+        return tuple(overhead(recipe, shapes, machine, model).as_dict().items())
 
     # One pricing per distinct recipe and task: the seeds of a recipe share it.
-    keys = [_pricing_key(spec, workload.from_task) for spec in trials["spec"]]
+    keys = [
+        _pricing_key(trial, spec, workload.from_task)
+        for trial, spec in zip(trials["trial_id"], trials["spec"])
+    ]
     priced = pd.DataFrame([dict(price(key)) for key in keys], index=trials.index).add_prefix(OVERHEAD)
     kept = trials.drop(columns=[c for c in trials.columns if c.startswith(OVERHEAD)])
     return pd.concat([kept, priced], axis=1)
 
 
-def _pricing_key(spec_json: str, from_task: bool) -> str:
+def _pricing_key(trial_id: str, spec_json: str, from_task: bool) -> str:
     """What a trial's price depends on: its recipe, and its task when priced on the task."""
-    spec = json.loads(spec_json)
     keys = ("recipe", "task", "size", "params", "exclude") if from_task else ("recipe",)
-    return json.dumps({k: spec[k] for k in keys}, sort_keys=True)
+    try:
+        spec = json.loads(spec_json)
+        return json.dumps({k: spec[k] for k in keys}, sort_keys=True)
+    except (TypeError, ValueError, KeyError):
+        raise PricingError(
+            f"trial {trial_id}: its spec column holds no {'/'.join(keys)} to price it by"
+        ) from None
 
 
 def task_shapes(spec: dict[str, Any]) -> list[GemmShape]:

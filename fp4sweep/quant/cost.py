@@ -45,15 +45,16 @@ Instruction counts, per element unless said otherwise, shared by both models:
 
 - quantise-and-cast: 5 (unpack, |x| into the block's max, multiply by the scale's reciprocal,
   cast, pack), plus 4 per block scale (amax to scale, its format, reciprocal, store).
-- scale format: a scale with mantissa bits (not a power of two) rounds amax / elem_max into its
-  format: 2 more per scale. Its bytes are written by the quantiser and read by the GEMM; blocks
+- scale format: scales beyond MX's one per 32 elements cost 4 instructions each (fewer scales
+  save them); a scale with mantissa bits (not a power of two) rounds amax / elem_max into its
+  format: 2 more per scale. Scale bytes are written by the quantiser and read by the GEMM; blocks
   above 32, 2-D tiles and one-byte scales make this term negative (a saving).
 - hadamard: a fast Walsh-Hadamard transform of size K is log2(K) add/sub stages; random signs
   one more multiply.
 - stochastic_rounding: the add that applies the random bits, plus one 32-bit random word per
-  element (up to 8 random bits four elements share a word, up to 16 two, as ``rng.py`` draws
-  them) at 21 instructions a word: the counter-based hash of this project's kernels, counted in
-  their SASS (docs/benchmarks.md).
+  element (up to 8 random bits four elements share a word, up to 16 two, as ``rng.py`` and FP4
+  hardware's stochastic conversion draw them) at 15 instructions a word: Philox-4x32-10 makes
+  four words in 10 rounds of two wide multiplies, two three-input XORs and two key additions.
 - tensor_scaling: a max per element in the amax pass, a multiply per block scale.
 - estimator (backward, per forward operand): STE is free; clipped STE reads a 1-bit saturation
   mask written in the forward and selects (1); spline re-reads the operand and locates each

@@ -41,10 +41,13 @@ class Hardware:
         for field in rates + (("fp4_flops",) if self.fp4_flops is not None else ()):
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"Hardware {self.name!r}: {field} must be a positive number, got {value!r}")
+                raise ValueError(
+                    f"Hardware {self.name!r}: {field} must be a positive number, got {value!r}"
+                )
         if not 0 < self.memory_efficiency <= 1:
             raise ValueError(
-                f"Hardware {self.name!r}: memory_efficiency must be in (0, 1], got {self.memory_efficiency!r}"
+                f"Hardware {self.name!r}: memory_efficiency must be in (0, 1], "
+                f"got {self.memory_efficiency!r}"
             )
 
     @property

@@ -94,3 +94,11 @@ def test_report_prices_on_a_target_from_the_command_line(stored_rows, tmp_path, 
     assert "unknown target 'gpt3'; valid:" in capsys.readouterr().err
     assert main(["report", str(store), "--out", str(out), "--hardware", "a100"]) == EXIT_BAD_INPUT
     assert "unknown hardware 'a100'; valid: ['b200', 'b300', 'h200']" in capsys.readouterr().err
+
+
+def test_a_trial_without_a_recipe_is_one_error(rows_to_store, tmp_path, capsys):
+    from test_partial_stores import small_sweep  # synthetic rows: their spec is "{}"
+
+    store = rows_to_store(small_sweep())
+    assert main(["report", str(store), "--out", str(tmp_path / "r"), "--target", "gpt2_small"]) == EXIT_BAD_INPUT
+    assert "its spec column holds no recipe to price it by" in capsys.readouterr().err

@@ -21,7 +21,9 @@ B200, H200 = load_hardware("b200"), load_hardware("h200")
 N = 8192 * 8192  # elements of a large tensor: launch and tail effects vanish
 
 
-def cast_tb_s(specs: list[QuantSpec], hardware, with_amax: bool = False, bytes_per_element: float | None = None) -> float:
+def cast_tb_s(
+    specs: list[QuantSpec], hardware, with_amax: bool = False, bytes_per_element: float | None = None
+) -> float:
     """Modelled throughput of quantising one bf16 tensor into ``specs`` (its quantiser kernel,
     and its amax pass too with ``with_amax``), in TB/s of the bytes it reads and writes (or of
     ``bytes_per_element`` when a benchmark counts bytes its own way)."""
@@ -39,14 +41,15 @@ NVFP4_SR8 = dataclasses.replace(NVFP4, rounding="sr", sr_bits=8)  # cvt.rs: 8 ra
 
 
 def nvfp4_variant(recipe: Recipe, wgrad_transform: str) -> Recipe:
-    wgrad = {n: dataclasses.replace(getattr(recipe, n), transform=wgrad_transform) for n in ("wgrad_dy", "wgrad_x")}
+    names = ("wgrad_dy", "wgrad_x")
+    wgrad = {n: dataclasses.replace(getattr(recipe, n), transform=wgrad_transform) for n in names}
     return dataclasses.replace(recipe, **wgrad)
 
 
 def with_bf16_layers(shapes: list[GemmShape], layers: int) -> list[GemmShape]:
     """The same shapes with ``layers`` of each kept in bf16 (a layer policy's tail layers)."""
-    return [part for s in shapes for part in (
-        dataclasses.replace(s, count=s.count - layers), dataclasses.replace(s, count=layers, high_precision=True))]
+    kept = [dataclasses.replace(s, count=layers, high_precision=True) for s in shapes]
+    return [dataclasses.replace(s, count=s.count - layers) for s in shapes] + kept
 
 
 def step_seconds(recipe: Recipe, shapes: list[GemmShape], hardware=B200) -> float:
@@ -56,6 +59,9 @@ def step_seconds(recipe: Recipe, shapes: list[GemmShape], hardware=B200) -> floa
 LLAMA = list(load_target("llama3_8b").shapes)
 GPT2 = list(load_target("gpt2_small").shapes)
 NV = Recipe.preset("nvfp4")
+NO_RHT, FIXED_SIGN = nvfp4_variant(NV, "none"), nvfp4_variant(NV, "hadamard16")
+PAPER_BEST = Recipe.preset("paper_best")
+MX_H32_SR = dataclasses.replace(QuantSpec.preset("mxfp4"), transform="hadamard32", rounding="sr")
 TE_CAST = "TransformerEngine PR #2412 (tuned NVFP4 cast kernel, sm100, bf16 in)"
 ISSUE = "as quoted in issue 25 (no source named there)"
 OWN = "docs/benchmarks.md, one H200"
@@ -86,16 +92,16 @@ CASES = [
     Case("nvfp4 recipe, Llama 3 8B linear layers, speed-up over bf16 (B200)",
          lambda: 1 / overhead(NV, LLAMA).vs_bf16, "1.5 to 1.6 (end to end)", "x", ISSUE, 1.5, 4.0),
     Case("paper_best, Llama 3 8B linear layers, time relative to bf16 (B200)",
-         lambda: overhead(Recipe.preset("paper_best"), LLAMA).vs_bf16, "below 1", "x bf16", ISSUE, 0.0, 1.0),
+         lambda: overhead(PAPER_BEST, LLAMA).vs_bf16, "below 1", "x bf16", ISSUE, 0.0, 1.0),
     # 5 of 32 layers in bf16: about the 16 % of layers the NVFP4 paper (arXiv 2509.25149) keeps.
     Case("dropping wgrad RHT and 5 of 32 bf16 layers, Llama 3 8B, throughput gain (B200)",
-         lambda: step_seconds(NV, with_bf16_layers(LLAMA, 5)) / step_seconds(nvfp4_variant(NV, "none"), LLAMA) - 1,
+         lambda: step_seconds(NV, with_bf16_layers(LLAMA, 5)) / step_seconds(NO_RHT, LLAMA) - 1,
          "0.21 on GB200", "", ISSUE, 0.21 * 0.7, 0.21 * 1.3),
     Case("fixed-sign Hadamard-16 on wgrad, Llama 3 8B, added step time (B200)",
-         lambda: step_seconds(nvfp4_variant(NV, "hadamard16"), LLAMA) / step_seconds(nvfp4_variant(NV, "none"), LLAMA) - 1,
+         lambda: step_seconds(FIXED_SIGN, LLAMA) / step_seconds(NO_RHT, LLAMA) - 1,
          "0.017 to 0.041", "", ISSUE, 0.017 * 0.7, 0.041 * 1.3),
     Case("fixed-sign Hadamard-16 on wgrad, GPT-2 small, added step time (B200)",
-         lambda: step_seconds(nvfp4_variant(NV, "hadamard16"), GPT2) / step_seconds(nvfp4_variant(NV, "none"), GPT2) - 1,
+         lambda: step_seconds(FIXED_SIGN, GPT2) / step_seconds(NO_RHT, GPT2) - 1,
          "0.017 to 0.041", "", ISSUE, 0.017 * 0.7, 0.041 * 1.3),
     # This project's Triton kernels write the quantise-dequantise image in bf16 (TB/s of a copy's
     # bytes, 4 per element). The roofline is a bound they cannot beat; the memory-bound one runs
@@ -107,8 +113,7 @@ CASES = [
          lambda: cast_tb_s([NVFP4], H200, with_amax=True, bytes_per_element=4),
          "2.40", "TB/s", OWN + ": 60.5 % of copy", 2.40, 2.40 * 1.3),
     Case("mxfp4 + Hadamard-32 + SR fake_quantize, 8192x8192 (H200)",
-         lambda: cast_tb_s([dataclasses.replace(QuantSpec.preset("mxfp4"), transform="hadamard32", rounding="sr")],
-                           H200, bytes_per_element=4),
+         lambda: cast_tb_s([MX_H32_SR], H200, bytes_per_element=4),
          "1.81", "TB/s", OWN + ": 45.5 % of copy, 59 instructions an element", 1.81, 1.81 * 3),
     # A GPT-2-small step (batch 32 x 1024) on the H200: the quantisers' device time, one kernel
     # per operand (240 calls for nvfp4, 288 for paper_best, each with its amax pass), against
@@ -117,7 +122,7 @@ CASES = [
          lambda: 1e3 * (step_seconds(NV, GPT2, H200) - step_seconds(Recipe(), GPT2, H200)),
          "26.2", "ms", OWN + ", run of 2026-12-02", 26.2 / 4, 26.2),
     Case("paper_best quantisers' time in a GPT-2-small step (H200)",
-         lambda: 1e3 * (step_seconds(Recipe.preset("paper_best"), GPT2, H200) - step_seconds(Recipe(), GPT2, H200)),
+         lambda: 1e3 * (step_seconds(PAPER_BEST, GPT2, H200) - step_seconds(Recipe(), GPT2, H200)),
          "45.9", "ms", OWN + ", run of 2026-12-02", 45.9 / 5, 45.9),
 ]
 
@@ -132,13 +137,18 @@ def test_gpt2_small_paper_best_is_not_below_bf16_with_24_random_bits():
     # instructions per element for paper_best's two stochastically rounded, rotated, tensor-
     # scaled gradient operands; at B200's 240:1 tensor-to-vector rate the quantisers cost more
     # than FP4 saves. With 8 random bits (FP4 hardware's) and no amax pass it is below bf16.
-    assert overhead(Recipe.preset("paper_best"), GPT2).vs_bf16 > 1
-    cheaper = Recipe.from_axes(scale="ue5m3", scale_rule="nearest", rounding_bwd="sr", sr_bits=8, transform="rhadamard32")
+    assert overhead(PAPER_BEST, GPT2).vs_bf16 > 1
+    cheaper = Recipe.from_axes(
+        scale="ue5m3", scale_rule="nearest", rounding_bwd="sr", sr_bits=8, transform="rhadamard32"
+    )
     assert overhead(cheaper, GPT2).vs_bf16 < 1
 
 
 def markdown_table() -> str:
-    lines = ["| case | predicted | measured | accepted range | source |", "| --- | ---: | ---: | --- | --- |"]
+    lines = [
+        "| case | predicted | measured | accepted range | source |",
+        "| --- | ---: | ---: | --- | --- |",
+    ]
     for c in CASES:
         lines.append(f"| {c.name} | {c.predict():.3g} {c.unit} | {c.measured} {c.unit} | "
                      f"{c.low:.3g} to {c.high:.3g} | {c.source} |")
