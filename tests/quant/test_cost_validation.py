@@ -150,8 +150,8 @@ def markdown_table() -> str:
         "| --- | ---: | ---: | --- | --- |",
     ]
     for c in CASES:
-        lines.append(f"| {c.name} | {c.predict():.3g} {c.unit} | {c.measured} {c.unit} | "
-                     f"{c.low:.3g} to {c.high:.3g} | {c.source} |")
+        predicted, measured = f"{c.predict():.3g} {c.unit}".strip(), f"{c.measured} {c.unit}".strip()
+        lines.append(f"| {c.name} | {predicted} | {measured} | {c.low:.3g} to {c.high:.3g} | {c.source} |")
     return "\n".join(lines)
 
 
