@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -15,6 +15,9 @@ from fp4sweep.analysis.load import read_trials
 from fp4sweep.analysis.pareto import ReferencePoint, front_members
 from fp4sweep.analysis.quality import CONFIDENCE
 from fp4sweep.analysis.render import render_html
+
+if TYPE_CHECKING:
+    from fp4sweep.analysis.pricing import Pricing
 
 REPORT_DIR = "report"  # default output directory inside the results store
 HTML_NAME = "report.html"
@@ -26,19 +29,19 @@ def report_from_store(
     out_dir: str | Path | None = None,
     reference: ReferencePoint = ReferencePoint(),
     tolerance: float = DEFAULT_TOLERANCE,
-    pricing: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    pricing: Pricing | None = None,
 ) -> Path:
     """Report on the results store at ``results_dir``; returns the HTML file's path.
 
     Writes to ``out_dir`` (default ``results_dir/report``). Unreadable parts of the store and
-    missing baselines are named in the report rather than raised. ``pricing`` (an
-    ``analysis.pricing.Pricing``) re-prices the overhead on a target and machine.
+    missing baselines are named in the report rather than raised. ``pricing`` re-prices the
+    modelled overhead on a target workload and machine; without it the stored figures stay.
     """
     trials, problems = read_trials(results_dir)
     source = str(results_dir)
     if pricing is not None:
         trials = pricing(trials)
-        source += f", overhead priced on {getattr(pricing, 'label', 'a target')}"
+        source += f", overhead priced on {pricing.label}"
     out_dir = Path(results_dir) / REPORT_DIR if out_dir is None else out_dir
     return build_report(trials, out_dir, reference, tolerance, problems, source=source)
 
