@@ -361,8 +361,9 @@ def quantiser_kernels(
 
 def kernel_seconds(parts: Iterable[tuple[str, float, float]], hardware: Hardware) -> float:
     """A kernel's time: the larger of its compute time and its bytes at the streaming bandwidth."""
-    parts = list(parts)
-    return max(math.fsum(p[1] for p in parts), math.fsum(p[2] for p in parts) / hardware.stream_bytes)
+    out = _new_seconds()
+    _kernel(out, "fwd", parts, hardware)
+    return _total(out)
 
 
 def _mx_operand_bytes(spec: QuantSpec | None, hardware: Hardware) -> float:
