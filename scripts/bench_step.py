@@ -40,7 +40,8 @@ import torch.nn.functional as F
 import triton.testing
 
 from fp4sweep.quant import Recipe, quantize_model
-from fp4sweep.quant.kernels import backend, launch
+from fp4sweep.quant import dispatch
+from fp4sweep.quant.kernels import launch
 from fp4sweep.tasks import classification, datasets, diffusion
 from fp4sweep.tasks.gpt import GPT
 from fp4sweep.tasks.training import adam_options
@@ -207,7 +208,7 @@ def main() -> None:
     results = []
     for name, recipe, quantiser in runs:
         torch.manual_seed(0)
-        with backend.use_backend(quantiser):
+        with dispatch.use_backend(quantiser):
             step = TASK_STEPS[args.task](recipe, batch, args.vocab)
             times = step_times(step, name, args.warmup, args.steps, args.profile)
             result = dict(recipe=name, quantiser="kernels" if quantiser == "auto" else quantiser,

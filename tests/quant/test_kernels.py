@@ -20,9 +20,11 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from fp4sweep.quant.estimators import quantize_for_training  # noqa: E402
-from fp4sweep.quant.kernels import backend, fold, launch  # noqa: E402
+from fp4sweep.quant import dispatch  # noqa: E402
+from fp4sweep.quant.kernels import fold, launch  # noqa: E402
 from fp4sweep.quant.layers import unfold_rows  # noqa: E402
-from fp4sweep.quant.quantize import QuantResult, fake_quantize, quantize_detailed  # noqa: E402
+from fp4sweep.quant.dispatch import fake_quantize, quantize_detailed  # noqa: E402
+from fp4sweep.quant.reference import QuantResult  # noqa: E402
 from fp4sweep.quant.spec import QuantSpec  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -37,7 +39,7 @@ ELEMENT_FORMATS = ("e2m1", "e2m3", "e3m2", "e4m3", "e5m2", "int4")
 
 
 def reference(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
-    with backend.use_backend("reference"):
+    with dispatch.use_backend("reference"):
         return fake_quantize(x, spec, axis, seed)
 
 
@@ -336,7 +338,7 @@ def check_detailed(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int =
     """Every field of ``quantize_detailed`` from the kernel equals the reference's."""
     x = x.to(DEVICE)
     kernel = launch.quantize_detailed(x, spec, axis, seed)
-    with backend.use_backend("reference"):
+    with dispatch.use_backend("reference"):
         assert_same_details(kernel, quantize_detailed(x, spec, axis, seed))
 
 
@@ -377,7 +379,7 @@ def test_estimators_run_on_the_kernels_with_the_same_gradient_map(estimator, sca
     spec = dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16")
     maps = []
     for name in ("triton", "reference"):
-        with backend.use_backend(name):
+        with dispatch.use_backend(name):
             output, gradient_map = quantize_for_training(x, spec, 1, 3, estimator, scale_grad)
             maps.append((output, gradient_map(grad)))
     (output, dx), (expected_output, expected_dx) = maps
@@ -387,7 +389,7 @@ def test_estimators_run_on_the_kernels_with_the_same_gradient_map(estimator, sca
 
 def test_kernel_results_carry_no_gradient():
     x = wide_range(4, 64).to(DEVICE).requires_grad_(True)
-    with backend.use_backend("triton"):
+    with dispatch.use_backend("triton"):
         assert not fake_quantize(x, NVFP4).requires_grad
         detailed = quantize_detailed(x, NVFP4)
     assert not any(value.requires_grad for value in vars(detailed).values())
@@ -395,23 +397,34 @@ def test_kernel_results_carry_no_gradient():
 
 def test_backend_choice(monkeypatch):
     x = wide_range(4, 64).to(DEVICE)
-    with backend.use_backend("triton"):
-        assert backend.use_kernels(x, MXFP4)
+    with dispatch.use_backend("triton"):
+        assert dispatch.use_kernels(x, MXFP4)
         assert_same_bits(fake_quantize(x, NVFP4), reference(x, NVFP4))
-    with backend.use_backend("reference"):
-        assert not backend.use_kernels(x, MXFP4)
-    monkeypatch.setenv(backend.ENV_VAR, "reference")
-    assert backend.selected() == "reference"
-    monkeypatch.setenv(backend.ENV_VAR, "cuda")
+    with dispatch.use_backend("reference"):
+        assert not dispatch.use_kernels(x, MXFP4)
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    assert dispatch.selected() == "reference"
+    monkeypatch.setenv(dispatch.ENV_VAR, "cuda")
     with pytest.raises(ValueError, match="FP4SWEEP_QUANT_BACKEND='cuda'.*valid"):
-        backend.selected()
+        dispatch.selected()
     with pytest.raises(ValueError, match="valid"):
-        with backend.use_backend("fast"):
+        with dispatch.use_backend("fast"):
             pass
-    monkeypatch.delenv(backend.ENV_VAR)
-    assert backend.use_kernels(x, MXFP4) == x.is_cuda
+    monkeypatch.delenv(dispatch.ENV_VAR)
+    assert dispatch.use_kernels(x, MXFP4) == x.is_cuda
     unsupported = dataclasses.replace(MXFP4, block=24, transform="hadamard32")
-    assert not backend.use_kernels(wide_range(4, 96).to(DEVICE), unsupported)
+    assert not dispatch.use_kernels(wide_range(4, 96).to(DEVICE), unsupported)
+
+
+def test_backend_argument_overrides_the_one_in_force(monkeypatch):
+    x = wide_range(4, 64).to(DEVICE)
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    assert dispatch.use_kernels(x, MXFP4, backend="triton")
+    with dispatch.use_backend("triton"):
+        assert not dispatch.use_kernels(x, MXFP4, backend="reference")
+        assert_same_bits(fake_quantize(x, NVFP4, backend="reference"), reference(x, NVFP4))
+    with pytest.raises(ValueError, match="backend='gpu'.*valid"):
+        fake_quantize(x, NVFP4, backend="gpu")
 
 
 # -- on the GPU: larger tensors, the CUDA reference and the CPU reference -------------------------
@@ -445,7 +458,7 @@ def test_gpu_matches_cuda_and_cpu_references(spec, axis):
 def test_gpu_fake_quantize_uses_the_kernels_by_default():
     x = wide_range(4096, 1024).cuda()
     spec = dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16")
-    assert backend.use_kernels(x, spec)
+    assert dispatch.use_kernels(x, spec)
     assert_same_bits(fake_quantize(x, spec, 0, 5), reference(x, spec, 0, 5))
 
 
@@ -456,7 +469,7 @@ def test_gpu_detailed_matches_cuda_and_cpu_references(spec):
     x = edge_values(512, 256, seed=4).to(torch.bfloat16)
     kernel = launch.quantize_detailed(x.cuda(), spec, 1, 777)
     for device in ("cuda", "cpu"):
-        with backend.use_backend("reference"):
+        with dispatch.use_backend("reference"):
             assert_same_details(kernel, quantize_detailed(x.to(device), spec, 1, 777))
 
 
@@ -475,7 +488,7 @@ FOLD_CASES = [  # kernel, dilation, stride
 
 def rows_and_input_gradient(x: torch.Tensor, grad_rows: torch.Tensor, kernel, dilation, stride,
                             backend_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    with backend.use_backend(backend_name):
+    with dispatch.use_backend(backend_name):
         x = x.clone().requires_grad_(True)
         rows, _, _ = unfold_rows(x, kernel, dilation, stride)
         (grad,) = torch.autograd.grad(rows, x, grad_rows)
@@ -485,7 +498,7 @@ def rows_and_input_gradient(x: torch.Tensor, grad_rows: torch.Tensor, kernel, di
 @pytest.mark.parametrize("kernel, dilation, stride", FOLD_CASES)
 def test_fold_is_the_backward_of_the_rows_views_bit_for_bit(kernel, dilation, stride):
     x = wide_range(3, 5, 11, 10, seed=1).to(DEVICE)
-    with backend.use_backend("reference"):
+    with dispatch.use_backend("reference"):
         rows, _, _ = unfold_rows(x, kernel, dilation, stride)
     # Six decades in every sum, so that adding in another order changes bits; and signed
     # zeros, which a sum that starts from zero turns positive and a copy keeps.
@@ -516,7 +529,7 @@ def test_fold_rejects_what_it_does_not_fold():
 
 def test_rows_of_other_dtypes_and_without_gradients_keep_the_views():
     x = wide_range(2, 4, 9, 8).to(DEVICE)
-    with backend.use_backend("triton"):
+    with dispatch.use_backend("triton"):
         half_rows = unfold_rows(x.half().requires_grad_(True), (3, 3), (1, 1), (1, 1))[0]
         assert half_rows.grad_fn is not None
         assert "RowsFoldedByKernel" not in type(half_rows.grad_fn).__name__
@@ -528,7 +541,7 @@ def test_rows_of_other_dtypes_and_without_gradients_keep_the_views():
 
 def test_rows_folded_by_the_kernel_refuse_a_second_derivative():
     x = wide_range(2, 4, 9, 8).to(DEVICE).requires_grad_(True)
-    with backend.use_backend("triton"):
+    with dispatch.use_backend("triton"):
         rows, _, _ = unfold_rows(x, (3, 3), (1, 1), (1, 1))
         weights = torch.ones_like(rows, requires_grad=True)
         (grad,) = torch.autograd.grad(rows, x, weights, create_graph=True)
@@ -543,7 +556,7 @@ def test_gpu_fold_matches_cuda_and_cpu_backwards(kernel, dilation, stride):
     """By default (backend "auto") a float32 CUDA input's rows take the kernel's backward;
     larger tensors than the interpreter's, against PyTorch's CUDA and CPU kernels."""
     x = wide_range(8, 32, 30, 28, seed=5)
-    with backend.use_backend("reference"):
+    with dispatch.use_backend("reference"):
         rows, _, _ = unfold_rows(x, kernel, dilation, stride)
     grad_rows = wide_range(*rows.shape, seed=6)
     grad_rows[::5, ::3] = -0.0

@@ -1,6 +1,6 @@
 """Host side of the fused quantiser: checks, tile geometry, tuning, launches.
 
-``fake_quantize`` here returns the same bits as ``fp4sweep.quant.quantize.fake_quantize`` (the
+``fake_quantize`` here returns the same bits as ``fp4sweep.quant.reference.fake_quantize`` (the
 reference) for every spec that ``supports`` accepts; the reference's own helpers supply the
 Hadamard signs and the stochastic-rounding key, so those agree by construction.
 
@@ -24,7 +24,7 @@ import triton.testing
 
 from fp4sweep.quant.formats import FloatFormat
 from fp4sweep.quant.kernels import quantiser
-from fp4sweep.quant.quantize import check_input
+from fp4sweep.quant.reference import check_input
 from fp4sweep.quant.rng import STREAM_ROUNDING, slot_bits, stream_key
 from fp4sweep.quant.scaling import SCALE_RULES, tensor_target
 from fp4sweep.quant.spec import QuantSpec
