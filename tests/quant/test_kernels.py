@@ -416,6 +416,17 @@ def test_backend_choice(monkeypatch):
     assert not dispatch.use_kernels(wide_range(4, 96).to(DEVICE), unsupported)
 
 
+def test_observers_see_every_kernel_call_and_only_inside_their_block():
+    x = wide_range(4, 64).to(DEVICE)
+    seen = []
+    with dispatch.use_backend("triton"):
+        with launch.observe_calls(lambda t, spec: seen.append((tuple(t.shape), spec))):
+            fake_quantize(x, NVFP4)
+            quantize_detailed(x, MXFP4)
+        fake_quantize(x, NVFP4)
+    assert seen == [((4, 64), NVFP4), ((4, 64), MXFP4)]
+
+
 def test_backend_argument_overrides_the_one_in_force(monkeypatch):
     x = wide_range(4, 64).to(DEVICE)
     monkeypatch.setenv(dispatch.ENV_VAR, "reference")

@@ -13,10 +13,11 @@ and the Hadamard signs on the device) is worked out on a shape's first call and 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import triton
@@ -322,10 +323,26 @@ def clear_plans() -> None:
     _plans.clear()
 
 
+_observers: list[Callable[[torch.Tensor, QuantSpec], None]] = []
+
+
+@contextlib.contextmanager
+def observe_calls(observer: Callable[[torch.Tensor, QuantSpec], None]) -> Iterator[None]:
+    """Call ``observer(x, spec)`` on every quantisation the kernels run in the enclosed code,
+    before its launch (``scripts/bench_step.py --traffic`` counts the bytes moved with it)."""
+    _observers.append(observer)
+    try:
+        yield
+    finally:
+        _observers.remove(observer)
+
+
 def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
          detailed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The output like ``x`` and, if ``detailed``, the float32 details buffer (see
     ``quantiser.fake_quantize_kernel``); ``x`` made contiguous first."""
+    for observer in _observers:
+        observer(x, spec)
     key = stream_key(seed, STREAM_ROUNDING)  # also checks the seed
     x = x.detach().contiguous()
     out = torch.empty_like(x)
