@@ -49,9 +49,8 @@ if INTERPRETED:
     TILES = TILES[:1]
 # Lanes that share each line's runs in the axis-vector layout, tried in this order (with every
 # tile shape): with 2, a warp's access covers whole 32-byte sectors, for a shuffle in one
-# butterfly stage. Which wins depends on the kernel (measured on an H200: 8 random bits a
-# decision gain 3 to 5 points of the copy bandwidth, 24 lose 1 to 2; docs/benchmarks.md,
-# night of 2026-12-03).
+# butterfly stage. Which wins depends on the kernel, so tuning tries both
+# (scripts/bench_quant.py shows the difference).
 RUN_LANES = (1, 2)
 
 
@@ -89,21 +88,19 @@ class _Geometry:
             return cls(n_outer, n_lines, *strides, length // spec.block,
                        triton.next_power_of_2(spec.block), True, PLAIN, vec)
         cols = max(spec.block, spec.hadamard_size)
-        # Measured on an H200 (docs/benchmarks.md): along a contiguous axis the plain layout
-        # reads best, unless butterflies want whole Hadamard runs in one thread; along a strided
-        # axis the line vectors do.
+        # Along a contiguous axis the plain layout reads best, unless butterflies want whole
+        # Hadamard runs in one thread; along a strided axis the line vectors do
+        # (scripts/bench_quant.py).
         if inner == 1 and spec.hadamard_size and vec <= cols <= MAX_THREAD_RUN:
             return cls(n_outer, n_lines, *strides, length // cols, cols, False, AXIS_VECTORS, vec)
         if inner > 1 and cols <= MAX_THREAD_RUN:
-            # A transform wants two lines a thread at least: with one, its runs of 64 ran at 3 %
-            # of copy on an H200, at 52 % with two (docs/benchmarks.md, late night of
-            # 2026-12-03); without a transform, one line of 64 reads best.
+            # A transform wants two lines a thread at least, or its strided runs read far below
+            # copy speed; without a transform one line of 64 reads best (scripts/bench_quant.py).
             fewest = 2 if spec.hadamard_size else 1
             vec = max(fewest, min(vec, MAX_THREAD_RUN // cols))
             # Shorter vectors, down to SHORTEST_LINE_VECTORS values a thread, where the first
             # tile shape's lines would leave its last tile of lines part empty (768 lines in
-            # tiles of 512: a quarter of the work masked; measured on an H200,
-            # docs/benchmarks.md, 2026-12-03).
+            # tiles of 512: a quarter of the work masked; scripts/bench_quant.py).
             while (vec > 2 and vec * cols > SHORTEST_LINE_VECTORS
                    and inner % (32 * TILES[0][1] * vec)):
                 vec //= 2
