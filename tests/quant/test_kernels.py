@@ -106,7 +106,9 @@ def spec_cases():
     for transform in ("hadamard16", "rhadamard16", "hadamard32", "rhadamard64",
                       "hadamard128", "rhadamard256"):
         yield dataclasses.replace(MXFP4, transform=transform)
-        yield dataclasses.replace(NVFP4, transform=transform, rounding="sr")
+        spec = dataclasses.replace(NVFP4, transform=transform, rounding="sr")
+        # The interpreter runs the long butterflies element by element: seconds a case.
+        yield pytest.param(spec, marks=pytest.mark.slow) if spec.hadamard_size >= 128 else spec
     yield dataclasses.replace(MXFP4, block=16, transform="rhadamard64", transform_seed=7)
     yield dataclasses.replace(MXFP4, rounding="sr", sr_bits=8)
     yield dataclasses.replace(NVFP4, rounding="sr", sr_bits=1)
@@ -137,6 +139,7 @@ def test_kernels_match_the_reference_bit_for_bit(spec):
     dataclasses.replace(MXFP4, block=24),
     dataclasses.replace(NVFP4, rounding="sr", sr_bits=8, transform="rhadamard16"),
 ], ids=spec_id)
+@pytest.mark.slow
 @pytest.mark.parametrize("axis", [0, 1, 2, -1])
 def test_every_axis_of_a_3d_tensor(spec, axis):
     shape = [12, 10, 6]
@@ -148,6 +151,7 @@ def test_every_axis_of_a_3d_tensor(spec, axis):
     dataclasses.replace(MXFP4, rounding="sr", transform="rhadamard64"),
     dataclasses.replace(MXFP4, block=64, transform="hadamard32", tensor_scale=True),
 ], ids=spec_id)
+@pytest.mark.slow
 def test_runs_of_64_along_a_strided_axis(spec):
     check(edge_values(40, 192).T.contiguous(), spec, axis=0, seed=3)
 
@@ -157,13 +161,15 @@ def test_runs_of_64_along_a_strided_axis(spec):
                                   dataclasses.replace(NVFP4, block_2d=True, rounding="sr",
                                                       transform="rhadamard32"),
                                   dataclasses.replace(MXFP4, block_2d=True)], ids=spec_id)
+@pytest.mark.slow
 @pytest.mark.parametrize("axis", [0, 1])
 def test_2d_blocks_along_either_axis(spec, axis):
     check(edge_values(96, 64).T.contiguous() if axis == 0 else edge_values(64, 96), spec,
           axis=axis, seed=2)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, pytest.param(torch.float16, marks=pytest.mark.slow),
+                                   pytest.param(torch.float64, marks=pytest.mark.slow)])
 def test_input_dtypes(dtype):
     x = wide_range(16, 128).clamp(-6e4, 6e4).to(dtype)
     for spec in (MXFP4, dataclasses.replace(NVFP4, rounding="sr", transform="hadamard32")):
@@ -192,6 +198,7 @@ def test_input_dtypes(dtype):
     # the plain layout along a strided axis runs across the axis
     pytest.param(dataclasses.replace(MXFP4, block=128), (256, 12), 0, 1, id="plain-strided"),
 ])
+@pytest.mark.slow
 @pytest.mark.parametrize("sr_bits", [8, 12])
 def test_numbers_that_share_a_word_draw_it_once_for_each_run_a_tile_holds(
         spec, shape, axis, group, sr_bits):
@@ -229,6 +236,7 @@ def test_lines_a_thread_takes_in_line_vectors(spec, lines, vec):
     QuantSpec(scale="ue5m3", scale_rule="nearest", rounding="sr", transform="rhadamard32",
               tensor_scale=True),
 ], ids=spec_id)
+@pytest.mark.slow
 def test_runs_split_over_two_lanes(monkeypatch, spec):
     """Axis vectors whose lines' runs two lanes share (a butterfly stage between lanes, random
     words drawn per group): the same bits, and the same details."""
@@ -279,6 +287,7 @@ def test_64_bit_offsets(monkeypatch):
     check(wide_range(32, 64), dataclasses.replace(MXFP4, transform="rhadamard16"), axis=0)
 
 
+@pytest.mark.slow
 def test_plans_serve_new_values_seeds_and_alignments(monkeypatch):
     """A shape's second call reuses its plan; an input that starts off the 16-byte alignment
     gets a plan (a compiled kernel) of its own."""
