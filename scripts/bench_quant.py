@@ -24,9 +24,10 @@ import torch
 import torch._dynamo
 import triton.testing
 
-from fp4sweep.quant.kernels import backend, launch
+from fp4sweep.quant import dispatch
+from fp4sweep.quant.kernels import launch
 from fp4sweep.quant.kernels.launch import fake_quantize as kernel_fake_quantize
-from fp4sweep.quant.quantize import fake_quantize
+from fp4sweep.quant.dispatch import fake_quantize
 from fp4sweep.quant.spec import QuantSpec
 
 MXFP4 = QuantSpec.preset("mxfp4")
@@ -117,7 +118,7 @@ def main() -> None:
                        gpu_ms=gpu_ms, gpu_tb_s=nbytes / gpu_ms / 1e9)
             row["kernel_fraction_of_copy"] = row["kernel_tb_s"] / copy_tbs
             row["gpu_fraction_of_copy"] = row["gpu_tb_s"] / copy_tbs
-            with backend.use_backend("reference"):
+            with dispatch.use_backend("reference"):
                 if not args.skip_eager:
                     eager_ms = median_ms(lambda x: fake_quantize(x, spec, axis, 1), xs[:2])
                     row.update(eager_ms=eager_ms, eager_tb_s=nbytes / eager_ms / 1e9)

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from fp4sweep.quant.quantize import fake_quantize
+from fp4sweep.quant.dispatch import fake_quantize
 from fp4sweep.quant.spec import QuantSpec
 
 VARIANTS: dict[str, QuantSpec] = {

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 import triton.testing
 
-from fp4sweep.quant import Recipe, quantize_model
-from fp4sweep.quant.kernels import backend, launch
+from fp4sweep.quant import QuantSpec, Recipe, dispatch, quantize_model
+from fp4sweep.quant.kernels import launch
 from fp4sweep.tasks import classification, datasets, diffusion
 from fp4sweep.tasks.gpt import GPT
 from fp4sweep.tasks.training import adam_options
@@ -142,20 +142,15 @@ def print_profile(step, recipe_name: str, rows: int, steps: int = 3) -> None:
 def quantiser_bytes(step: Callable[[], None]) -> int:
     """Bytes the quantiser kernels read and write in one ``step`` (see the module docstring)."""
     total = 0
-    run = launch._run
 
-    def counted(x: torch.Tensor, spec, axis: int, seed: int, detailed: bool):
+    def count(x: torch.Tensor, spec: QuantSpec) -> None:
         nonlocal total
         passes = 3 if spec.tensor_scale else 2
         total += passes * x.numel() * x.element_size()
-        return run(x, spec, axis, seed, detailed)
 
-    launch._run = counted
-    try:
+    with launch.observe_calls(count):
         step()
         torch.cuda.synchronize()
-    finally:
-        launch._run = run
     return total
 
 
@@ -207,7 +202,7 @@ def main() -> None:
     results = []
     for name, recipe, quantiser in runs:
         torch.manual_seed(0)
-        with backend.use_backend(quantiser):
+        with dispatch.use_backend(quantiser):
             step = TASK_STEPS[args.task](recipe, batch, args.vocab)
             times = step_times(step, name, args.warmup, args.steps, args.profile)
             result = dict(recipe=name, quantiser="kernels" if quantiser == "auto" else quantiser,

@@ -18,7 +18,9 @@ Per run it prints trials per GPU-minute (finished trials over the loop's wall ti
 the packed/whole-GPU ratio, and where the time outside training goes: inside the worker
 (time.wall_s - time.train_s: imports, config, cost model, returning the result), between trials
 (the runner's median hand-over from a trial finishing to the next one starting in its slot: Ray,
-the driver's store writes), Ray's start and worker start-up (once per sweep).
+the driver's store writes), Ray's start and worker start-up (once per sweep). The table's last
+columns are the scheduling figures: the seconds from the loop's start to the first trial
+(worker start-up) and the median hand-over in milliseconds.
 """
 
 from __future__ import annotations
@@ -162,14 +164,15 @@ def main() -> None:
 def print_table(cards: list[str], gpus: int, runs: list[dict[str, Any]]) -> None:
     print(f"\n{gpus} x {cards[0] if cards else 'CPU'}")
     print(f"{'task':15} {'mode':12} {'trials':>6} {'slots':>5} {'loop s':>7} {'trial s':>7} {'step ms':>7} "
-          f"{'/GPU-min':>8} {'ratio':>6} {'out/trial':>9} {'out/run':>7}")
+          f"{'/GPU-min':>8} {'ratio':>6} {'out/trial':>9} {'out/run':>7} {'start s':>7} {'handover ms':>11}")
     base = {r["task"]: r["trials_per_gpu_minute"] for r in runs if r["mode"] == "one_per_gpu"}
     for r in runs:
         ratio = r["trials_per_gpu_minute"] / base[r["task"]] if r["task"] in base else float("nan")
         print(f"{r['task']:15} {r['mode']:12} {r['trials']:>6} {r['slots']:>5} {r['loop_s']:>7.1f} "
               f"{r['trial_wall_s']:>7.2f} {r['step_ms']:>7.2f} {r['trials_per_gpu_minute']:>8.2f} "
               f"{ratio:>6.2f} "
-              f"{r['outside_training_per_trial']:>9.2%} {r['outside_training_whole_run']:>7.1%}")
+              f"{r['outside_training_per_trial']:>9.2%} {r['outside_training_whole_run']:>7.1%} "
+              f"{r['worker_start_s']:>7.1f} {r['handover_s'] * 1e3:>11.0f}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ rounding in the quantisers' PyTorch reference).
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from fp4sweep.quant import Recipe
-from fp4sweep.tasks.base import build_config
+from fp4sweep.tasks import build_config, default_module, load_task
 
 CONF_TASK = Path(__file__).resolve().parents[1] / "fp4sweep" / "conf" / "task"
 
@@ -48,8 +47,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    module = importlib.import_module(f"fp4sweep.tasks.{args.task}")
     conf = OmegaConf.load(CONF_TASK / f"{args.task}.yaml")
+    module = load_task(conf.get("module") or default_module(args.task))
     if args.size not in conf.sizes:
         parser.error(f"unknown size {args.size!r}; valid: {list(conf.sizes)}")
     params = OmegaConf.merge(conf.sizes[args.size], OmegaConf.from_dotlist(args.set))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from statsmodels.regression.linear_model import OLS
 
 from fp4sweep.analysis.quality import CONFIDENCE, TASK_KEY, axis_columns, task_name
 
@@ -64,6 +63,9 @@ def _fit_task(group: pd.DataFrame) -> tuple[pd.DataFrame | None, str | None]:
             f"the axes {[a.removeprefix('axis.') for a in axes]} are confounded in its trials "
             f"(design rank {rank} < {design.shape[1]} coefficients); effects not estimated"
         )
+
+    # Imported here: statsmodels takes about a second to import, which only a report needs.
+    from statsmodels.regression.linear_model import OLS
 
     fit = OLS(group["loss_gap"].to_numpy(dtype=float), design).fit()
     intervals = fit.conf_int(alpha=1 - CONFIDENCE)

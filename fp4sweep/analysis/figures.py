@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FRONT_LABELS_MAX = 30  # number front points on the plot only while the numbers stay legible
 
@@ -26,7 +29,7 @@ def front_figure(
     ``recipes`` has the task's eligible recipes; ``front`` names their boolean front column.
     Front points are numbered like the rows of the front table, cheapest first.
     """
-    figure = Figure(figsize=(7.0, 4.2), layout="constrained")
+    figure = _figure(7.0, 4.2)
     axes = figure.add_subplot()
     points = recipes[[overhead, quality]].to_numpy(dtype=float)
     members = recipes[recipes[front]].sort_values([overhead, quality])
@@ -77,7 +80,7 @@ def effects_figure(effects: pd.DataFrame, title: str) -> str:
     """Each axis value's effect on the loss gap with its confidence interval, best at the top."""
     effects = effects.sort_values("effect", ascending=False)
     labels = effects["axis"] + " = " + effects["value"]
-    figure = Figure(figsize=(7.0, 1.2 + 0.24 * len(effects)), layout="constrained")
+    figure = _figure(7.0, 1.2 + 0.24 * len(effects))
     axes = figure.add_subplot()
     position = np.arange(len(effects))
     estimated = ~effects["is_reference"].to_numpy(dtype=bool)
@@ -95,6 +98,13 @@ def effects_figure(effects: pd.DataFrame, title: str) -> str:
     axes.legend(fontsize=8, loc="lower right")
     axes.grid(axis="x", alpha=0.3)
     return _png_data_uri(figure)
+
+
+def _figure(width: float, height: float) -> Figure:
+    # Imported here: matplotlib takes about a second to import, which only a report needs.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
 
 
 def _png_data_uri(figure: Figure) -> str:

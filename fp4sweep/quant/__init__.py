@@ -6,7 +6,8 @@ from fp4sweep.quant.estimators import quantize
 from fp4sweep.quant.gemm import GemmShape
 from fp4sweep.quant.hardware import Hardware, load_hardware
 from fp4sweep.quant.layers import QuantConv2d, QuantLinear, quantize_model
-from fp4sweep.quant.quantize import QuantResult, fake_quantize, quantize_detailed
+from fp4sweep.quant.dispatch import fake_quantize, quantize_detailed
+from fp4sweep.quant.reference import QuantResult
 from fp4sweep.quant.recipe import Recipe
 from fp4sweep.quant.spec import QuantSpec
 

@@ -42,7 +42,8 @@ from typing import Callable
 
 import torch
 
-from fp4sweep.quant.quantize import QuantResult, fake_quantize, quantize_detailed
+from fp4sweep.quant.dispatch import fake_quantize, quantize_detailed
+from fp4sweep.quant.reference import QuantResult
 from fp4sweep.quant.recipe import ESTIMATORS, SCALE_GRADS
 from fp4sweep.quant.spec import QuantSpec
 from fp4sweep.quant.transforms import apply_transform, invert_transform

@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fp4sweep.quant import dispatch
+from fp4sweep.quant.dispatch import fake_quantize
 from fp4sweep.quant.estimators import quantize_for_training
-from fp4sweep.quant.kernels import backend as kernel_backend
-from fp4sweep.quant.quantize import fake_quantize
 from fp4sweep.quant.recipe import OPERANDS, Recipe
 from fp4sweep.quant.spec import QuantSpec
 
@@ -225,7 +225,7 @@ def unfold_rows(
     one kernel, with the same bits as the views' backward.
     """
     folded_by_kernel = (x.requires_grad and torch.is_grad_enabled()
-                        and x.dtype == torch.float32 and kernel_backend.kernels_for(x))
+                        and x.dtype == torch.float32 and dispatch.kernels_for(x))
     windows = _windows(x.detach() if folded_by_kernel else x, kernel_size, dilation, stride)
     out_h, out_w = windows.shape[2:4]
     if folded_by_kernel:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from fp4sweep.sweep.plan import Plan
 from fp4sweep.sweep.store import STATUSES
+
+if TYPE_CHECKING:
+    from fp4sweep.sweep.plan import Plan  # imports torch, which status without a sweep needs not
 
 COLUMNS = (*STATUSES, "pending")
 

@@ -19,8 +19,7 @@ import torch
 
 import fp4sweep
 from fp4sweep.quant import Recipe, overhead
-from fp4sweep.tasks import load_task
-from fp4sweep.tasks.base import build_config
+from fp4sweep.tasks import build_config, load_task
 
 TRACEBACK_CHARS = 8000  # the end of a traceback is where the cause is
 

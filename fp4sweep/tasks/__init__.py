@@ -3,12 +3,19 @@
 A task is named in conf/task/NAME.yaml; its module is the file's ``module`` key, by default
 ``fp4sweep.tasks.NAME``, so a task family can live outside this package (any importable module).
 Modules are imported only when trials run: planning a sweep needs the task configs alone.
+
+This registry is the face of the tasks for the rest of fp4sweep: ``default_module`` (the naming
+rule), ``load_task`` and ``build_config`` (a task's Config from plain values).
 """
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+
+from fp4sweep.tasks.base import build_config
+
+__all__ = ["TASK_API", "build_config", "default_module", "load_task"]
 
 TASK_API = ("NAME", "Config", "gemm_shapes", "train")
 

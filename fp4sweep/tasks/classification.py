@@ -57,8 +57,8 @@ class _MaxPool2x2(torch.autograd.Function):
     with one scatter.
 
     The windows do not overlap, so an input takes at most one gradient, and the result is
-    ``F.max_pool2d``'s backward bit for bit; PyTorch's CUDA backward for NCHW tensors took 0.18
-    ms of a 2 ms classification step on an H200 (docs/gpu_sweep.md).
+    ``F.max_pool2d``'s backward bit for bit; PyTorch's CUDA backward for NCHW tensors is a
+    sizeable share of a small step (``scripts/bench_step.py --task classification --profile``).
     """
 
     @staticmethod

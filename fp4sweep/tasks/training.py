@@ -41,7 +41,7 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 def adam_options(device: torch.device) -> dict[str, bool]:
     """Keyword arguments for ``torch.optim.Adam`` or ``AdamW`` on ``device``. On CUDA the update
     is one fused kernel instead of the default's foreach kernels, whose launches bound small
-    trials: a classification step alone on an H200 took 17 % less time (docs/gpu_sweep.md).
+    trials (``scripts/bench_step.py --task classification`` shows the step time).
     Elsewhere PyTorch's default, so CPU results stay as they were."""
     return {"fused": True} if device.type == "cuda" else {}
 

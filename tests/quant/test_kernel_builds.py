@@ -22,6 +22,8 @@ import pytest
 if importlib.util.find_spec("triton") is None:
     pytest.skip("needs Triton", allow_module_level=True)
 
+pytestmark = pytest.mark.slow
+
 PROGRAM = textwrap.dedent("""
     import dataclasses, sys, torch
     from fp4sweep.quant.kernels import aot

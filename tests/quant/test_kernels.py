@@ -20,9 +20,11 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from fp4sweep.quant.estimators import quantize_for_training  # noqa: E402
-from fp4sweep.quant.kernels import backend, fold, launch  # noqa: E402
+from fp4sweep.quant import dispatch  # noqa: E402
+from fp4sweep.quant.kernels import fold, launch  # noqa: E402
 from fp4sweep.quant.layers import unfold_rows  # noqa: E402
-from fp4sweep.quant.quantize import QuantResult, fake_quantize, quantize_detailed  # noqa: E402
+from fp4sweep.quant.dispatch import fake_quantize, quantize_detailed  # noqa: E402
+from fp4sweep.quant.reference import QuantResult  # noqa: E402
 from fp4sweep.quant.spec import QuantSpec  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -37,7 +39,7 @@ ELEMENT_FORMATS = ("e2m1", "e2m3", "e3m2", "e4m3", "e5m2", "int4")
 
 
 def reference(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
-    with backend.use_backend("reference"):
+    with dispatch.use_backend("reference"):
         return fake_quantize(x, spec, axis, seed)
 
 
@@ -104,7 +106,9 @@ def spec_cases():
     for transform in ("hadamard16", "rhadamard16", "hadamard32", "rhadamard64",
                       "hadamard128", "rhadamard256"):
         yield dataclasses.replace(MXFP4, transform=transform)
-        yield dataclasses.replace(NVFP4, transform=transform, rounding="sr")
+        spec = dataclasses.replace(NVFP4, transform=transform, rounding="sr")
+        # The interpreter runs the long butterflies element by element: seconds a case.
+        yield pytest.param(spec, marks=pytest.mark.slow) if spec.hadamard_size >= 128 else spec
     yield dataclasses.replace(MXFP4, block=16, transform="rhadamard64", transform_seed=7)
     yield dataclasses.replace(MXFP4, rounding="sr", sr_bits=8)
     yield dataclasses.replace(NVFP4, rounding="sr", sr_bits=1)
@@ -135,6 +139,7 @@ def test_kernels_match_the_reference_bit_for_bit(spec):
     dataclasses.replace(MXFP4, block=24),
     dataclasses.replace(NVFP4, rounding="sr", sr_bits=8, transform="rhadamard16"),
 ], ids=spec_id)
+@pytest.mark.slow
 @pytest.mark.parametrize("axis", [0, 1, 2, -1])
 def test_every_axis_of_a_3d_tensor(spec, axis):
     shape = [12, 10, 6]
@@ -146,6 +151,7 @@ def test_every_axis_of_a_3d_tensor(spec, axis):
     dataclasses.replace(MXFP4, rounding="sr", transform="rhadamard64"),
     dataclasses.replace(MXFP4, block=64, transform="hadamard32", tensor_scale=True),
 ], ids=spec_id)
+@pytest.mark.slow
 def test_runs_of_64_along_a_strided_axis(spec):
     check(edge_values(40, 192).T.contiguous(), spec, axis=0, seed=3)
 
@@ -155,13 +161,15 @@ def test_runs_of_64_along_a_strided_axis(spec):
                                   dataclasses.replace(NVFP4, block_2d=True, rounding="sr",
                                                       transform="rhadamard32"),
                                   dataclasses.replace(MXFP4, block_2d=True)], ids=spec_id)
+@pytest.mark.slow
 @pytest.mark.parametrize("axis", [0, 1])
 def test_2d_blocks_along_either_axis(spec, axis):
     check(edge_values(96, 64).T.contiguous() if axis == 0 else edge_values(64, 96), spec,
           axis=axis, seed=2)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, pytest.param(torch.float16, marks=pytest.mark.slow),
+                                   pytest.param(torch.float64, marks=pytest.mark.slow)])
 def test_input_dtypes(dtype):
     x = wide_range(16, 128).clamp(-6e4, 6e4).to(dtype)
     for spec in (MXFP4, dataclasses.replace(NVFP4, rounding="sr", transform="hadamard32")):
@@ -190,6 +198,7 @@ def test_input_dtypes(dtype):
     # the plain layout along a strided axis runs across the axis
     pytest.param(dataclasses.replace(MXFP4, block=128), (256, 12), 0, 1, id="plain-strided"),
 ])
+@pytest.mark.slow
 @pytest.mark.parametrize("sr_bits", [8, 12])
 def test_numbers_that_share_a_word_draw_it_once_for_each_run_a_tile_holds(
         spec, shape, axis, group, sr_bits):
@@ -227,6 +236,7 @@ def test_lines_a_thread_takes_in_line_vectors(spec, lines, vec):
     QuantSpec(scale="ue5m3", scale_rule="nearest", rounding="sr", transform="rhadamard32",
               tensor_scale=True),
 ], ids=spec_id)
+@pytest.mark.slow
 def test_runs_split_over_two_lanes(monkeypatch, spec):
     """Axis vectors whose lines' runs two lanes share (a butterfly stage between lanes, random
     words drawn per group): the same bits, and the same details."""
@@ -277,6 +287,7 @@ def test_64_bit_offsets(monkeypatch):
     check(wide_range(32, 64), dataclasses.replace(MXFP4, transform="rhadamard16"), axis=0)
 
 
+@pytest.mark.slow
 def test_plans_serve_new_values_seeds_and_alignments(monkeypatch):
     """A shape's second call reuses its plan; an input that starts off the 16-byte alignment
     gets a plan (a compiled kernel) of its own."""
@@ -336,7 +347,7 @@ def check_detailed(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int =
     """Every field of ``quantize_detailed`` from the kernel equals the reference's."""
     x = x.to(DEVICE)
     kernel = launch.quantize_detailed(x, spec, axis, seed)
-    with backend.use_backend("reference"):
+    with dispatch.use_backend("reference"):
         assert_same_details(kernel, quantize_detailed(x, spec, axis, seed))
 
 
@@ -377,7 +388,7 @@ def test_estimators_run_on_the_kernels_with_the_same_gradient_map(estimator, sca
     spec = dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16")
     maps = []
     for name in ("triton", "reference"):
-        with backend.use_backend(name):
+        with dispatch.use_backend(name):
             output, gradient_map = quantize_for_training(x, spec, 1, 3, estimator, scale_grad)
             maps.append((output, gradient_map(grad)))
     (output, dx), (expected_output, expected_dx) = maps
@@ -387,7 +398,7 @@ def test_estimators_run_on_the_kernels_with_the_same_gradient_map(estimator, sca
 
 def test_kernel_results_carry_no_gradient():
     x = wide_range(4, 64).to(DEVICE).requires_grad_(True)
-    with backend.use_backend("triton"):
+    with dispatch.use_backend("triton"):
         assert not fake_quantize(x, NVFP4).requires_grad
         detailed = quantize_detailed(x, NVFP4)
     assert not any(value.requires_grad for value in vars(detailed).values())
@@ -395,23 +406,45 @@ def test_kernel_results_carry_no_gradient():
 
 def test_backend_choice(monkeypatch):
     x = wide_range(4, 64).to(DEVICE)
-    with backend.use_backend("triton"):
-        assert backend.use_kernels(x, MXFP4)
+    with dispatch.use_backend("triton"):
+        assert dispatch.use_kernels(x, MXFP4)
         assert_same_bits(fake_quantize(x, NVFP4), reference(x, NVFP4))
-    with backend.use_backend("reference"):
-        assert not backend.use_kernels(x, MXFP4)
-    monkeypatch.setenv(backend.ENV_VAR, "reference")
-    assert backend.selected() == "reference"
-    monkeypatch.setenv(backend.ENV_VAR, "cuda")
+    with dispatch.use_backend("reference"):
+        assert not dispatch.use_kernels(x, MXFP4)
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    assert dispatch.selected() == "reference"
+    monkeypatch.setenv(dispatch.ENV_VAR, "cuda")
     with pytest.raises(ValueError, match="FP4SWEEP_QUANT_BACKEND='cuda'.*valid"):
-        backend.selected()
+        dispatch.selected()
     with pytest.raises(ValueError, match="valid"):
-        with backend.use_backend("fast"):
+        with dispatch.use_backend("fast"):
             pass
-    monkeypatch.delenv(backend.ENV_VAR)
-    assert backend.use_kernels(x, MXFP4) == x.is_cuda
+    monkeypatch.delenv(dispatch.ENV_VAR)
+    assert dispatch.use_kernels(x, MXFP4) == x.is_cuda
     unsupported = dataclasses.replace(MXFP4, block=24, transform="hadamard32")
-    assert not backend.use_kernels(wide_range(4, 96).to(DEVICE), unsupported)
+    assert not dispatch.use_kernels(wide_range(4, 96).to(DEVICE), unsupported)
+
+
+def test_observers_see_every_kernel_call_and_only_inside_their_block():
+    x = wide_range(4, 64).to(DEVICE)
+    seen = []
+    with dispatch.use_backend("triton"):
+        with launch.observe_calls(lambda t, spec: seen.append((tuple(t.shape), spec))):
+            fake_quantize(x, NVFP4)
+            quantize_detailed(x, MXFP4)
+        fake_quantize(x, NVFP4)
+    assert seen == [((4, 64), NVFP4), ((4, 64), MXFP4)]
+
+
+def test_backend_argument_overrides_the_one_in_force(monkeypatch):
+    x = wide_range(4, 64).to(DEVICE)
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    assert dispatch.use_kernels(x, MXFP4, backend="triton")
+    with dispatch.use_backend("triton"):
+        assert not dispatch.use_kernels(x, MXFP4, backend="reference")
+        assert_same_bits(fake_quantize(x, NVFP4, backend="reference"), reference(x, NVFP4))
+    with pytest.raises(ValueError, match="backend='gpu'.*valid"):
+        fake_quantize(x, NVFP4, backend="gpu")
 
 
 # -- on the GPU: larger tensors, the CUDA reference and the CPU reference -------------------------
@@ -445,7 +478,7 @@ def test_gpu_matches_cuda_and_cpu_references(spec, axis):
 def test_gpu_fake_quantize_uses_the_kernels_by_default():
     x = wide_range(4096, 1024).cuda()
     spec = dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16")
-    assert backend.use_kernels(x, spec)
+    assert dispatch.use_kernels(x, spec)
     assert_same_bits(fake_quantize(x, spec, 0, 5), reference(x, spec, 0, 5))
 
 
@@ -456,7 +489,7 @@ def test_gpu_detailed_matches_cuda_and_cpu_references(spec):
     x = edge_values(512, 256, seed=4).to(torch.bfloat16)
     kernel = launch.quantize_detailed(x.cuda(), spec, 1, 777)
     for device in ("cuda", "cpu"):
-        with backend.use_backend("reference"):
+        with dispatch.use_backend("reference"):
             assert_same_details(kernel, quantize_detailed(x.to(device), spec, 1, 777))
 
 
@@ -475,7 +508,7 @@ FOLD_CASES = [  # kernel, dilation, stride
 
 def rows_and_input_gradient(x: torch.Tensor, grad_rows: torch.Tensor, kernel, dilation, stride,
                             backend_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    with backend.use_backend(backend_name):
+    with dispatch.use_backend(backend_name):
         x = x.clone().requires_grad_(True)
         rows, _, _ = unfold_rows(x, kernel, dilation, stride)
         (grad,) = torch.autograd.grad(rows, x, grad_rows)
@@ -485,7 +518,7 @@ def rows_and_input_gradient(x: torch.Tensor, grad_rows: torch.Tensor, kernel, di
 @pytest.mark.parametrize("kernel, dilation, stride", FOLD_CASES)
 def test_fold_is_the_backward_of_the_rows_views_bit_for_bit(kernel, dilation, stride):
     x = wide_range(3, 5, 11, 10, seed=1).to(DEVICE)
-    with backend.use_backend("reference"):
+    with dispatch.use_backend("reference"):
         rows, _, _ = unfold_rows(x, kernel, dilation, stride)
     # Six decades in every sum, so that adding in another order changes bits; and signed
     # zeros, which a sum that starts from zero turns positive and a copy keeps.
@@ -516,7 +549,7 @@ def test_fold_rejects_what_it_does_not_fold():
 
 def test_rows_of_other_dtypes_and_without_gradients_keep_the_views():
     x = wide_range(2, 4, 9, 8).to(DEVICE)
-    with backend.use_backend("triton"):
+    with dispatch.use_backend("triton"):
         half_rows = unfold_rows(x.half().requires_grad_(True), (3, 3), (1, 1), (1, 1))[0]
         assert half_rows.grad_fn is not None
         assert "RowsFoldedByKernel" not in type(half_rows.grad_fn).__name__
@@ -528,7 +561,7 @@ def test_rows_of_other_dtypes_and_without_gradients_keep_the_views():
 
 def test_rows_folded_by_the_kernel_refuse_a_second_derivative():
     x = wide_range(2, 4, 9, 8).to(DEVICE).requires_grad_(True)
-    with backend.use_backend("triton"):
+    with dispatch.use_backend("triton"):
         rows, _, _ = unfold_rows(x, (3, 3), (1, 1), (1, 1))
         weights = torch.ones_like(rows, requires_grad=True)
         (grad,) = torch.autograd.grad(rows, x, weights, create_graph=True)
@@ -543,7 +576,7 @@ def test_gpu_fold_matches_cuda_and_cpu_backwards(kernel, dilation, stride):
     """By default (backend "auto") a float32 CUDA input's rows take the kernel's backward;
     larger tensors than the interpreter's, against PyTorch's CUDA and CPU kernels."""
     x = wide_range(8, 32, 30, 28, seed=5)
-    with backend.use_backend("reference"):
+    with dispatch.use_backend("reference"):
         rows, _, _ = unfold_rows(x, kernel, dilation, stride)
     grad_rows = wide_range(*rows.shape, seed=6)
     grad_rows[::5, ::3] = -0.0

@@ -13,7 +13,7 @@ from fp4sweep.quant import QuantConv2d, QuantLinear, QuantSpec, Recipe, fake_qua
 from fp4sweep.quant.estimators import DERIVATIVES
 from fp4sweep.quant import layers
 from fp4sweep.quant.layers import operand_seeds, unfold_rows, weight_quantised_once
-from fp4sweep.quant.quantize import quantize_detailed
+from fp4sweep.quant.dispatch import quantize_detailed
 from fp4sweep.quant.recipe import OPERANDS
 
 BF16 = Recipe.preset("bf16")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fp4sweep.quant.formats import E2M1, E8M0, UE4M3, UE5M3, decode, encode
-from fp4sweep.quant.quantize import fake_quantize, quantize_detailed
+from fp4sweep.quant.dispatch import fake_quantize, quantize_detailed
 from fp4sweep.quant.spec import QuantSpec
 from fp4sweep.quant.transforms import invert_transform
 from tests.quant.common import spec_id, wide_range

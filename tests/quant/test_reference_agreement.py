@@ -24,7 +24,7 @@ from gfloat.formats import (
     format_info_ocp_e8m0,
 )
 
-from fp4sweep.quant.quantize import quantize_detailed
+from fp4sweep.quant.dispatch import quantize_detailed
 from fp4sweep.quant.spec import QuantSpec
 from tests.quant.common import GFLOAT_UE4M3, GFLOAT_UE5M3, wide_range
 

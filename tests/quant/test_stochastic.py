@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from fp4sweep.quant.quantize import fake_quantize, quantize_detailed
+from fp4sweep.quant.dispatch import fake_quantize, quantize_detailed
 from fp4sweep.quant.rng import uniform
 from fp4sweep.quant.rounding import grid_step, round_magnitude
 from fp4sweep.quant.spec import QuantSpec

@@ -72,6 +72,7 @@ def expected_values(results: Path, study: optuna.Study) -> dict[int, list[float]
     return expected
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("module_ray")
 def test_search_trains_what_it_proposes_once_and_reads_the_rest_from_the_store(tmp_path, capsys):
     results = tmp_path / "results"
@@ -116,6 +117,7 @@ def test_search_trains_what_it_proposes_once_and_reads_the_rest_from_the_store(t
     assert again.params == repeated.params and again.values == repeated.values
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("module_ray")
 def test_failed_recipes_are_told_failed_and_resume_reruns_them(tmp_path, capsys):
     results = tmp_path / "results"
@@ -142,6 +144,7 @@ def test_failed_recipes_are_told_failed_and_resume_reruns_them(tmp_path, capsys)
     assert (latest["status"] == "done").all() and len(latest) == 2 + 2 * 2
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("module_ray")
 def test_a_diverged_baseline_stops_the_search_before_any_recipe_runs(tmp_path, capsys):
     results = tmp_path / "results"
@@ -213,6 +216,7 @@ def test_a_torn_journal_record_is_dropped(tmp_path):
     assert [t.system_attrs["fixed_params"] for t in load(tmp_path, "torn").trials] == [{"x": 1}, {"x": 2}]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("module_ray")
 def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
     results = tmp_path / "results"

@@ -69,6 +69,7 @@ def test_plan_estimates_compute_from_stored_timings(tmp_path, capsys):
     assert "regression  tiny  20      1       19      38.0 trial-hours (7200.0 s each)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_no_cluster_at_the_address(tmp_path):
     done = fp4sweep_process("run", "+sweep=smoke", "ray.address=auto", f"results_dir={tmp_path}")
     assert done.returncode == 2

@@ -20,6 +20,8 @@ from fp4sweep.cli import main
 from fp4sweep.sweep.runner import PROJECT_ROOT
 from fp4sweep.sweep.store import ResultsStore
 
+pytestmark = pytest.mark.slow
+
 TEST_CONF = str(Path(__file__).parent / "conf")
 METRICS = ["metric.train_loss", "metric.val_loss"]
 

@@ -33,6 +33,7 @@ def assert_merged_equals_composed(tree: ConfigTree, trials) -> None:
         assert trial.spec["recipe"] == Recipe.from_axes(**composed["quant"]).to_dict()
 
 
+@pytest.mark.slow
 def test_smoke_merged_configs_equal_composed(tree):
     plan = plan_of(tree, "+sweep=smoke")
     axis_trials = [t for t in plan.trials if t.recipe.axes is not None]
@@ -51,6 +52,7 @@ def test_random_bits_of_stochastic_rounding_are_an_axis(tree):
     assert {t.trial_id for t in default.trials} <= {t.trial_id for t in plan.trials}
 
 
+@pytest.mark.slow
 def test_full_sweep_size_and_merged_configs(tree):
     plan = plan_of(tree, "+sweep=full")
     crossed = math.prod(len(choices) for choices in plan.axes.values())

@@ -27,6 +27,7 @@ def fp4sweep(*args: str) -> int:
     return main([command, *COMMON, *overrides])
 
 
+@pytest.mark.slow
 def test_a_raising_trial_is_recorded_and_resume_reruns_only_it(tmp_path, capsys):
     fail_while = tmp_path / "broken"
     fail_while.touch()
@@ -78,6 +79,7 @@ def test_nan_is_diverged(tmp_path):
     assert curves.loc[latest.loc["scale=ue5m3", "trial_id"], "value"] > 1e6
 
 
+@pytest.mark.slow
 def test_a_dead_worker_is_retried(tmp_path):
     marker = tmp_path / "crashed-once"
     results = tmp_path / "results"
@@ -88,6 +90,7 @@ def test_a_dead_worker_is_retried(tmp_path):
     assert ResultsStore(results).trials()["status"].tolist() == ["done", "done"]  # ... and was retried
 
 
+@pytest.mark.slow
 def test_a_dead_worker_past_its_retries_is_a_failure(tmp_path):
     results = tmp_path / "results"
     code = fp4sweep("run", "+sweep=mini", "seeds=[0]", "task=faulty", "ray.max_retries=0",
@@ -108,6 +111,7 @@ print(json.dumps({"worker": seen, "driver": [os.environ.get("FP4SWEEP_DATA"), os
 """
 
 
+@pytest.mark.slow
 def test_local_workers_get_the_data_path_and_this_checkout(tmp_path):
     """A local Ray's workers inherit the data path, made absolute, and this checkout on their
     path, from the environment its processes started with; the driver's is left as it was."""
@@ -124,6 +128,7 @@ def test_local_workers_get_the_data_path_and_this_checkout(tmp_path):
     assert seen["driver"] == ["some-data", env["PYTHONPATH"]]
 
 
+@pytest.mark.slow
 def test_a_damaged_file_is_named_and_its_trials_run_again(tmp_path, capsys):
     results = tmp_path / "results"
     sweep = ["+sweep=mini", f"results_dir={results}"]

@@ -33,6 +33,7 @@ def test_tiny_cnn_learns(tiny_run):
     assert [p["step"] for p in tiny_run.curve] == [8, 16]  # 512 examples / 32, every 8
 
 
+@pytest.mark.slow
 def test_tiny_cnn_learns_in_fp4(tiny_run):
     run = classification.train(task_config(classification), Recipe.preset("mxfp4"), seed=0)
     assert not run.diverged and run.metrics != tiny_run.metrics  # the layers really quantise

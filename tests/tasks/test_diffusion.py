@@ -31,6 +31,7 @@ def test_tiny_ddpm_learns(tiny_run):
     assert set(tiny_run.metrics) == {"val_loss", "train_loss"}
 
 
+@pytest.mark.slow
 def test_tiny_ddpm_learns_in_fp4():
     require_data("fashion_mnist")
     # fewer, smaller steps: the quantisers' CPU reference is slow on the U-Net's convolutions
@@ -48,6 +49,7 @@ def test_sample_grid_is_a_png_of_the_requested_images(tiny_run):
     assert len(png) < 10_000
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_samples(tiny_run):
     again = diffusion.train(task_config(diffusion), BF16, seed=0)
     assert again.metrics == tiny_run.metrics

@@ -30,6 +30,7 @@ def test_tiny_gpt_learns(tiny_run):
     assert set(tiny_run.metrics) == {"val_loss", "train_loss", "perplexity"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["mxfp4", "paper_best"])
 def test_tiny_gpt_learns_in_fp4(recipe):
     require_data("shakespeare")

@@ -26,7 +26,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from fp4sweep.quant.kernels import launch, quantiser
-from fp4sweep.quant.quantize import check_input
+from fp4sweep.quant.reference import check_input
 from fp4sweep.quant.spec import QuantSpec
 
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32",

@@ -3,9 +3,9 @@
 ``layers.unfold_rows`` makes the rows of a convolution out of two ``Tensor.unfold`` views (along
 height, then width) and a dilation slice. PyTorch's backward of those views is two
 ``unfold_backward`` kernels: the first reads the rows' gradient and writes a tensor a third its
-size, the second reads that (9 % of a classification step's device time on an H200, more than
-any other PyTorch operator but the GEMMs; docs/benchmarks.md). The kernel
-here reads each row gradient once and writes the input gradient once, and adds in PyTorch's
+size, the second reads that: more device time than any other operator of a classification step
+but its GEMMs (``scripts/bench_step.py --task classification --profile 10``). The kernel here
+reads each row gradient once and writes the input gradient once, and adds in PyTorch's
 order, so the result is the same bits:
 
 - along width first: for each window position of the input along width, the windows that hold

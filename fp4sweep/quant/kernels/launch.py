@@ -1,6 +1,6 @@
 """Host side of the fused quantiser: checks, tile geometry, tuning, launches.
 
-``fake_quantize`` here returns the same bits as ``fp4sweep.quant.quantize.fake_quantize`` (the
+``fake_quantize`` here returns the same bits as ``fp4sweep.quant.reference.fake_quantize`` (the
 reference) for every spec that ``supports`` accepts; the reference's own helpers supply the
 Hadamard signs and the stochastic-rounding key, so those agree by construction.
 
@@ -13,10 +13,11 @@ and the Hadamard signs on the device) is worked out on a shape's first call and 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import triton
@@ -24,7 +25,7 @@ import triton.testing
 
 from fp4sweep.quant.formats import FloatFormat
 from fp4sweep.quant.kernels import quantiser
-from fp4sweep.quant.quantize import check_input
+from fp4sweep.quant.reference import check_input
 from fp4sweep.quant.rng import STREAM_ROUNDING, slot_bits, stream_key
 from fp4sweep.quant.scaling import SCALE_RULES, tensor_target
 from fp4sweep.quant.spec import QuantSpec
@@ -48,9 +49,8 @@ if INTERPRETED:
     TILES = TILES[:1]
 # Lanes that share each line's runs in the axis-vector layout, tried in this order (with every
 # tile shape): with 2, a warp's access covers whole 32-byte sectors, for a shuffle in one
-# butterfly stage. Which wins depends on the kernel (measured on an H200: 8 random bits a
-# decision gain 3 to 5 points of the copy bandwidth, 24 lose 1 to 2; docs/benchmarks.md,
-# night of 2026-12-03).
+# butterfly stage. Which wins depends on the kernel, so tuning tries both
+# (scripts/bench_quant.py shows the difference).
 RUN_LANES = (1, 2)
 
 
@@ -88,21 +88,19 @@ class _Geometry:
             return cls(n_outer, n_lines, *strides, length // spec.block,
                        triton.next_power_of_2(spec.block), True, PLAIN, vec)
         cols = max(spec.block, spec.hadamard_size)
-        # Measured on an H200 (docs/benchmarks.md): along a contiguous axis the plain layout
-        # reads best, unless butterflies want whole Hadamard runs in one thread; along a strided
-        # axis the line vectors do.
+        # Along a contiguous axis the plain layout reads best, unless butterflies want whole
+        # Hadamard runs in one thread; along a strided axis the line vectors do
+        # (scripts/bench_quant.py).
         if inner == 1 and spec.hadamard_size and vec <= cols <= MAX_THREAD_RUN:
             return cls(n_outer, n_lines, *strides, length // cols, cols, False, AXIS_VECTORS, vec)
         if inner > 1 and cols <= MAX_THREAD_RUN:
-            # A transform wants two lines a thread at least: with one, its runs of 64 ran at 3 %
-            # of copy on an H200, at 52 % with two (docs/benchmarks.md, late night of
-            # 2026-12-03); without a transform, one line of 64 reads best.
+            # A transform wants two lines a thread at least, or its strided runs read far below
+            # copy speed; without a transform one line of 64 reads best (scripts/bench_quant.py).
             fewest = 2 if spec.hadamard_size else 1
             vec = max(fewest, min(vec, MAX_THREAD_RUN // cols))
             # Shorter vectors, down to SHORTEST_LINE_VECTORS values a thread, where the first
             # tile shape's lines would leave its last tile of lines part empty (768 lines in
-            # tiles of 512: a quarter of the work masked; measured on an H200,
-            # docs/benchmarks.md, 2026-12-03).
+            # tiles of 512: a quarter of the work masked; scripts/bench_quant.py).
             while (vec > 2 and vec * cols > SHORTEST_LINE_VECTORS
                    and inner % (32 * TILES[0][1] * vec)):
                 vec //= 2
@@ -322,10 +320,26 @@ def clear_plans() -> None:
     _plans.clear()
 
 
+_observers: list[Callable[[torch.Tensor, QuantSpec], None]] = []
+
+
+@contextlib.contextmanager
+def observe_calls(observer: Callable[[torch.Tensor, QuantSpec], None]) -> Iterator[None]:
+    """Call ``observer(x, spec)`` on every quantisation the kernels run in the enclosed code,
+    before its launch (``scripts/bench_step.py --traffic`` counts the bytes moved with it)."""
+    _observers.append(observer)
+    try:
+        yield
+    finally:
+        _observers.remove(observer)
+
+
 def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
          detailed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The output like ``x`` and, if ``detailed``, the float32 details buffer (see
     ``quantiser.fake_quantize_kernel``); ``x`` made contiguous first."""
+    for observer in _observers:
+        observer(x, spec)
     key = stream_key(seed, STREAM_ROUNDING)  # also checks the seed
     x = x.detach().contiguous()
     out = torch.empty_like(x)

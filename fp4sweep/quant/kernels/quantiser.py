@@ -12,7 +12,7 @@ nothing is copied or transposed. Where the last axis of the load shape holds the
 share a random word side by side (``launch._Geometry.holds_runs_of``), a word is hashed once for
 each run of them. COLS holds whole blocks and whole Hadamard runs; a block size
 that is no power of two is padded to one (masked lanes, one block per tile row). The steps are
-those of ``fp4sweep.quant.quantize``, in its order; ``device.py`` holds the float32 operations
+those of ``fp4sweep.quant.reference``, in its order; ``device.py`` holds the float32 operations
 they share with the reference.
 """
 

@@ -1,4 +1,5 @@
-"""The quantiser: quantise-dequantise ("fake quantisation") of a tensor along one axis.
+"""The reference quantiser: quantise-dequantise ("fake quantisation") of a tensor along one
+axis, in pure PyTorch.
 
 The one semantic definition of every quantiser in fp4sweep. For ``x`` and a ``QuantSpec``:
 
@@ -20,6 +21,8 @@ rounded division (``div_rn``, not an approximate reciprocal), no fused multiply-
 
 Lengths that the block (or the Hadamard size) does not divide are rejected with a ValueError;
 nothing is padded. The result carries no gradient: the gradient estimators wrap this function.
+
+This module imports no kernel; ``dispatch`` chooses between it and the kernels.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from dataclasses import dataclass
 
 import torch
 
-from fp4sweep.quant.kernels import backend as kernel_backend
 from fp4sweep.quant.rng import check_seed, uniform
 from fp4sweep.quant.rounding import grid_step, round_signed
 from fp4sweep.quant.scaling import ScaledBlocks, scale_blocks
@@ -179,13 +181,8 @@ def _output(x: torch.Tensor, spec: QuantSpec, quantised: _Quantised) -> torch.Te
 def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
     """Quantise-dequantise ``x`` along ``axis`` as ``spec`` says; same shape and dtype as ``x``.
 
-    ``seed`` (an int in [0, 2**64)) keys stochastic rounding; "rne" ignores it. CUDA tensors
-    go through the fused kernels, which return the same bits (``kernels.backend`` says when).
+    ``seed`` (an int in [0, 2**64)) keys stochastic rounding; "rne" ignores it.
     """
-    # The kernels record nothing for autograd; only the reference needs no_grad, whose
-    # entry and exit would cost a training step's few hundred calls time on the host.
-    if kernel_backend.use_kernels(x, spec):
-        return kernel_backend.fake_quantize(x, spec, axis, seed)
     with torch.no_grad():
         return _output(x, spec, _quantise(x, spec, axis, seed))
 
@@ -193,16 +190,12 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 
 def quantize_detailed(
     x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0
 ) -> QuantResult:
-    """``fake_quantize`` with its intermediate values (see ``QuantResult``); on CUDA tensors
-    through the fused kernels, with the same bits (``kernels.backend`` says when)."""
-    if kernel_backend.use_kernels(x, spec):
-        output, fields, tensor_scale = kernel_backend.quantize_detailed(x, spec, axis, seed)
-        return QuantResult(output=output, tensor_scale=tensor_scale, **fields)
+    """``fake_quantize`` with its intermediate values (see ``QuantResult``)."""
     with torch.no_grad():
-        return _reference_detailed(x, spec, axis, seed)
+        return _detailed(x, spec, axis, seed)
 
 
-def _reference_detailed(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int) -> QuantResult:
+def _detailed(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int) -> QuantResult:
     quantised = _quantise(x, spec, axis, seed)
     layout = quantised.to_x_layout
     scaled, elem = quantised.scaled, spec.elem_format
