@@ -1,93 +1,310 @@
-"""The effect of each technique choice on quality: ordinary least squares on one-hot axes.
+"""The effect of each technique choice on quality, estimated on the axis-crossed trials.
 
-Per task, every finished trial's relative loss gap is regressed on an intercept plus one indicator
-per axis value, leaving out each axis' most common value as its reference. A value's coefficient
-is then its effect on the loss gap relative to that reference, all other axes held fixed; negative
-is better. Diverged trials have no gap and are not in the fit: they are counted by
-``quality.outcomes_by_axis``.
+Per task, ordinary least squares on the finished trials of recipes built by crossing axes (presets
+carry no axis values: they are shown beside the fit, never in it):
+
+- **Main effects**: the relative loss gap regressed on a factor per seed (each trial's gap is
+  already paired with its own seed's baseline; the seed factor removes what a seed shares across
+  recipes) plus one indicator per axis value, each axis' cheapest value (lowest modelled overhead) as its reference.
+  Axes with a single value among these trials are dropped. A value's coefficient is the change in
+  the gap from the reference value, the other axes held fixed (averaged over them); negative is
+  better.
+- **Interactions and per-context effects**: for every pair of varying axes A, B whose cells
+  (every combination of their values) hold trials, a second fit adds A x B. Its product terms
+  say how much the effect of an A value changes at a B value (a difference of differences); the
+  effect of each A value within each B value is a linear combination of its coefficients.
+- **Heterogeneous** effects: an axis whose effect depends on another axis, by an F test of the
+  A x B terms at 5 % (Holm-adjusted over the task's axis pairs), or whose per-context effects are resolved (intervals excluding zero) with
+  opposite signs. An average over such contexts misleads; the page shows the contexts.
+
+Diverged trials have no gap and are not in any fit: ``quality.outcomes_by_axis`` counts them.
 """
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
-from statsmodels.regression.linear_model import OLS
+from statsmodels.regression.linear_model import OLS, RegressionResults
+from statsmodels.stats.multitest import multipletests
 
 from fp4sweep.analysis.quality import CONFIDENCE, TASK_KEY, axis_columns, task_name
 
 EFFECT_COLUMNS = [
     *TASK_KEY, "axis", "value", "reference", "is_reference", "effect", "ci_low", "ci_high",
-    "p_value", "n_trials",
+    "p_value", "n_trials", "heterogeneous_by",
 ]
+INTERACTION_COLUMNS = [
+    *TASK_KEY, "axis", "value", "other_axis", "other_value", "interaction", "ci_low", "ci_high",
+    "p_value",
+]
+CONTEXT_COLUMNS = [
+    *TASK_KEY, "axis", "value", "reference", "context_axis", "context_value", "effect", "ci_low",
+    "ci_high", "p_value", "n_trials", "interaction_p_value", "interaction_p_holm", "heterogeneous",
+]
+HETEROGENEITY_LEVEL = 0.05  # the F test's level for "the effect depends on the other axis"
 
 
-def axis_effects(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Effects of every axis value per task, best first, and a sentence per task not fitted."""
+@dataclass
+class Effects:
+    """The effect tables of every task, a sentence per task, and sentences for what was not fitted."""
+
+    main: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=EFFECT_COLUMNS))
+    interactions: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=INTERACTION_COLUMNS)
+    )
+    contexts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CONTEXT_COLUMNS))
+    findings: dict[tuple[str, str], str] = field(default_factory=dict)
+    fixed_axes: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # not in the fit
+    problems: list[str] = field(default_factory=list)
+
+
+def axis_effects(runs: pd.DataFrame) -> Effects:
+    """Main effects (best first), interactions and per-context effects of every task's axes."""
+    result = Effects()
     finished = runs[np.isfinite(runs["loss_gap"].to_numpy(dtype=float))]
-    tables, problems = [], []
-    for (task, size), group in finished.groupby(TASK_KEY, sort=True):
-        table, problem = _fit_task(group)
-        if problem:
-            problems.append(f"{task_name(task, size)}: {problem}")
-        if table is not None:
-            tables.append(table.assign(task=task, size=size))
-    if not tables:
-        return pd.DataFrame(columns=EFFECT_COLUMNS), problems
-    effects = pd.concat(tables, ignore_index=True)[EFFECT_COLUMNS]
-    return effects.sort_values([*TASK_KEY, "effect", "axis", "value"], ignore_index=True), problems
+    crossed = finished[~finished["is_preset"].astype(bool)]
+    mains, interactions, contexts = [], [], []
+    for (task, size), group in crossed.groupby(TASK_KEY, sort=True):
+        where = task_name(task, size)
+        design = _Design.of(group)
+        if isinstance(design, str):
+            result.problems.append(f"{where}: {design}")
+            continue
+        main = design.main_effects()
+        pairs = [design.pair(a, b) for a, b in itertools.permutations(design.axes, 2)]
+        pairs = [pair for pair in pairs if pair is not None]
+        context = _flag_contexts(pd.concat([p[1] for p in pairs], ignore_index=True)) if pairs else None
+        main["heterogeneous_by"] = _heterogeneous_by(main, context)
+        mains.append(main.assign(task=task, size=size))
+        if pairs:
+            contexts.append(context.assign(task=task, size=size))
+            # A x B and B x A fit the same model: keep each pair's product terms once.
+            interactions += [p[0].assign(task=task, size=size) for p in pairs if p[2]]
+        result.findings[(task, size)] = finding(where, main, len(group))
+        result.fixed_axes[(task, size)] = design.dropped
+    if mains:
+        main = pd.concat(mains, ignore_index=True)[EFFECT_COLUMNS]
+        result.main = main.sort_values([*TASK_KEY, "effect", "axis", "value"], ignore_index=True)
+    if interactions:
+        result.interactions = pd.concat(interactions, ignore_index=True)[INTERACTION_COLUMNS]
+    if contexts:
+        result.contexts = pd.concat(contexts, ignore_index=True)[CONTEXT_COLUMNS]
+    return result
 
 
-def _fit_task(group: pd.DataFrame) -> tuple[pd.DataFrame | None, str | None]:
-    axes = [axis for axis in axis_columns(group) if group[axis].nunique() > 1]
-    if not axes:
-        return None, "no axis varies among its finished trials; no effects to estimate"
+@dataclass
+class _Design:
+    """One task's finished axis-crossed trials, their varying axes and each axis' reference."""
 
-    names, indicators, references = [], [], {}
-    for axis in axes:
-        counts = group[axis].value_counts()
-        # Most common value as reference; ties broken by name so the choice is reproducible.
-        levels = sorted(counts.index, key=lambda level: (-counts[level], level))
-        references[axis] = levels[0]
-        values = group[axis].to_numpy()
-        for level in levels[1:]:
-            names.append((axis, level))
-            indicators.append(values == level)
-    design = np.column_stack([np.ones(len(group)), *indicators]).astype(float)
+    trials: pd.DataFrame
+    axes: list[str]
+    levels: dict[str, list[str]]  # reference first
+    dropped: list[str]  # axes with one value only
+    seeds: np.ndarray
 
-    if len(group) <= design.shape[1]:
-        return None, (
-            f"{len(group)} finished trials are too few to estimate {design.shape[1]} coefficients"
+    @classmethod
+    def of(cls, trials: pd.DataFrame) -> _Design | str:
+        """The design, or a sentence saying why no effect can be estimated."""
+        columns = axis_columns(trials)
+        axes = [axis for axis in columns if trials[axis].nunique() > 1]
+        if not axes:
+            return "no axis varies among its finished axis-crossed trials; no effects to estimate"
+        levels = {}
+        for axis in axes:
+            # The cheapest value as reference, so an effect reads as what a costlier choice does to
+            # the gap; among equally cheap values the most common, then the first by name.
+            by_value = trials.groupby(axis)["overhead.model"].agg(["mean", "size"])
+            levels[axis] = sorted(
+                by_value.index,
+                key=lambda level: (by_value.loc[level, "mean"], -by_value.loc[level, "size"], level),
+            )
+        dropped = [axis.removeprefix("axis.") for axis in columns if axis not in axes]
+        design = cls(trials, axes, levels, dropped, np.sort(trials["seed"].unique()))
+        matrix, _ = design.matrix()
+        if len(trials) <= matrix.shape[1]:
+            return (
+                f"{len(trials)} finished axis-crossed trials are too few to estimate "
+                f"{matrix.shape[1]} coefficients"
+            )
+        rank = np.linalg.matrix_rank(matrix)
+        if rank < matrix.shape[1]:
+            return (
+                f"the axes {[a.removeprefix('axis.') for a in axes]} are confounded in its trials "
+                f"(design rank {rank} < {matrix.shape[1]} coefficients); effects not estimated"
+            )
+        return design
+
+    def indicator(self, axis: str, level: str) -> np.ndarray:
+        return (self.trials[axis].to_numpy() == level).astype(float)
+
+    def matrix(self, pair: tuple[str, str] | None = None) -> tuple[np.ndarray, list[tuple]]:
+        """The design matrix and its column names: seed factor, axis values, pair products."""
+        columns = [(self.trials["seed"].to_numpy() == seed).astype(float) for seed in self.seeds]
+        names: list[tuple] = [("seed", seed) for seed in self.seeds]
+        for axis in self.axes:
+            for level in self.levels[axis][1:]:
+                columns.append(self.indicator(axis, level))
+                names.append((axis, level))
+        if pair is not None:
+            a, b = pair
+            for level_a, level_b in itertools.product(self.levels[a][1:], self.levels[b][1:]):
+                columns.append(self.indicator(a, level_a) * self.indicator(b, level_b))
+                names.append((a, level_a, b, level_b))
+        return np.column_stack(columns), names
+
+    def fit(self, pair: tuple[str, str] | None = None) -> tuple[RegressionResults, list[tuple]]:
+        matrix, names = self.matrix(pair)
+        return OLS(self.trials["loss_gap"].to_numpy(dtype=float), matrix).fit(), names
+
+    def main_effects(self) -> pd.DataFrame:
+        fit, names = self.fit()
+        rows = []
+        for axis in self.axes:
+            reference = self.levels[axis][0]
+            for level in self.levels[axis]:
+                if level == reference:
+                    rows.append(self._row(axis, level, reference, 0.0, (np.nan, np.nan), np.nan))
+                    continue
+                contrast = _unit(names, (axis, level))
+                rows.append(self._row(axis, level, reference, *_estimate(fit, contrast)))
+        return pd.DataFrame(rows)
+
+    def pair(self, a: str, b: str) -> tuple[pd.DataFrame, pd.DataFrame, bool] | None:
+        """A's interaction with B and A's effect within each B value; None where not estimable.
+
+        Returns (product terms, per-context effects, whether this is the pair's first order).
+        """
+        cells = self.trials.groupby([a, b]).size()
+        if len(cells) < len(self.levels[a]) * len(self.levels[b]):
+            return None  # an empty cell: the design cannot separate A x B from the rest
+        fit, names = self.fit((a, b))
+        if fit.df_resid < 1 or np.linalg.matrix_rank(fit.model.exog) < len(names):
+            return None
+        terms = [i for i, name in enumerate(names) if len(name) == 4]
+        test = np.zeros((len(terms), len(names)))
+        test[np.arange(len(terms)), terms] = 1.0
+        interaction_p = float(np.asarray(fit.f_test(test).pvalue))
+
+        products = []
+        for i in terms:
+            _, level_a, _, level_b = names[i]
+            contrast = np.zeros(len(names))
+            contrast[i] = 1.0
+            effect, interval, p_value = _estimate(fit, contrast)
+            products.append({
+                "axis": a.removeprefix("axis."), "value": level_a,
+                "other_axis": b.removeprefix("axis."), "other_value": level_b,
+                "interaction": effect, "ci_low": interval[0], "ci_high": interval[1],
+                "p_value": p_value,
+            })
+
+        contexts = []
+        reference = self.levels[a][0]
+        for level_a, level_b in itertools.product(self.levels[a][1:], self.levels[b]):
+            contrast = _unit(names, (a, level_a))
+            if level_b != self.levels[b][0]:
+                contrast += _unit(names, (a, level_a, b, level_b))
+            effect, interval, p_value = _estimate(fit, contrast)
+            within = self.trials[b].to_numpy() == level_b
+            contexts.append({
+                "axis": a.removeprefix("axis."), "value": level_a, "reference": reference,
+                "context_axis": b.removeprefix("axis."), "context_value": level_b,
+                "effect": effect, "ci_low": interval[0], "ci_high": interval[1],
+                "p_value": p_value,
+                "n_trials": int((within & (self.trials[a].to_numpy() == level_a)).sum()),
+                "interaction_p_value": interaction_p,
+            })
+        return pd.DataFrame(products), pd.DataFrame(contexts), self.axes.index(a) < self.axes.index(b)
+
+    def _row(self, axis, level, reference, effect, interval, p_value) -> dict:
+        """One line of the main effects table; the reference value's effect is zero by definition."""
+        return {
+            "axis": axis.removeprefix("axis."), "value": level, "reference": reference,
+            "is_reference": level == reference, "effect": effect, "ci_low": interval[0],
+            "ci_high": interval[1], "p_value": p_value,
+            "n_trials": int((self.trials[axis] == level).sum()),
+        }
+
+
+def _unit(names: list[tuple], name: tuple) -> np.ndarray:
+    vector = np.zeros(len(names))
+    vector[names.index(name)] = 1.0
+    return vector
+
+
+def _estimate(fit: RegressionResults, contrast: np.ndarray) -> tuple[float, tuple, float]:
+    """A linear combination of the coefficients: its value, confidence interval and p-value."""
+    test = fit.t_test(contrast)
+    low, high = np.asarray(test.conf_int(alpha=1 - CONFIDENCE)).ravel()
+    return float(np.asarray(test.effect).ravel()[0]), (float(low), float(high)), float(
+        np.asarray(test.pvalue).ravel()[0]
+    )
+
+
+def _flag_contexts(contexts: pd.DataFrame) -> pd.DataFrame:
+    """Mark ``heterogeneous`` per (A value, B): significant A x B terms, or resolved per-context
+    effects of opposite sign.
+
+    The F tests of a task's axis pairs are many: their p-values are Holm-adjusted together, so a
+    task with many axes does not flag an additive effect by chance.
+    """
+    pairs = contexts.drop_duplicates(["axis", "context_axis"])
+    # A x B and B x A are one test: adjust over unordered pairs.
+    unordered = pairs[pairs["axis"] < pairs["context_axis"]]
+    adjusted = multipletests(unordered["interaction_p_value"], method="holm")[1]
+    holm = {}
+    for (a, b), p_value in zip(zip(unordered["axis"], unordered["context_axis"]), adjusted):
+        holm[(a, b)] = holm[(b, a)] = p_value
+    contexts = contexts.assign(
+        interaction_p_holm=[holm[(a, b)] for a, b in zip(contexts["axis"], contexts["context_axis"])]
+    )
+    flags = pd.Series(False, index=contexts.index)
+    for _, rows in contexts.groupby(["axis", "value", "context_axis"]):
+        resolved_better = (rows["ci_high"] < 0).any()
+        resolved_worse = (rows["ci_low"] > 0).any()
+        significant = rows["interaction_p_holm"].iloc[0] < HETEROGENEITY_LEVEL
+        flags[rows.index] = bool(significant or (resolved_better and resolved_worse))
+    return contexts.assign(heterogeneous=flags)
+
+
+def _heterogeneous_by(main: pd.DataFrame, contexts: pd.DataFrame | None) -> list[str]:
+    """Per main-effect row: the other axes its effect is heterogeneous across, comma-separated."""
+    if contexts is None or contexts.empty:
+        return [""] * len(main)
+    flagged = contexts[contexts["heterogeneous"]]
+    by = flagged.groupby(["axis", "value"])["context_axis"].agg(lambda axes: ", ".join(sorted(set(axes))))
+    return [by.get((axis, value), "") for axis, value in zip(main["axis"], main["value"])]
+
+
+def finding(where: str, main: pd.DataFrame, n_trials: int) -> str:
+    """One sentence: which choices change the gap, by how much, with intervals."""
+    estimated = main[~main["is_reference"]]
+    resolved = estimated[(estimated["ci_high"] < 0) | (estimated["ci_low"] > 0)]
+    resolved = resolved.reindex(resolved["effect"].abs().sort_values(ascending=False).index)
+    level = f"{CONFIDENCE:.0%}"
+    if resolved.empty:
+        sentence = (
+            f"{where}: no choice changes the loss gap resolvably (every {level} interval includes "
+            f"zero, {n_trials} trials)"
         )
-    rank = np.linalg.matrix_rank(design)
-    if rank < design.shape[1]:
-        return None, (
-            f"the axes {[a.removeprefix('axis.') for a in axes]} are confounded in its trials "
-            f"(design rank {rank} < {design.shape[1]} coefficients); effects not estimated"
-        )
-
-    fit = OLS(group["loss_gap"].to_numpy(dtype=float), design).fit()
-    intervals = fit.conf_int(alpha=1 - CONFIDENCE)
-    rows = [
-        _row(group, axis, level, references[axis], fit.params[i], intervals[i], fit.pvalues[i])
-        for i, (axis, level) in enumerate(names, start=1)
-    ]
-    rows += [_row(group, axis, level, level) for axis, level in references.items()]
-    return pd.DataFrame(rows), None
-
-
-def _row(
-    group: pd.DataFrame, axis: str, level: str, reference: str,
-    effect: float = 0.0, interval: tuple[float, float] = (np.nan, np.nan), p_value: float = np.nan,
-) -> dict:
-    """One line of the effects table; the reference value's effect is zero by definition."""
-    return {
-        "axis": axis.removeprefix("axis."),
-        "value": level,
-        "reference": reference,
-        "is_reference": level == reference,
-        "effect": effect,
-        "ci_low": interval[0],
-        "ci_high": interval[1],
-        "p_value": p_value,
-        "n_trials": int((group[axis] == level).sum()),
-    }
+    else:
+        clauses = []
+        for row in resolved.itertuples():
+            verb = "lowers" if row.effect < 0 else "raises"
+            # An interval of a lowering effect, read as a size: the bounds swap and lose their sign.
+            low, high = sorted((abs(row.ci_low), abs(row.ci_high)))
+            clause = (
+                f"{row.axis} = {row.value} {verb} the loss gap by {abs(row.effect):.2g} "
+                f"({level} CI {low:.2g} to {high:.2g}) against {row.reference}"
+            )
+            if row.heterogeneous_by:
+                clause += f", by an amount that depends on {row.heterogeneous_by}"
+            clauses.append(clause)
+        sentence = f"{where}: " + "; ".join(clauses)
+        unresolved = sorted(set(estimated["axis"]) - set(resolved["axis"]))
+        if unresolved:
+            sentence += f"; no resolved effect of {', '.join(unresolved)}"
+    return sentence + "."

@@ -130,7 +130,7 @@ def _task_section(analysis: Analysis, task: str, size: str) -> str:
         if column in eligible.columns and eligible[column].notna().any():
             parts.append(_front(analysis, eligible[eligible[column].notna()], name, overhead))
     parts.append(_divergence(_of_task(analysis.outcomes_by_axis, task, size)))
-    parts.append(_effects(_of_task(analysis.effects, task, size), name))
+    parts.append(_effects(_of_task(analysis.effects.main, task, size), name))
     return "\n".join(parts)
 
 

@@ -73,7 +73,13 @@ def _tables(analysis: Analysis) -> dict[str, tuple[pd.DataFrame, str]]:
             front_members(analysis.recipes), "the Pareto-optimal recipes per task and overhead"
         ),
         "hypervolumes.csv": (analysis.hypervolumes, "each front's hypervolume and reference point"),
-        "effects.csv": (analysis.effects, "each axis value's effect on the loss gap"),
+        "effects.csv": (analysis.effects.main, "each axis value's effect on the loss gap"),
+        "interactions.csv": (
+            analysis.effects.interactions, "two-axis interactions: how one effect changes with another axis"
+        ),
+        "effects_by_context.csv": (
+            analysis.effects.contexts, "each axis value's effect within each value of every other axis"
+        ),
         "outcomes_by_axis.csv": (
             analysis.outcomes_by_axis, "finished, diverged and failed trials per axis value"
         ),
@@ -95,5 +101,6 @@ def _summary(analysis: Analysis, source: str) -> dict:
             {"task": task, "size": size, **{k: int(v) for k, v in counts.items()}}
             for (task, size), counts in analysis.trials.iterrows()
         ],
+        "findings": list(analysis.effects.findings.values()),
         "problems": analysis.problems,
     }

@@ -69,7 +69,7 @@ def report_page(tmp_path_factory):
     skipped = "corrupt file trials/part-7.parquet was skipped"
     page = build_report(trials, out_dir, problems=[skipped])
     analysis = analyse(trials)
-    fitted_tasks = analysis.effects[["task", "size"]].drop_duplicates()
+    fitted_tasks = analysis.effects.main[["task", "size"]].drop_duplicates()
     expected_figures = len(analysis.hypervolumes) + len(fitted_tasks)
     return page, expected_figures
 
