@@ -16,6 +16,7 @@ import pandas as pd
 from pandas.api.typing import SeriesGroupBy
 from scipy import stats
 
+from fp4sweep.analysis.labels import readable_labels
 from fp4sweep.results.quality import accuracy_gap, diverged, recipe_gap, relative_gap, seed_baseline
 
 TASK_KEY = ["task", "size"]
@@ -73,6 +74,7 @@ def trial_gaps(trials: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     trials = trials.assign(outcome=_outcome(trials))
     baselines = trials[trials["is_baseline"].astype(bool)]
     runs = trials[~trials["is_baseline"].astype(bool)].copy()
+    runs["recipe_label"] = readable_labels(runs)
     axes = axis_columns(runs)
     runs["is_preset"] = runs[axes].isna().all(axis=1) if axes else True
     for axis in axes:
