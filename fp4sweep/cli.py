@@ -186,6 +186,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the Pareto report of a results store: one HTML page plus its tables as CSV."""
     from fp4sweep.analysis import DEFAULT_TOLERANCE, ReferencePoint, report_from_store
+    from fp4sweep.analysis.summary import print_summary
 
     # `fp4sweep report path/to/results` names the store directly; otherwise the overrides
     # (e.g. +sweep=full results_dir=DIR) say where it is.
@@ -205,7 +206,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise SweepError(str(error)) from None
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    page = report_from_store(results_dir, args.out, reference=reference, tolerance=tolerance)
+    try:
+        page = report_from_store(results_dir, args.out, reference=reference, tolerance=tolerance)
+    except OSError as error:  # an output directory that cannot be made or written
+        raise SweepError(f"cannot write the report to {error.filename or args.out}: {error.strerror}") from None
+    print_summary(page)
     print(f"Report: {page}")
     return 0
 

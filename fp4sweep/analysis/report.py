@@ -18,6 +18,7 @@ from fp4sweep.analysis.render import render_html
 REPORT_DIR = "report"  # default output directory inside the results store
 HTML_NAME = "report.html"
 SUMMARY_NAME = "report.json"
+FRONTS_NAME = "fronts.csv"
 
 
 def report_from_store(
@@ -69,7 +70,7 @@ def _tables(analysis: Analysis) -> dict[str, tuple[pd.DataFrame, str]]:
         "recipes.csv": (
             analysis.recipes, "every recipe per task: seed statistics, outcomes, front membership"
         ),
-        "fronts.csv": (
+        FRONTS_NAME: (
             front_members(analysis.recipes), "the Pareto-optimal recipes per task and overhead"
         ),
         "hypervolumes.csv": (analysis.hypervolumes, "each front's hypervolume and reference point"),
