@@ -133,7 +133,10 @@ def _robust(analysis: Analysis) -> str:
     return heading + (
         f"<p>Recipes within {analysis.tolerance:g} relative loss gap of each task's "
         "modelled-overhead front (slack 0: on the front), least slack first.</p>\n"
-        + _table(analysis.robust.drop(columns="recipe_id"))
+        + _table(analysis.robust.drop(columns="recipe_id").rename(columns={
+            "recipe_label": "recipe", "max_slack": "largest slack",
+            "mean_overhead": "mean modelled overhead",
+        }))
     )
 
 

@@ -51,8 +51,8 @@ def print_summary(page: str | Path, console: Console | None = None) -> None:
 def _front_table(front: pd.DataFrame, overhead: str) -> Table:
     column = "overhead.model" if overhead == "model" else "measured_overhead"
     table = Table(title=f"Pareto front, loss gap against {overhead} overhead", title_justify="left")
-    for heading in ("#", "recipe", "loss gap", f"{CONFIDENCE:.0%} CI", f"{overhead} overhead", ""):
-        table.add_column(heading, justify="left" if heading in ("recipe", "") else "right")
+    for heading in ("#", "recipe", "loss gap", f"{CONFIDENCE:.0%} CI", f"{overhead} overhead", "note"):
+        table.add_column(heading, justify="left" if heading in ("recipe", "note") else "right")
     front = front.sort_values([column, "loss_gap_mean"])
     for number, (_, values) in enumerate(front.iterrows(), start=1):
         low, high = values["loss_gap_ci_low"], values["loss_gap_ci_high"]
