@@ -5,17 +5,18 @@ carry no axis values: they are shown beside the fit, never in it):
 
 - **Main effects**: the relative loss gap regressed on a factor per seed (each trial's gap is
   already paired with its own seed's baseline; the seed factor removes what a seed shares across
-  recipes) plus one indicator per axis value, each axis' cheapest value (lowest modelled overhead) as its reference.
-  Axes with a single value among these trials are dropped. A value's coefficient is the change in
-  the gap from the reference value, the other axes held fixed (averaged over them); negative is
-  better.
+  recipes) plus one indicator per axis value, against each axis' cheapest value (lowest modelled
+  overhead). Axes with a single value among these trials are dropped. A value's coefficient is
+  the change in the gap from the reference value, the other axes held fixed (averaged over
+  them); negative is better.
 - **Interactions and per-context effects**: for every pair of varying axes A, B whose cells
   (every combination of their values) hold trials, a second fit adds A x B. Its product terms
   say how much the effect of an A value changes at a B value (a difference of differences); the
   effect of each A value within each B value is a linear combination of its coefficients.
 - **Heterogeneous** effects: an axis whose effect depends on another axis, by an F test of the
-  A x B terms at 5 % (Holm-adjusted over the task's axis pairs), or whose per-context effects are resolved (intervals excluding zero) with
-  opposite signs. An average over such contexts misleads; the page shows the contexts.
+  A x B terms at 5 % (Holm-adjusted over the task's axis pairs), or whose per-context effects
+  are resolved (intervals excluding zero) with opposite signs. An average over such contexts
+  misleads; the page shows the contexts.
 
 Diverged trials have no gap and are not in any fit: ``quality.outcomes_by_axis`` counts them.
 """
@@ -30,7 +31,7 @@ import pandas as pd
 from statsmodels.regression.linear_model import OLS, RegressionResults
 from statsmodels.stats.multitest import multipletests
 
-from fp4sweep.analysis.quality import CONFIDENCE, TASK_KEY, axis_columns, task_name
+from fp4sweep.analysis.quality import CONFIDENCE, TASK_KEY, UNSET_AXIS, axis_columns, task_name
 
 EFFECT_COLUMNS = [
     *TASK_KEY, "axis", "value", "reference", "is_reference", "effect", "ci_low", "ci_high",
@@ -66,11 +67,20 @@ def axis_effects(runs: pd.DataFrame) -> Effects:
     result = Effects()
     finished = runs[np.isfinite(runs["loss_gap"].to_numpy(dtype=float))]
     crossed = finished[~finished["is_preset"].astype(bool)]
+    # A trial that ran before an axis joined the sweep has no value on it: not in the fit.
+    unset = crossed[axis_columns(crossed)].eq(UNSET_AXIS).any(axis=1)
     mains, interactions, contexts = [], [], []
     for (task, size), group in crossed.groupby(TASK_KEY, sort=True):
         where = task_name(task, size)
+        left_out = int(unset[group.index].sum())
+        if left_out:
+            result.problems.append(
+                f"{where}: {left_out} finished trials ran before one of the axes joined the sweep "
+                "and are left out of the effects"
+            )
+            group = group[~unset[group.index]]
         design = _Design.of(group)
-        if isinstance(design, str):
+        if isinstance(design, str):  # also where no trial is left
             result.problems.append(f"{where}: {design}")
             continue
         main = design.main_effects()
@@ -275,7 +285,9 @@ def _heterogeneous_by(main: pd.DataFrame, contexts: pd.DataFrame | None) -> list
     if contexts is None or contexts.empty:
         return [""] * len(main)
     flagged = contexts[contexts["heterogeneous"]]
-    by = flagged.groupby(["axis", "value"])["context_axis"].agg(lambda axes: ", ".join(sorted(set(axes))))
+    by = flagged.groupby(["axis", "value"])["context_axis"].agg(
+        lambda axes: ", ".join(sorted(set(axes)))
+    )
     return [by.get((axis, value), "") for axis, value in zip(main["axis"], main["value"])]
 
 

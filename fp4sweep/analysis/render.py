@@ -69,7 +69,8 @@ def _header(analysis: Analysis, source: str) -> str:
         f"{REFERENCE_MARGIN:.0%} of their range from the best"
     )
     if given:
-        reference += " (" + ", ".join(f"{k.replace('_', ' ')} given: {v:g}" for k, v in given.items()) + ")"
+        fixed = ", ".join(f"{name.replace('_', ' ')} given: {value:g}" for name, value in given.items())
+        reference += f" ({fixed})"
     return (
         "<h1>FP4 recipe sweep: quality against overhead</h1>\n"
         f"<p>Store <code>{html.escape(source)}</code>, reported {generated} by fp4sweep "
