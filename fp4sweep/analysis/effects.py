@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from statsmodels.regression.linear_model import OLS, RegressionResults
+from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from fp4sweep.analysis.quality import CONFIDENCE, TASK_KEY, UNSET_AXIS, axis_columns, task_name
@@ -46,6 +46,7 @@ CONTEXT_COLUMNS = [
     "ci_high", "p_value", "n_trials", "interaction_p_value", "interaction_p_holm", "heterogeneous",
 ]
 HETEROGENEITY_LEVEL = 0.05  # the F test's level for "the effect depends on the other axis"
+FINDINGS_MAX = 5  # a sentence names at most this many effects, the largest; the table has all
 
 
 @dataclass
@@ -84,15 +85,14 @@ def axis_effects(runs: pd.DataFrame) -> Effects:
             result.problems.append(f"{where}: {design}")
             continue
         main = design.main_effects()
-        pairs = [design.pair(a, b) for a, b in itertools.permutations(design.axes, 2)]
+        pairs = [design.pair(a, b) for a, b in itertools.combinations(design.axes, 2)]
         pairs = [pair for pair in pairs if pair is not None]
         context = _flag_contexts(pd.concat([p[1] for p in pairs], ignore_index=True)) if pairs else None
         main["heterogeneous_by"] = _heterogeneous_by(main, context)
         mains.append(main.assign(task=task, size=size))
         if pairs:
             contexts.append(context.assign(task=task, size=size))
-            # A x B and B x A fit the same model: keep each pair's product terms once.
-            interactions += [p[0].assign(task=task, size=size) for p in pairs if p[2]]
+            interactions += [p[0].assign(task=task, size=size) for p in pairs]
         result.findings[(task, size)] = finding(where, main, len(group))
         result.fixed_axes[(task, size)] = design.dropped
     if mains:
@@ -114,6 +114,12 @@ class _Design:
     levels: dict[str, list[str]]  # reference first
     dropped: list[str]  # axes with one value only
     seeds: np.ndarray
+
+    def __post_init__(self) -> None:
+        # Plain arrays once: the fits below index them many times.
+        self.values = {axis: self.trials[axis].to_numpy(dtype=object) for axis in self.axes}
+        self.seed = self.trials["seed"].to_numpy()
+        self.gap = self.trials["loss_gap"].to_numpy(dtype=float)
 
     @classmethod
     def of(cls, trials: pd.DataFrame) -> _Design | str:
@@ -139,7 +145,7 @@ class _Design:
                 f"{len(trials)} finished axis-crossed trials are too few to estimate "
                 f"{matrix.shape[1]} coefficients"
             )
-        rank = np.linalg.matrix_rank(matrix)
+        rank = _rank(matrix)
         if rank < matrix.shape[1]:
             return (
                 f"the axes {[a.removeprefix('axis.') for a in axes]} are confounded in its trials "
@@ -148,11 +154,11 @@ class _Design:
         return design
 
     def indicator(self, axis: str, level: str) -> np.ndarray:
-        return (self.trials[axis].to_numpy() == level).astype(float)
+        return (self.values[axis] == level).astype(float)
 
     def matrix(self, pair: tuple[str, str] | None = None) -> tuple[np.ndarray, list[tuple]]:
         """The design matrix and its column names: seed factor, axis values, pair products."""
-        columns = [(self.trials["seed"].to_numpy() == seed).astype(float) for seed in self.seeds]
+        columns = [(self.seed == seed).astype(float) for seed in self.seeds]
         names: list[tuple] = [("seed", seed) for seed in self.seeds]
         for axis in self.axes:
             for level in self.levels[axis][1:]:
@@ -165,9 +171,9 @@ class _Design:
                 names.append((a, level_a, b, level_b))
         return np.column_stack(columns), names
 
-    def fit(self, pair: tuple[str, str] | None = None) -> tuple[RegressionResults, list[tuple]]:
+    def fit(self, pair: tuple[str, str] | None = None) -> tuple[_LeastSquares, list[tuple]]:
         matrix, names = self.matrix(pair)
-        return OLS(self.trials["loss_gap"].to_numpy(dtype=float), matrix).fit(), names
+        return _LeastSquares(matrix, self.gap), names
 
     def main_effects(self) -> pd.DataFrame:
         fit, names = self.fit()
@@ -178,56 +184,57 @@ class _Design:
                 if level == reference:
                     rows.append(self._row(axis, level, reference, 0.0, (np.nan, np.nan), np.nan))
                     continue
-                contrast = _unit(names, (axis, level))
-                rows.append(self._row(axis, level, reference, *_estimate(fit, contrast)))
+                rows.append(self._row(axis, level, reference, *fit.estimate(_unit(names, (axis, level)))))
         return pd.DataFrame(rows)
 
-    def pair(self, a: str, b: str) -> tuple[pd.DataFrame, pd.DataFrame, bool] | None:
-        """A's interaction with B and A's effect within each B value; None where not estimable.
-
-        Returns (product terms, per-context effects, whether this is the pair's first order).
-        """
+    def pair(self, a: str, b: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+        """The A x B product terms, and each axis' effect within each value of the other; None
+        where the design cannot estimate them (an empty cell, no residual degrees of freedom)."""
         cells = self.trials.groupby([a, b]).size()
         if len(cells) < len(self.levels[a]) * len(self.levels[b]):
-            return None  # an empty cell: the design cannot separate A x B from the rest
-        fit, names = self.fit((a, b))
-        if fit.df_resid < 1 or np.linalg.matrix_rank(fit.model.exog) < len(names):
             return None
+        matrix, names = self.matrix((a, b))
+        if len(self.gap) <= matrix.shape[1] or _rank(matrix) < matrix.shape[1]:
+            return None
+        fit, names = self.fit((a, b))
+        estimate = fit.estimate
         terms = [i for i, name in enumerate(names) if len(name) == 4]
-        test = np.zeros((len(terms), len(names)))
-        test[np.arange(len(terms)), terms] = 1.0
-        interaction_p = float(np.asarray(fit.f_test(test).pvalue))
+        interaction_p = fit.f_test(terms)
 
         products = []
         for i in terms:
             _, level_a, _, level_b = names[i]
-            contrast = np.zeros(len(names))
-            contrast[i] = 1.0
-            effect, interval, p_value = _estimate(fit, contrast)
+            effect, interval, p_value = estimate(np.eye(len(names))[i])
             products.append({
                 "axis": a.removeprefix("axis."), "value": level_a,
                 "other_axis": b.removeprefix("axis."), "other_value": level_b,
                 "interaction": effect, "ci_low": interval[0], "ci_high": interval[1],
                 "p_value": p_value,
             })
+        contexts = [
+            *self._contexts(a, b, names, estimate, lambda x, y: (a, x, b, y)),
+            *self._contexts(b, a, names, estimate, lambda x, y: (a, y, b, x)),
+        ]
+        return pd.DataFrame(products), pd.DataFrame(contexts).assign(interaction_p_value=interaction_p)
 
-        contexts = []
-        reference = self.levels[a][0]
-        for level_a, level_b in itertools.product(self.levels[a][1:], self.levels[b]):
-            contrast = _unit(names, (a, level_a))
-            if level_b != self.levels[b][0]:
-                contrast += _unit(names, (a, level_a, b, level_b))
-            effect, interval, p_value = _estimate(fit, contrast)
-            within = self.trials[b].to_numpy() == level_b
-            contexts.append({
-                "axis": a.removeprefix("axis."), "value": level_a, "reference": reference,
-                "context_axis": b.removeprefix("axis."), "context_value": level_b,
+    def _contexts(self, axis, other, names, estimate, product) -> list[dict]:
+        """``axis``' effect within each value of ``other``: its main term plus the product term
+        of that value (``product(level, other_level)`` names it; none at other's reference)."""
+        rows = []
+        reference = self.levels[axis][0]
+        for level, other_level in itertools.product(self.levels[axis][1:], self.levels[other]):
+            contrast = _unit(names, (axis, level))
+            if other_level != self.levels[other][0]:
+                contrast += _unit(names, product(level, other_level))
+            effect, interval, p_value = estimate(contrast)
+            within = (self.values[other] == other_level) & (self.values[axis] == level)
+            rows.append({
+                "axis": axis.removeprefix("axis."), "value": level, "reference": reference,
+                "context_axis": other.removeprefix("axis."), "context_value": other_level,
                 "effect": effect, "ci_low": interval[0], "ci_high": interval[1],
-                "p_value": p_value,
-                "n_trials": int((within & (self.trials[a].to_numpy() == level_a)).sum()),
-                "interaction_p_value": interaction_p,
+                "p_value": p_value, "n_trials": int(within.sum()),
             })
-        return pd.DataFrame(products), pd.DataFrame(contexts), self.axes.index(a) < self.axes.index(b)
+        return rows
 
     def _row(self, axis, level, reference, effect, interval, p_value) -> dict:
         """One line of the main effects table; the reference value's effect is zero by definition."""
@@ -235,8 +242,13 @@ class _Design:
             "axis": axis.removeprefix("axis."), "value": level, "reference": reference,
             "is_reference": level == reference, "effect": effect, "ci_low": interval[0],
             "ci_high": interval[1], "p_value": p_value,
-            "n_trials": int((self.trials[axis] == level).sum()),
+            "n_trials": int((self.values[axis] == level).sum()),
         }
+
+
+def _rank(matrix: np.ndarray) -> int:
+    """The design's rank, from its small Gram matrix (the tall matrix's SVD is the slow part)."""
+    return int(np.linalg.matrix_rank(matrix.T @ matrix, hermitian=True))
 
 
 def _unit(names: list[tuple], name: tuple) -> np.ndarray:
@@ -245,13 +257,33 @@ def _unit(names: list[tuple], name: tuple) -> np.ndarray:
     return vector
 
 
-def _estimate(fit: RegressionResults, contrast: np.ndarray) -> tuple[float, tuple, float]:
-    """A linear combination of the coefficients: its value, confidence interval and p-value."""
-    test = fit.t_test(contrast)
-    low, high = np.asarray(test.conf_int(alpha=1 - CONFIDENCE)).ravel()
-    return float(np.asarray(test.effect).ravel()[0]), (float(low), float(high)), float(
-        np.asarray(test.pvalue).ravel()[0]
-    )
+class _LeastSquares:
+    """Ordinary least squares of ``y`` on a full-rank design of indicators, by its normal
+    equations: the Gram matrix is small (coefficients squared) however many trials there are, and
+    indicator designs are well conditioned. Estimates of linear combinations of the coefficients
+    come with Student-t intervals and p-values; sets of coefficients with an F test."""
+
+    def __init__(self, design: np.ndarray, y: np.ndarray) -> None:
+        inverse = np.linalg.inv(design.T @ design)
+        self.params = inverse @ (design.T @ y)
+        residuals = y - design @ self.params
+        self.df = len(y) - design.shape[1]
+        self.cov = inverse * (residuals @ residuals / self.df)
+        self.t = stats.t.ppf(0.5 + CONFIDENCE / 2, self.df)
+
+    def estimate(self, contrast: np.ndarray) -> tuple[float, tuple[float, float], float]:
+        effect = float(contrast @ self.params)
+        error = float(np.sqrt(contrast @ self.cov @ contrast))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p_value = float(2 * stats.t.sf(abs(effect / error), self.df))
+        return effect, (effect - self.t * error, effect + self.t * error), p_value
+
+    def f_test(self, terms: list[int]) -> float:
+        """The p-value of "these coefficients are all zero"."""
+        values = self.params[terms]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            statistic = values @ np.linalg.solve(self.cov[np.ix_(terms, terms)], values) / len(terms)
+        return float(stats.f.sf(statistic, len(terms), self.df))
 
 
 def _flag_contexts(contexts: pd.DataFrame) -> pd.DataFrame:
@@ -304,7 +336,7 @@ def finding(where: str, main: pd.DataFrame, n_trials: int) -> str:
         )
     else:
         clauses = []
-        for row in resolved.itertuples():
+        for row in resolved.head(FINDINGS_MAX).itertuples():
             verb = "lowers" if row.effect < 0 else "raises"
             # An interval of a lowering effect, read as a size: the bounds swap and lose their sign.
             low, high = sorted((abs(row.ci_low), abs(row.ci_high)))
@@ -316,6 +348,8 @@ def finding(where: str, main: pd.DataFrame, n_trials: int) -> str:
                 clause += f", by an amount that depends on {row.heterogeneous_by}"
             clauses.append(clause)
         sentence = f"{where}: " + "; ".join(clauses)
+        if len(resolved) > FINDINGS_MAX:
+            sentence += f"; {len(resolved) - FINDINGS_MAX} smaller resolved effects in the table"
         unresolved = sorted(set(estimated["axis"]) - set(resolved["axis"]))
         if unresolved:
             sentence += f"; no resolved effect of {', '.join(unresolved)}"

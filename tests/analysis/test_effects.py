@@ -160,3 +160,20 @@ def test_heterogeneous_effect_is_flagged_with_its_contexts():
     assert pair["interaction"].iloc[0] == pytest.approx(0.1, abs=0.01)
     assert pair["ci_low"].iloc[0] > 0
     assert "depends on scale" in effects.findings[("gpt", "tiny")]
+
+
+def test_a_finding_names_only_the_largest_effects():
+    many = {f"axis{i}": {"a": 0.0, "b": -0.01 * (i + 1)} for i in range(7)}
+    rows = []
+    rng = np.random.default_rng(2)
+    for seed in range(2):
+        rows.append(trial_row("gpt", seed, "bf16", val_loss=3.0, axes=dict.fromkeys(many)))
+        for values in itertools.product("ab", repeat=len(many)):
+            axes = dict(zip(many, values))
+            gap = 0.2 + sum(many[axis][value] for axis, value in axes.items())
+            rows.append(trial_row("gpt", seed, "".join(values), axes=axes, overhead=0.1,
+                                  val_loss=3.0 * (1 + gap + rng.normal(0.0, NOISE / 5))))
+    finding = analyse(pd.DataFrame(rows)).effects.findings[("gpt", "tiny")]
+    assert finding.startswith("gpt (tiny): axis6 = b lowers the loss gap by 0.07")
+    assert "axis2 = b" in finding and "axis1 = b" not in finding
+    assert finding.endswith("; 2 smaller resolved effects in the table.")
