@@ -272,11 +272,11 @@ class _LeastSquares:
         self.t = stats.t.ppf(0.5 + CONFIDENCE / 2, self.df)
 
     def estimate(self, contrast: np.ndarray) -> tuple[float, tuple[float, float], float]:
-        effect = float(contrast @ self.params)
-        error = float(np.sqrt(contrast @ self.cov @ contrast))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            p_value = float(2 * stats.t.sf(abs(effect / error), self.df))
-        return effect, (effect - self.t * error, effect + self.t * error), p_value
+        effect = np.float64(contrast @ self.params)
+        error = np.sqrt(np.float64(contrast @ self.cov @ contrast))
+        with np.errstate(invalid="ignore", divide="ignore"):  # an exact fit: no error, p 0 or NaN
+            p_value = 2 * stats.t.sf(np.abs(effect / error), self.df)
+        return float(effect), (float(effect - self.t * error), float(effect + self.t * error)), float(p_value)
 
     def f_test(self, terms: list[int]) -> float:
         """The p-value of "these coefficients are all zero"."""
