@@ -193,6 +193,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write the Pareto report of a results store: one HTML page plus its tables as CSV."""
     from fp4sweep.analysis import DEFAULT_TOLERANCE, ReferencePoint, report_from_store
     from fp4sweep.analysis.pricing import PricingError
+    from fp4sweep.analysis.summary import print_summary
     from fp4sweep.sweep.config import SweepError
 
     # `fp4sweep report path/to/results` names the store directly; otherwise the overrides
@@ -218,8 +219,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         page = report_from_store(results_dir, args.out, reference, tolerance, pricing)
     except PricingError as error:
         raise SweepError(str(error)) from None
+    except OSError as error:  # an output directory that cannot be made or written
+        raise SweepError(f"cannot write the report to {error.filename or args.out}: {error.strerror}") from None
     if pricing is not None:
         print(f"Overhead priced on {pricing.label}")
+    print_summary(page)
     print(f"Report: {page}")
     return 0
 

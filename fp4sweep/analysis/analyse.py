@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from fp4sweep.analysis.effects import axis_effects
+from fp4sweep.analysis.effects import Effects, axis_effects
 from fp4sweep.analysis.pareto import ReferencePoint, front_slack, pareto_fronts, robust_recipes
 from fp4sweep.analysis.quality import (
     TASK_KEY,
@@ -35,7 +35,7 @@ class Analysis:
     trials: pd.DataFrame = field(default_factory=pd.DataFrame)  # outcome counts per task
     recipes: pd.DataFrame = field(default_factory=pd.DataFrame)  # per task x recipe, fronts marked
     hypervolumes: pd.DataFrame = field(default_factory=pd.DataFrame)
-    effects: pd.DataFrame = field(default_factory=pd.DataFrame)
+    effects: Effects = field(default_factory=Effects)
     outcomes_by_axis: pd.DataFrame = field(default_factory=pd.DataFrame)
     failed: pd.DataFrame = field(default_factory=pd.DataFrame)
     robust: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -72,12 +72,12 @@ def analyse(
         summary["slack.model"] = front_slack(summary, "model")
     analysis.recipes = summary
     analysis.robust = robust_recipes(summary, tolerance)
-    analysis.effects, unfitted = axis_effects(runs)
+    analysis.effects = axis_effects(runs)
     analysis.outcomes_by_axis = outcomes_by_axis(runs)
     analysis.failed = failed_trials(trials)
     analysis.trials = _outcome_counts(trials, runs)
     analysis.problems += [
-        *missing, *incomplete_recipes(summary, runs), *unfitted, *_failure_note(trials)
+        *missing, *incomplete_recipes(summary, runs), *analysis.effects.problems, *_failure_note(trials)
     ]
     return analysis
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,7 +30,7 @@ def front_figure(
     ``recipes`` has the task's eligible recipes; ``front`` names their boolean front column.
     Front points are numbered like the rows of the front table, cheapest first.
     """
-    figure = _figure(7.0, 4.2)
+    figure = _figure(9.0, 4.2)
     axes = figure.add_subplot()
     points = recipes[[overhead, quality]].to_numpy(dtype=float)
     members = recipes[recipes[front]].sort_values([overhead, quality])
@@ -49,7 +50,7 @@ def front_figure(
     # Zoom on the recipes, not the reference point, which may lie far out. Near-divergent recipes
     # with huge gaps would squash the front: the view stops above the front and most recipes.
     x_low, x_high = points[:, 0].min(), points[:, 0].max()
-    y_low = min(points[:, 1].min(), 0.0)
+    y_low = points[:, 1].min()
     y_high = max(front_points[:, 1].max(), np.quantile(points[:, 1], 0.95))
     x_pad, y_pad = 0.05 * (x_high - x_low or 1.0), 0.05 * (y_high - y_low or 1.0)
     axes.set_xlim(x_low - x_pad, x_high + x_pad)
@@ -60,7 +61,8 @@ def front_figure(
     axes.set_title(title, fontsize=10)
     axes.set_xlabel(xlabel)
     axes.set_ylabel("relative loss gap to bf16 (mean over seeds)")
-    axes.legend(fontsize=8, loc="upper right")
+    # Outside the axes: inside, it would hide recipes wherever it went.
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     axes.grid(alpha=0.3)
     return _png_data_uri(figure)
 
@@ -77,25 +79,27 @@ def _shade_dominated(axes, front_points: np.ndarray, corner: list[float]) -> Non
 
 
 def effects_figure(effects: pd.DataFrame, title: str) -> str:
-    """Each axis value's effect on the loss gap with its confidence interval, best at the top."""
-    effects = effects.sort_values("effect", ascending=False)
-    labels = effects["axis"] + " = " + effects["value"]
-    figure = _figure(7.0, 1.2 + 0.24 * len(effects))
+    """Each estimated effect on the loss gap with its confidence interval, best at the top.
+
+    Reference values (effect zero by definition) are named in each label, not drawn.
+    """
+    effects = effects[~effects["is_reference"].astype(bool)].sort_values("effect", ascending=False)
+    labels = effects["axis"] + " = " + effects["value"] + "  (vs " + effects["reference"] + ")"
+    resolved = ((effects["ci_low"] > 0) | (effects["ci_high"] < 0)).to_numpy()
+    figure = _figure(9.0, 1.2 + 0.3 * len(effects))
     axes = figure.add_subplot()
     position = np.arange(len(effects))
-    estimated = ~effects["is_reference"].to_numpy(dtype=bool)
-    errors = np.vstack([
-        effects["effect"] - effects["ci_low"], effects["ci_high"] - effects["effect"]
-    ])[:, estimated]
-    axes.errorbar(effects["effect"][estimated], position[estimated], xerr=errors, fmt="o",
-                  color="tab:blue", ms=4, capsize=2, label="effect, 95% CI")
-    axes.scatter(np.zeros((~estimated).sum()), position[~estimated], marker="D",
-                 facecolors="none", edgecolors="0.3", s=22, label="reference value")
+    errors = np.vstack([effects["effect"] - effects["ci_low"], effects["ci_high"] - effects["effect"]])
+    for mask, color, label in ((resolved, "tab:blue", "interval excludes zero"),
+                               (~resolved, "0.55", "interval includes zero")):
+        if mask.any():
+            axes.errorbar(effects["effect"][mask], position[mask], xerr=errors[:, mask], fmt="o",
+                          color=color, ms=4, capsize=2, label=label)
     axes.axvline(0.0, color="0.3", lw=0.8)
     axes.set_yticks(position, labels, fontsize=8)
-    axes.set_xlabel("effect on relative loss gap vs the axis' reference value (lower is better)")
+    axes.set_xlabel("effect on the relative loss gap, 95% CI (negative is better)")
     axes.set_title(title, fontsize=10)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     axes.grid(axis="x", alpha=0.3)
     return _png_data_uri(figure)
 

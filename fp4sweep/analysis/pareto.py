@@ -20,24 +20,31 @@ QUALITY = "loss_gap_mean"
 OVERHEADS = {"model": "overhead.model", "measured": "measured_overhead"}
 
 
+REFERENCE_MARGIN = 0.10  # a reference from the data lies this share of the range past the nadir
+
+
 @dataclass(frozen=True)
 class ReferencePoint:
-    """The fixed corner hypervolumes are measured from; stored with each report so runs compare.
+    """The corner hypervolumes are measured from; a coordinate left None comes from the data.
 
-    Recipes beyond it (a loss gap above ``quality_gap``, or more overhead) add no hypervolume.
+    From the data, per task and overhead: the nadir of the task's recipes (the worst gap and the
+    worst overhead among those with both) pushed out by ``REFERENCE_MARGIN`` of the range from
+    the ideal point (the best of each), so the worst recipes still add a sliver. A given value is
+    used for every task, so that two runs compare on the same corner. Recipes beyond it add no
+    hypervolume.
     """
 
-    quality_gap: float = 1.0
-    model_overhead: float = 1.0
-    measured_overhead: float = 1.0
+    quality_gap: float | None = None
+    model_overhead: float | None = None
+    measured_overhead: float | None = None
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if not np.isfinite(value):
+            if value is not None and not np.isfinite(value):
                 raise ValueError(f"ReferencePoint.{name} must be a finite number, got {value!r}")
 
-    def corner(self, overhead: str) -> list[float]:
-        """The reference point in (quality gap, overhead) for the named overhead."""
+    def corner(self, overhead: str) -> list[float | None]:
+        """The reference point in (quality gap, overhead) for the named overhead; None: from data."""
         if overhead not in OVERHEADS:
             raise ValueError(f"unknown overhead {overhead!r}; valid: {list(OVERHEADS)}")
         return [self.quality_gap, getattr(self, f"{overhead}_overhead")]
@@ -48,9 +55,11 @@ def pareto_fronts(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mark each recipe's front membership and measure each front's hypervolume.
 
-    Returns the summary with a boolean ``front.<overhead>`` column per overhead present (only
-    eligible recipes, those with a gap and no diverged seed, can be on a front), and one row per
-    (task, size, overhead) with the front's size and hypervolume.
+    Returns the summary with, per overhead present, a boolean ``front.<overhead>`` column (only
+    eligible recipes, those with a gap and no diverged seed, can be on a front) and a
+    ``margin.<overhead>`` column (see ``front_margin``); and one row per (task, size, overhead)
+    with the front's size, its reference and ideal points, its hypervolume and that hypervolume
+    as a share of the box from the ideal point to the reference (1: one recipe is best at both).
     """
     summary = summary.copy()
     rows = []
@@ -59,27 +68,63 @@ def pareto_fronts(
             continue
         flag = f"front.{overhead}"
         summary[flag] = False
-        candidates = summary[summary["eligible"] & summary[column].notna()]
+        summary[f"margin.{overhead}"] = np.nan
+        measured = summary[np.isfinite(summary[[QUALITY, column]].to_numpy(dtype=float)).all(axis=1)]
+        candidates = measured[measured["eligible"]]
         for (task, size), group in candidates.groupby(TASK_KEY, sort=True):
             points = group[[QUALITY, column]].to_numpy(dtype=float)
             on_front = moocore.is_nondominated(points, keep_weakly=True)
             summary.loc[group.index[on_front], flag] = True
-            corner = reference.corner(overhead)
-            rows.append(
-                {
-                    "task": task,
-                    "size": size,
-                    "overhead": overhead,
-                    "n_recipes": len(group),
-                    "n_front": int(on_front.sum()),
-                    "hypervolume": float(moocore.hypervolume(points[on_front], ref=corner)),
-                    "reference_quality_gap": corner[0],
-                    "reference_overhead": corner[1],
-                }
-            )
-    columns = [*TASK_KEY, "overhead", "n_recipes", "n_front", "hypervolume",
-               "reference_quality_gap", "reference_overhead"]
+            summary.loc[group.index, f"margin.{overhead}"] = front_margin(points, on_front)
+            every = measured[(measured["task"] == task) & (measured["size"] == size)]
+            rows.append({
+                "task": task, "size": size, "overhead": overhead, "n_recipes": len(group),
+                "n_front": int(on_front.sum()),
+                **_hypervolume(points[on_front], every[[QUALITY, column]].to_numpy(dtype=float),
+                               reference.corner(overhead)),
+            })
+    columns = [*TASK_KEY, "overhead", "n_recipes", "n_front", "hypervolume", "hypervolume_share",
+               "reference_quality_gap", "reference_overhead", "reference_from",
+               "ideal_quality_gap", "ideal_overhead"]
     return summary, pd.DataFrame(rows, columns=columns)
+
+
+def _hypervolume(front: np.ndarray, every: np.ndarray, given: list[float | None]) -> dict:
+    """The front's hypervolume from the given corner or one from the data, and its share."""
+    ideal, nadir = every.min(axis=0), every.max(axis=0)
+    span = np.where(nadir > ideal, nadir - ideal, 1.0)  # one recipe, or a tie: a unit range
+    corner = [
+        nadir[i] + REFERENCE_MARGIN * span[i] if value is None else value
+        for i, value in enumerate(given)
+    ]
+    volume = float(moocore.hypervolume(front, ref=corner))
+    box = float(np.prod(np.asarray(corner) - ideal))
+    return {
+        "hypervolume": volume,
+        "hypervolume_share": volume / box if box > 0 else np.nan,
+        "reference_quality_gap": corner[0],
+        "reference_overhead": corner[1],
+        "reference_from": "data" if all(v is None for v in given) else (
+            "given" if all(v is not None for v in given) else "given and data"
+        ),
+        "ideal_quality_gap": ideal[0],
+        "ideal_overhead": ideal[1],
+    }
+
+
+def front_margin(points: np.ndarray, on_front: np.ndarray) -> np.ndarray:
+    """Per front member (gap, overhead), how much its gap could rise before another recipe
+    costing no more dominates it; infinite for the only recipe at its cost, NaN off the front.
+
+    A member whose margin is below the half-width of its gap's confidence interval may owe its
+    place to seed noise: the report flags it.
+    """
+    margins = np.full(len(points), np.nan)
+    for i in np.flatnonzero(on_front):
+        others = np.delete(np.arange(len(points)), i)
+        cheaper = others[points[others, 1] <= points[i, 1]]
+        margins[i] = (points[cheaper, 0] - points[i, 0]).min() if len(cheaper) else np.inf
+    return margins
 
 
 def front_slack(summary: pd.DataFrame, overhead: str = "model") -> pd.Series:

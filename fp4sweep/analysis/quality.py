@@ -1,9 +1,12 @@
 """Quality of each trial against its bf16 baseline, and of each recipe over seeds.
 
-A trial's quality is its final validation metric against the baseline trial of the same task, size
-and seed: the relative loss gap ``(val_loss - base) / base`` and, where the task reports accuracy,
-the accuracy gap ``base_acc - val_acc``. Both are "lower is better". A diverged trial has no gap;
-it is counted, per recipe and per technique, never dropped.
+The gaps and the divergence criterion are ``fp4sweep.results.quality``'s, the ones the adaptive
+search optimises: a trial's relative loss gap (and accuracy gap) to the baseline of the same task,
+size and seed; a recipe's gap is the mean over its seeds. A diverged trial has no gap; it is
+counted, per recipe and per technique, never dropped.
+
+A preset (a named recipe such as ``nvfp4``) carries no axis values: its rows have every axis
+column empty and ``is_preset`` set. Effects are fitted on the other, axis-crossed, recipes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import numpy as np
 import pandas as pd
 from pandas.api.typing import SeriesGroupBy
 from scipy import stats
+
+from fp4sweep.analysis.labels import readable_labels
+from fp4sweep.results.quality import accuracy_gap, diverged, recipe_gap, relative_gap, seed_baseline
 
 TASK_KEY = ["task", "size"]
 RECIPE_KEY = [*TASK_KEY, "recipe_id"]
@@ -22,7 +28,7 @@ REQUIRED_COLUMNS = (
 STATUSES = ("done", "diverged", "failed")
 VAL_LOSS, VAL_ACC, STEP_S = "metric.val_loss", "metric.val_acc", "time.step_s"
 CONFIDENCE = 0.95
-UNSET_AXIS = "(unset)"  # an axis added to the sweep after a trial ran
+UNSET_AXIS = "(unset)"  # an axis added to the sweep after an axis-crossed trial ran
 
 
 def task_name(task: str, size: str) -> str:
@@ -68,33 +74,30 @@ def trial_gaps(trials: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     trials = trials.assign(outcome=_outcome(trials))
     baselines = trials[trials["is_baseline"].astype(bool)]
     runs = trials[~trials["is_baseline"].astype(bool)].copy()
-    for axis in axis_columns(runs):
-        runs[axis] = runs[axis].fillna(UNSET_AXIS).astype(str)
+    runs["recipe_label"] = readable_labels(runs)
+    axes = axis_columns(runs)
+    runs["is_preset"] = runs[axes].isna().all(axis=1) if axes else True
+    for axis in axes:
+        runs[axis] = runs[axis].astype(object).where(runs["is_preset"], runs[axis].fillna(UNSET_AXIS))
+        runs[axis] = runs[axis].map(lambda value: value if pd.isna(value) else str(value))
 
     measures = [column for column in (VAL_LOSS, VAL_ACC, STEP_S) if column in trials.columns]
     finished = baselines[baselines["outcome"].eq("done")]
-    base = finished.groupby([*TASK_KEY, "seed"])[measures].mean().add_prefix("base.")
+    base = finished.groupby([*TASK_KEY, "seed"])[measures].agg(seed_baseline).add_prefix("base.")
     runs = runs.join(base, on=[*TASK_KEY, "seed"])
 
     done = runs["outcome"].eq("done")
-    runs["loss_gap"] = _gap(runs, VAL_LOSS, done, relative=True)
+    runs["loss_gap"] = relative_gap(runs[VAL_LOSS], runs[f"base.{VAL_LOSS}"]).where(done)
     if VAL_ACC in runs.columns:
-        runs["acc_gap"] = -_gap(runs, VAL_ACC, done, relative=False)
+        runs["acc_gap"] = accuracy_gap(runs[VAL_ACC], runs[f"base.{VAL_ACC}"]).where(done)
     if STEP_S in runs.columns:
         runs["measured_overhead"] = (runs[STEP_S] / runs[f"base.{STEP_S}"] - 1.0).where(done)
     return runs, _missing_baselines(baselines, runs)
 
 
 def _outcome(trials: pd.DataFrame) -> pd.Series:
-    blown_up = trials["status"].eq("done") & ~np.isfinite(trials[VAL_LOSS].astype(float))
+    blown_up = trials["status"].eq("done") & trials[VAL_LOSS].astype(float).map(diverged)
     return trials["status"].astype(str).mask(blown_up, "diverged")
-
-
-def _gap(runs: pd.DataFrame, metric: str, done: pd.Series, relative: bool) -> pd.Series:
-    """``metric - base`` (divided by base when relative) for finished trials, NaN elsewhere."""
-    base = runs[f"base.{metric}"]
-    difference = runs[metric] - base
-    return (difference / base if relative else difference).where(done).astype(float)
 
 
 def _missing_baselines(baselines: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
@@ -129,7 +132,7 @@ def summarise_recipes(runs: pd.DataFrame) -> pd.DataFrame:
         n_failed=runs["outcome"].eq("failed"),
     )
     groups = flags.groupby(RECIPE_KEY, sort=True)
-    first = ["recipe_label", *axis_columns(runs)]
+    first = ["recipe_label", "is_preset", *axis_columns(runs)]
     summary = groups[first].first()
     summary["n_trials"] = groups.size()
     counts = ["n_gaps", "n_diverged", "n_failed"]
@@ -146,8 +149,10 @@ def summarise_recipes(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _seed_statistics(values: SeriesGroupBy, name: str) -> pd.DataFrame:
-    """Mean, standard deviation and a Student-t confidence interval of the mean over seeds."""
-    table = values.agg(["mean", "std", "count"])
+    """The recipe's gap (``results.quality.recipe_gap``), the standard deviation over seeds and a
+    Student-t confidence interval of the mean."""
+    table = values.agg(["std", "count"])
+    table["mean"] = values.agg(lambda gaps: recipe_gap(gaps.dropna()))
     n = table["count"].to_numpy(dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         t = stats.t.ppf(0.5 + CONFIDENCE / 2, np.where(n > 1, n - 1, np.nan))

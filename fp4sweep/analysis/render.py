@@ -7,6 +7,7 @@ it opens offline and any accidental network reference shows up as a blocked requ
 from __future__ import annotations
 
 import html
+from dataclasses import asdict
 from datetime import datetime, timezone
 
 import numpy as np
@@ -15,7 +16,7 @@ import pandas as pd
 from fp4sweep import __version__
 from fp4sweep.analysis.analyse import Analysis
 from fp4sweep.analysis.figures import effects_figure, front_figure
-from fp4sweep.analysis.pareto import OVERHEADS, QUALITY
+from fp4sweep.analysis.pareto import OVERHEADS, QUALITY, REFERENCE_MARGIN
 from fp4sweep.analysis.quality import CONFIDENCE, TASK_KEY, axis_columns, task_name
 
 TABLE_ROWS_MAX = 100  # longer tables are cut in the page; the CSV files beside it hold every row
@@ -24,16 +25,17 @@ OVERHEAD_LABELS = {
     "measured": "measured overhead (step time relative to bf16, minus one)",
 }
 STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1320px; padding: 0 1em;
+       color: #222; }
 h1, h2, h3 { line-height: 1.2; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
 table { border-collapse: collapse; font-size: 12px; margin: .5em 0 1em; }
-th, td { border: 1px solid #ddd; padding: 2px 6px; white-space: nowrap; }
-th { background: #f3f3f3; } .num { text-align: right; } .text { text-align: left; }
+th, td { border: 1px solid #ddd; padding: 2px 6px; white-space: nowrap; vertical-align: top; }
+th { background: #f3f3f3; white-space: normal; } .num { text-align: right; }
+td.text { text-align: left; white-space: normal; overflow-wrap: anywhere; max-width: 26em; }
+th.text { text-align: left; }
 .scroll { overflow-x: auto; } .problems li { color: #8a1c00; } .note { color: #555; }
-img { max-width: 100%; }
+.findings li { margin-bottom: .4em; } img { max-width: 100%; }
 """
-
-
 def render_html(analysis: Analysis, source: str, files: dict[str, str]) -> str:
     """The report page for ``analysis`` of the store at ``source``.
 
@@ -41,6 +43,7 @@ def render_html(analysis: Analysis, source: str, files: dict[str, str]) -> str:
     """
     parts = [
         _header(analysis, source),
+        _findings(analysis),
         _problems(analysis),
         _overview(analysis),
         _robust(analysis),
@@ -58,8 +61,16 @@ def render_html(analysis: Analysis, source: str, files: dict[str, str]) -> str:
 
 
 def _header(analysis: Analysis, source: str) -> str:
-    reference = analysis.reference
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    given = {name: value for name, value in asdict(analysis.reference).items() if value is not None}
+    reference = (
+        "Each front's hypervolume is measured from a reference point derived from its task's "
+        "recipes: the worst gap and the worst overhead among them, pushed out by "
+        f"{REFERENCE_MARGIN:.0%} of their range from the best"
+    )
+    if given:
+        fixed = ", ".join(f"{name.replace('_', ' ')} given: {value:g}" for name, value in given.items())
+        reference += f" ({fixed})"
     return (
         "<h1>FP4 recipe sweep: quality against overhead</h1>\n"
         f"<p>Store <code>{html.escape(source)}</code>, reported {generated} by fp4sweep "
@@ -67,11 +78,25 @@ def _header(analysis: Analysis, source: str) -> str:
         "<p class=\"note\">Quality is the relative validation-loss gap to the bf16 baseline of the "
         "same task and seed, (loss &minus; base) / base, averaged over seeds (lower is better); "
         f"intervals are {CONFIDENCE:.0%} Student-t intervals of the seed mean. Recipes with a "
-        "diverged seed are never on a front. Hypervolumes are measured from the fixed reference "
-        f"point (loss gap {reference.quality_gap:g}, modelled overhead "
-        f"{reference.model_overhead:g}, measured overhead {reference.measured_overhead:g}). "
+        f"diverged seed are never on a front. {reference}; its share of the box from the ideal "
+        "point (the best gap and the best overhead of any recipe) to that reference compares runs "
+        "(1: one recipe is best at both). A front member is <i>fragile</i> when another recipe "
+        "costing no more is within its confidence interval of its gap. "
         f"A recipe is near a front when its loss gap is within {analysis.tolerance:g} of the "
         "front's best at the same or lower modelled overhead.</p>"
+    )
+
+
+def _findings(analysis: Analysis) -> str:
+    if not analysis.effects.findings:
+        return ""
+    items = "\n".join(
+        f"<li>{html.escape(sentence)}</li>" for sentence in analysis.effects.findings.values()
+    )
+    return (
+        "<h2>Main findings</h2>\n<p class=\"note\">Effects on the relative loss gap, estimated on the "
+        "axis-crossed recipes, against each axis' cheapest value.</p>\n"
+        f"<ul class=\"findings\">\n{items}\n</ul>"
     )
 
 
@@ -91,11 +116,11 @@ def _problems(analysis: Analysis) -> str:
 def _overview(analysis: Analysis) -> str:
     if analysis.trials.empty:
         return ""
-    hypervolumes = analysis.hypervolumes.pivot(
-        index=TASK_KEY, columns="overhead", values="hypervolume"
-    )
-    hypervolumes = hypervolumes[[name for name in OVERHEADS if name in hypervolumes.columns]]
-    counts = analysis.trials.join(hypervolumes.add_prefix("hypervolume, "))
+    counts = analysis.trials
+    for value, title in (("hypervolume", "hypervolume"), ("hypervolume_share", "share of ideal box")):
+        table = analysis.hypervolumes.pivot(index=TASK_KEY, columns="overhead", values=value)
+        table = table[[name for name in OVERHEADS if name in table.columns]]
+        counts = counts.join(table.add_prefix(f"{title}, "))
     return "<h2>Trials</h2>\n" + _table(_with_task_names(counts.reset_index()))
 
 
@@ -109,7 +134,10 @@ def _robust(analysis: Analysis) -> str:
     return heading + (
         f"<p>Recipes within {analysis.tolerance:g} relative loss gap of each task's "
         "modelled-overhead front (slack 0: on the front), least slack first.</p>\n"
-        + _table(analysis.robust.drop(columns="recipe_id"))
+        + _table(analysis.robust.drop(columns="recipe_id").rename(columns={
+            "recipe_label": "recipe", "max_slack": "largest slack",
+            "mean_overhead": "mean modelled overhead",
+        }))
     )
 
 
@@ -130,7 +158,8 @@ def _task_section(analysis: Analysis, task: str, size: str) -> str:
         if column in eligible.columns and eligible[column].notna().any():
             parts.append(_front(analysis, eligible[eligible[column].notna()], name, overhead))
     parts.append(_divergence(_of_task(analysis.outcomes_by_axis, task, size)))
-    parts.append(_effects(_of_task(analysis.effects, task, size), name))
+    parts.append(_effects(analysis, task, size))
+    parts.append(_presets(recipes))
     return "\n".join(parts)
 
 
@@ -139,7 +168,7 @@ def _front(analysis: Analysis, eligible: pd.DataFrame, name: str, overhead: str)
     task, size = eligible["task"].iloc[0], eligible["size"].iloc[0]
     hypervolumes = _of_task(analysis.hypervolumes, task, size)
     row = hypervolumes[hypervolumes["overhead"] == overhead].iloc[0]
-    corner = analysis.reference.corner(overhead)
+    corner = [row["reference_quality_gap"], row["reference_overhead"]]
     image = front_figure(
         eligible, QUALITY, column, flag, corner, OVERHEAD_LABELS[overhead],
         f"{name}: loss gap against {overhead} overhead",
@@ -148,28 +177,43 @@ def _front(analysis: Analysis, eligible: pd.DataFrame, name: str, overhead: str)
     return (
         f"<h3>Pareto front against {OVERHEAD_LABELS[overhead]}</h3>\n"
         f"<p>{row['n_front']} of the {row['n_recipes']} recipes with a gap and no diverged seed "
-        "are Pareto-optimal; hypervolume "
-        f"<b>{row['hypervolume']:.6g}</b> from reference point "
-        f"({corner[0]:g}, {corner[1]:g}).</p>\n"
+        f"are Pareto-optimal; hypervolume <b>{row['hypervolume']:.4g}</b>, "
+        f"<b>{row['hypervolume_share']:.1%}</b> of the box from the ideal point "
+        f"({row['ideal_quality_gap']:.4g}, {row['ideal_overhead']:.4g}) to the reference point "
+        f"({corner[0]:.4g}, {corner[1]:.4g}), from the {row['reference_from']}.</p>\n"
         + _figure(image, f"{name}: recipes and Pareto front, {overhead} overhead")
-        + _table(_front_rows(front))
+        + _table(_front_rows(front, eligible, overhead))
     )
 
 
-def _front_rows(front: pd.DataFrame) -> pd.DataFrame:
-    """The front table's columns: the recipe, its choices, its quality and its costs."""
-    table = pd.DataFrame({"#": np.arange(1, len(front) + 1), "recipe_label": front["recipe_label"]})
-    for axis in axis_columns(front):
-        table[axis.removeprefix("axis.")] = front[axis]
+def _front_rows(front: pd.DataFrame, recipes: pd.DataFrame, overhead: str) -> pd.DataFrame:
+    """The front table: the recipe, its choices on the axes that vary, its quality and costs.
+
+    Presets carry no axis values: their axis cells stay blank.
+    """
+    table = pd.DataFrame({"#": np.arange(1, len(front) + 1), "recipe": front["recipe_label"]})
+    for axis in _varying_axes(recipes):
+        table[axis.removeprefix("axis.")] = front[axis].where(~front["is_preset"], "")
     table["loss gap"] = front["loss_gap_mean"]
     table[f"{CONFIDENCE:.0%} CI"] = _interval(front["loss_gap_ci_low"], front["loss_gap_ci_high"])
     if "acc_gap_mean" in front.columns:
         table["accuracy gap"] = front["acc_gap_mean"]
-    for column in ("overhead.model", "overhead.points", "measured_overhead"):
+    for column, title in (("overhead.model", "modelled overhead"),
+                          ("measured_overhead", "measured overhead")):
         if column in front.columns:
-            table[column] = front[column]
+            table[title] = front[column]
     table["seeds"] = front["n_gaps"]
+    margin = front[f"margin.{overhead}"]
+    table["margin"] = margin
+    half_width = front["loss_gap_ci_high"] - front["loss_gap_mean"]
+    table["fragile"] = np.where(margin < half_width, "fragile: margin < CI", "")
     return table
+
+
+def _varying_axes(recipes: pd.DataFrame) -> list[str]:
+    """The axis columns with more than one value among the axis-crossed recipes."""
+    crossed = recipes[~recipes["is_preset"].astype(bool)]
+    return [axis for axis in axis_columns(recipes) if crossed[axis].nunique() > 1]
 
 
 def _interval(low: pd.Series, high: pd.Series) -> list[str]:
@@ -194,17 +238,93 @@ def _divergence(outcomes: pd.DataFrame) -> str:
     )
 
 
-def _effects(effects: pd.DataFrame, name: str) -> str:
+def _effects(analysis: Analysis, task: str, size: str) -> str:
     heading = "<h3>Effect of each choice on quality</h3>\n"
+    effects = _of_task(analysis.effects.main, task, size)
     if effects.empty:
         return heading + "<p>Not estimated (see Completeness).</p>"
-    image = effects_figure(effects, f"{name}: OLS effects on the loss gap")
-    return heading + (
-        "<p>Ordinary least squares of each finished trial's loss gap on one-hot axes; an effect "
-        "is the change in loss gap against the axis' reference value with the other axes fixed "
-        "(negative is better). Ranked best first.</p>\n"
-        + _figure(image, f"{name}: axis effects")
-        + _table(effects.drop(columns=TASK_KEY))
+    name = task_name(task, size)
+    fixed = analysis.effects.fixed_axes.get((task, size), [])
+    image = effects_figure(effects, f"{name}: effects on the loss gap, {CONFIDENCE:.0%} CI")
+    parts = [
+        heading,
+        f"<p><b>{html.escape(analysis.effects.findings[(task, size)])}</b></p>\n",
+        "<p class=\"note\">Least squares on the finished axis-crossed trials with a factor per seed "
+        "(presets are not in the fit: see Presets); an effect is the change in loss gap from the "
+        "axis' reference value (its cheapest), the other axes held fixed (negative is better)."
+        + (f" Axes fixed in these trials, not estimated: {html.escape(', '.join(fixed))}."
+           if fixed else "") + "</p>\n",
+        _figure(image, f"{name}: axis effects"),
+        _table(_effect_rows(effects[~effects["is_reference"]])),
+    ]
+    interactions = _of_task(analysis.effects.interactions, task, size)
+    if not interactions.empty:
+        parts.append(
+            "<h4>Two-axis interactions</h4>\n<p class=\"note\">How much a value's effect changes "
+            "at another axis' value (a difference of differences); zero when the effects add.</p>\n"
+            + _table(_interaction_rows(interactions))
+        )
+    contexts = _of_task(analysis.effects.contexts, task, size)
+    uneven = contexts[contexts["heterogeneous"].astype(bool)] if len(contexts) else contexts
+    if not uneven.empty:
+        parts.append(
+            "<h4>Heterogeneous effects: the effect within each value of another axis</h4>\n"
+            "<p class=\"note\">These effects depend on another axis (an F test of the interaction "
+            "at 5 %, Holm-adjusted, or resolved effects of opposite sign): their average above "
+            "hides the contexts below.</p>\n" + _table(_context_rows(uneven))
+        )
+    return "".join(parts)
+
+
+def _effect_rows(effects: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "axis": effects["axis"], "value": effects["value"], "against": effects["reference"],
+        "effect": effects["effect"],
+        f"{CONFIDENCE:.0%} CI": _interval(effects["ci_low"], effects["ci_high"]),
+        "p": effects["p_value"], "trials": effects["n_trials"],
+        "depends on": effects["heterogeneous_by"],
+    })
+
+
+def _interaction_rows(interactions: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "choice": interactions["axis"] + " = " + interactions["value"],
+        "at": interactions["other_axis"] + " = " + interactions["other_value"],
+        "interaction": interactions["interaction"],
+        f"{CONFIDENCE:.0%} CI": _interval(interactions["ci_low"], interactions["ci_high"]),
+        "p": interactions["p_value"],
+    }).sort_values("p")
+
+
+def _context_rows(contexts: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "choice": contexts["axis"] + " = " + contexts["value"] + " vs " + contexts["reference"],
+        "within": contexts["context_axis"] + " = " + contexts["context_value"],
+        "effect": contexts["effect"],
+        f"{CONFIDENCE:.0%} CI": _interval(contexts["ci_low"], contexts["ci_high"]),
+        "trials": contexts["n_trials"],
+        "interaction p (Holm)": contexts["interaction_p_holm"],
+    })
+
+
+def _presets(recipes: pd.DataFrame) -> str:
+    presets = recipes[recipes["is_preset"].astype(bool)] if len(recipes) else recipes
+    if presets.empty:
+        return ""
+    table = pd.DataFrame({
+        "preset": presets["recipe_label"], "loss gap": presets["loss_gap_mean"],
+        f"{CONFIDENCE:.0%} CI": _interval(presets["loss_gap_ci_low"], presets["loss_gap_ci_high"]),
+    })
+    for column, title in (("overhead.model", "modelled overhead"),
+                          ("measured_overhead", "measured overhead")):
+        if column in presets.columns:
+            table[title] = presets[column]
+    table["seeds"] = presets["n_gaps"]
+    table["diverged"] = presets["n_diverged"]
+    return (
+        "<h3>Presets</h3>\n<p class=\"note\">Named recipes, shown beside the effects: they carry no "
+        "axis values, so the fit above leaves them out. They are on the fronts like any recipe.</p>\n"
+        + _table(table.sort_values("loss gap"))
     )
 
 

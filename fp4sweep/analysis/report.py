@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 REPORT_DIR = "report"  # default output directory inside the results store
 HTML_NAME = "report.html"
 SUMMARY_NAME = "report.json"
+FRONTS_NAME = "fronts.csv"
 
 
 def report_from_store(
@@ -79,11 +80,17 @@ def _tables(analysis: Analysis) -> dict[str, tuple[pd.DataFrame, str]]:
         "recipes.csv": (
             analysis.recipes, "every recipe per task: seed statistics, outcomes, front membership"
         ),
-        "fronts.csv": (
+        FRONTS_NAME: (
             front_members(analysis.recipes), "the Pareto-optimal recipes per task and overhead"
         ),
         "hypervolumes.csv": (analysis.hypervolumes, "each front's hypervolume and reference point"),
-        "effects.csv": (analysis.effects, "each axis value's effect on the loss gap"),
+        "effects.csv": (analysis.effects.main, "each axis value's effect on the loss gap"),
+        "interactions.csv": (
+            analysis.effects.interactions, "two-axis interactions: how one effect changes with another axis"
+        ),
+        "effects_by_context.csv": (
+            analysis.effects.contexts, "each axis value's effect within each value of every other axis"
+        ),
         "outcomes_by_axis.csv": (
             analysis.outcomes_by_axis, "finished, diverged and failed trials per axis value"
         ),
@@ -105,5 +112,6 @@ def _summary(analysis: Analysis, source: str) -> dict:
             {"task": task, "size": size, **{k: int(v) for k, v in counts.items()}}
             for (task, size), counts in analysis.trials.iterrows()
         ],
+        "findings": list(analysis.effects.findings.values()),
         "problems": analysis.problems,
     }

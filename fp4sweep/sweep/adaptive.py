@@ -51,6 +51,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from fp4sweep.results.quality import diverged, recipe_gap, relative_gap, seed_baseline
 from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError
 from fp4sweep.sweep.ids import content_hash
 from fp4sweep.sweep.plan import Plan, RecipePlan, TaskPlan, Trial, expand
@@ -130,18 +131,20 @@ def recipe_result(
 ) -> tuple[TrialState, list[float] | None]:
     """What the study is told of a recipe, from its trials' store rows (one per seed).
 
-    ``baselines`` maps a seed to the baseline's validation loss: each seed's gap is relative to
-    the baseline of that seed; the recipe's gap is their mean.
+    ``baselines`` maps a seed to the baseline's validation loss. The gap is the report's
+    (``fp4sweep.results.quality``): each seed's relative gap to its own seed's baseline, averaged.
     """
     statuses = {row["status"] for row in rows}
     if "failed" in statuses:
         return TrialState.FAIL, None
     losses = [float(row[VAL_LOSS]) for row in rows if row["status"] == "done"]
-    if "diverged" in statuses or not all(math.isfinite(loss) for loss in losses):
+    if "diverged" in statuses or any(diverged(loss) for loss in losses):
         return TrialState.PRUNED, None
-    gaps = [(float(row[VAL_LOSS]) - baselines[row["seed"]]) / baselines[row["seed"]] for row in rows]
+    gap = recipe_gap(
+        relative_gap(float(row[VAL_LOSS]), baselines[row["seed"]]) for row in rows
+    )
     overhead = statistics.fmean(float(row[OVERHEAD]) for row in rows)  # the same for every seed
-    return TrialState.COMPLETE, [statistics.fmean(gaps), overhead]
+    return TrialState.COMPLETE, [gap, overhead]
 
 
 class _FlockLock:
@@ -375,11 +378,11 @@ class SearchFeed:
 
     def _baseline_losses(self) -> dict[int, float] | None:
         """Each seed's baseline validation loss; None (and the search stopped) if one lacks it."""
-        losses = {}
+        losses: dict[int, list[float]] = {}
         for trial in self.space.baselines:
             row = self._rows[trial.trial_id]
             loss = float(row.get(VAL_LOSS, math.nan))
-            if row["status"] != "done" or not math.isfinite(loss):
+            if row["status"] != "done" or diverged(loss):
                 failed = row["status"] == "failed"
                 self.blocked = (
                     f"the {trial.recipe.label} baseline of {trial.task.name} ({trial.task.size}) seed "
@@ -389,8 +392,8 @@ class SearchFeed:
                     + ("; `fp4sweep resume` reruns it" if failed else "")
                 )
                 return None
-            losses[trial.spec["seed"]] = loss
-        return losses
+            losses.setdefault(trial.spec["seed"], []).append(loss)
+        return {seed: seed_baseline(runs) for seed, runs in losses.items()}
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fp4sweep.quant.gemm import GemmShape
+from fp4sweep.results.quality import BLOWUP, diverged
 
 ConfigT = TypeVar("ConfigT")
 
@@ -81,20 +82,19 @@ def _coerce(where: str, value: Any, expected: Any) -> Any:
 
 
 class DivergenceGuard:
-    """Flags a run as diverged when its loss is not finite or grows past ``blowup`` times its first value.
+    """Flags a run as diverged by ``fp4sweep.results.quality.diverged``: a loss that is not finite
+    or grows past ``blowup`` times the run's first loss.
 
     A diverged run is a result (the recipe failed to train), not an error: the task stops early
     and returns ``TaskResult(diverged=True)``.
     """
 
-    def __init__(self, blowup: float = 1e3) -> None:
+    def __init__(self, blowup: float = BLOWUP) -> None:
         self.blowup = blowup
         self.first: float | None = None
 
     def diverged(self, loss: float) -> bool:
-        if not math.isfinite(loss):
-            return True
-        if self.first is None:
-            self.first = abs(loss)
+        if self.first is None and math.isfinite(loss):
+            self.first = loss
             return False
-        return abs(loss) > self.blowup * max(self.first, 1e-12)
+        return diverged(loss, self.first, self.blowup)

@@ -31,3 +31,26 @@ def test_report_errors_are_one_message(tmp_path, capsys):
     assert "no results store at" in capsys.readouterr().err
     assert main(["report", str(tmp_path), "--reference", "1"]) == EXIT_BAD_INPUT
     assert "--reference takes 2 or 3 numbers" in capsys.readouterr().err
+
+
+def test_report_prints_each_task_front_and_findings(rows_to_store, tmp_path, capsys):
+    store = rows_to_store(small_sweep())
+    assert main(["report", str(store), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "Pareto front, loss gap against model overhead" in out
+    for row in summary["hypervolumes"]:
+        if row["overhead"] == "model":
+            assert f"hypervolume {row['hypervolume']:.4g}, {row['hypervolume_share']:.1%}" in out
+    assert len(summary["findings"]) == 2  # gpt and mnist
+    for sentence in summary["findings"]:
+        assert sentence.split(":")[0] in out
+
+
+def test_report_to_an_unwritable_directory_is_one_message(rows_to_store, tmp_path, capsys):
+    store = rows_to_store(small_sweep())
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert main(["report", str(store), "--out", str(blocker / "report")]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fp4sweep: error: cannot write the report to")

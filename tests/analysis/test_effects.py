@@ -43,7 +43,7 @@ def planted_store(diverge: bool = False) -> pd.DataFrame:
 
 
 def test_recovers_planted_effects_within_their_confidence_intervals():
-    effects = analyse(planted_store()).effects
+    effects = analyse(planted_store()).effects.main
     assert len(effects) == sum(len(levels) for levels in PLANTED.values())
     for row in effects.itertuples():
         truth = PLANTED[row.axis][row.value] - PLANTED[row.axis][row.reference]
@@ -57,10 +57,10 @@ def test_recovers_planted_effects_within_their_confidence_intervals():
 
 
 def test_effects_are_ranked_best_first():
-    effects = analyse(planted_store()).effects
+    effects = analyse(planted_store()).effects.main
     assert effects["effect"].is_monotonic_increasing
     best = effects.iloc[0]
-    # Balanced design: ties in frequency pick the first value by name as reference.
+    # Balanced design, equal overheads: ties pick the first value by name as reference.
     assert (best["axis"], best["value"], best["reference"]) == ("scale", "ue5m3", "e8m0")
 
 
@@ -74,7 +74,7 @@ def test_diverged_trials_are_counted_per_axis_value():
     assert outcomes.loc[("transform", "hadamard16"), "n_diverged"] == 0
     assert outcomes.loc[("transform", "none"), "n_trials"] == 4 * 6
     assert analysis.trials.loc[("gpt", "tiny"), "diverged"] == 2
-    assert analysis.effects["n_trials"].groupby(analysis.effects["axis"]).sum().eq(4 * 18 - 2).all()
+    assert analysis.effects.main["n_trials"].groupby(analysis.effects.main["axis"]).sum().eq(4 * 18 - 2).all()
 
 
 def test_confounded_axes_are_named_not_fitted():
@@ -82,5 +82,98 @@ def test_confounded_axes_are_named_not_fitted():
     # A second axis that always equals the first cannot be told apart from it.
     trials["axis.block"] = trials["axis.transform"]
     analysis = analyse(trials)
-    assert analysis.effects.empty
+    assert analysis.effects.main.empty
     assert any("confounded" in problem and "block" in problem for problem in analysis.problems)
+
+
+def with_preset(trials: pd.DataFrame) -> pd.DataFrame:
+    """``trials`` plus a preset, which carries no axis values, on every seed."""
+    rows = [
+        trial_row("gpt", seed, "nvfp4", axes=dict.fromkeys(PLANTED), val_loss=3.0 * 1.5,
+                  overhead=0.3)
+        for seed in SEEDS
+    ]
+    return pd.concat([trials, pd.DataFrame(rows)], ignore_index=True)
+
+
+def test_planted_effects_are_recovered_with_a_preset_beside_the_fit():
+    analysis = analyse(with_preset(planted_store()))
+    effects = analysis.effects.main
+    assert not any("not estimated" in problem for problem in analysis.problems)
+    for row in effects[~effects["is_reference"]].itertuples():
+        truth = PLANTED[row.axis][row.value] - PLANTED[row.axis][row.reference]
+        assert row.ci_low <= truth <= row.ci_high, row
+    # The preset's four trials are not in any axis value's count, and it keeps its own row.
+    assert effects.groupby("axis")["n_trials"].sum().eq(4 * 18).all()
+    preset = analysis.recipes.set_index("recipe_label").loc["nvfp4"]
+    assert preset["is_preset"] and preset["loss_gap_mean"] == pytest.approx(0.5)
+    assert "(unset)" not in set(analysis.recipes["axis.scale"].dropna())
+
+
+def test_finding_names_resolved_choices_with_intervals():
+    finding = analyse(planted_store()).effects.findings[("gpt", "tiny")]
+    # Largest first; equal overheads make hadamard16 (first by name) transform's reference.
+    assert finding.startswith("gpt (tiny): scale = ue5m3 lowers the loss gap by 0.06")
+    assert "rounding_bwd = sr lowers the loss gap by 0.039 (95% CI 0.037 to 0.041) against rne" in finding
+    assert "transform = none raises the loss gap by 0.049" in finding
+    assert "depends on" not in finding  # additive by construction
+
+
+def heterogeneous_store() -> pd.DataFrame:
+    """SR on the backward pass helps only with E8M0 scales (-0.1 there, 0 with UE5M3)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for seed in SEEDS:
+        rows.append(trial_row("gpt", seed, "bf16", val_loss=3.0, axes=dict.fromkeys(PLANTED)))
+        for transform, scale, rounding in itertools.product(
+            ("none", "hadamard16"), ("e8m0", "ue5m3"), ("rne", "sr")
+        ):
+            gap = 0.2 - 0.03 * (transform != "none") - 0.06 * (scale == "ue5m3")
+            gap += -0.1 * (rounding == "sr" and scale == "e8m0") + rng.normal(0.0, NOISE)
+            axes = {"transform": transform, "scale": scale, "rounding_bwd": rounding}
+            # Overheads make the plain choices the references.
+            cost = 0.1 * (transform != "none") + 0.01 * (scale != "e8m0") + 0.2 * (rounding == "sr")
+            rows.append(trial_row("gpt", seed, f"{transform}/{scale}/{rounding}", axes=axes,
+                                  val_loss=3.0 * (1 + gap), overhead=cost))
+    return pd.DataFrame(rows)
+
+
+def test_heterogeneous_effect_is_flagged_with_its_contexts():
+    effects = analyse(heterogeneous_store()).effects
+    main = effects.main.set_index(["axis", "value"])
+    assert main.loc[("rounding_bwd", "sr"), "heterogeneous_by"] == "scale"
+    assert main.loc[("rounding_bwd", "sr"), "effect"] == pytest.approx(-0.05, abs=0.01)
+    assert main.loc[("transform", "hadamard16"), "heterogeneous_by"] == ""
+    contexts = effects.contexts.set_index(
+        ["axis", "value", "context_axis", "context_value"]
+    ).sort_index()
+    within = contexts.loc[("rounding_bwd", "sr", "scale")]
+    assert within.loc["e8m0", "effect"] == pytest.approx(-0.1, abs=0.01)
+    assert within.loc["ue5m3", "ci_low"] < 0 < within.loc["ue5m3", "ci_high"]
+    assert within["heterogeneous"].all()
+    assert not contexts.loc[("transform", "hadamard16", "scale"), "heterogeneous"].any()
+    interactions = effects.interactions
+    pair = interactions[
+        interactions[["axis", "other_axis"]].apply(frozenset, axis=1) == {"rounding_bwd", "scale"}
+    ]
+    assert len(pair) == 1  # SR against RNE, UE5M3 against E8M0: one product term
+    assert pair["interaction"].iloc[0] == pytest.approx(0.1, abs=0.01)
+    assert pair["ci_low"].iloc[0] > 0
+    assert "depends on scale" in effects.findings[("gpt", "tiny")]
+
+
+def test_a_finding_names_only_the_largest_effects():
+    many = {f"axis{i}": {"a": 0.0, "b": -0.01 * (i + 1)} for i in range(7)}
+    rows = []
+    rng = np.random.default_rng(2)
+    for seed in range(2):
+        rows.append(trial_row("gpt", seed, "bf16", val_loss=3.0, axes=dict.fromkeys(many)))
+        for values in itertools.product("ab", repeat=len(many)):
+            axes = dict(zip(many, values))
+            gap = 0.2 + sum(many[axis][value] for axis, value in axes.items())
+            rows.append(trial_row("gpt", seed, "".join(values), axes=axes, overhead=0.1,
+                                  val_loss=3.0 * (1 + gap + rng.normal(0.0, NOISE / 5))))
+    finding = analyse(pd.DataFrame(rows)).effects.findings[("gpt", "tiny")]
+    assert finding.startswith("gpt (tiny): axis6 = b lowers the loss gap by 0.07")
+    assert "axis2 = b" in finding and "axis1 = b" not in finding
+    assert finding.endswith("; 2 smaller resolved effects in the table.")

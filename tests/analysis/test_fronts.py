@@ -159,3 +159,51 @@ def test_reference_point_must_be_finite(field, value):
 def test_tolerance_must_be_non_negative():
     with pytest.raises(ValueError, match="tolerance"):
         analyse(known_store(), tolerance=-0.1)
+
+
+def test_reference_point_comes_from_the_data_by_default():
+    row = analyse(known_store()).hypervolumes.set_index(["task", "overhead"]).loc[("gpt", "model")]
+    # Every gpt recipe with a gap counts, X (one diverged seed: its gap is 0) included.
+    gaps = [gap for _, gap, _ in GPT.values()] + [0.0]
+    costs = [cost for cost, _, _ in GPT.values()] + [0.01]
+    ideal, nadir = (min(gaps), min(costs)), (max(gaps), max(costs))
+    corner = [nadir[i] + 0.1 * (nadir[i] - ideal[i]) for i in range(2)]
+    assert (row["reference_quality_gap"], row["reference_overhead"]) == pytest.approx(corner)
+    assert (row["ideal_quality_gap"], row["ideal_overhead"]) == pytest.approx(ideal)
+    assert row["reference_from"] == "data"
+    # The front A, B, C, D, Y as a staircase (overhead, gap) up to the corner, cheapest first.
+    steps = [(0.05, 0.30), (0.10, 0.12), (0.25, 0.05), (0.60, 0.01), (1.50, 0.00)]
+    widths = np.diff([cost for cost, _ in steps] + [corner[1]])
+    volume = sum(width * (corner[0] - gap) for width, (_, gap) in zip(widths, steps))
+    assert row["hypervolume"] == pytest.approx(volume)
+    box = (corner[0] - ideal[0]) * (corner[1] - ideal[1])
+    assert row["hypervolume_share"] == pytest.approx(volume / box)
+    assert 0 < row["hypervolume_share"] < 1
+
+
+def test_a_given_reference_coordinate_overrides_the_data(tmp_path):
+    analysis = analyse(known_store(), ReferencePoint(quality_gap=0.5))
+    row = analysis.hypervolumes.set_index(["task", "overhead"]).loc[("gpt", "model")]
+    assert row["reference_quality_gap"] == 0.5
+    assert row["reference_overhead"] == pytest.approx(1.5 + 0.1 * 1.49)
+    assert row["reference_from"] == "given and data"
+    build_report(known_store(), tmp_path)
+    summary = json.loads((tmp_path / "report.json").read_text())
+    assert summary["reference_point"] == dict.fromkeys(
+        ["quality_gap", "model_overhead", "measured_overhead"]
+    )  # null: derived per task, each front's corner is in its hypervolumes row
+    assert all(row["reference_from"] == "data" for row in summary["hypervolumes"])
+
+
+def test_front_members_closer_to_being_dominated_than_their_interval_are_fragile():
+    recipes = analyse(known_store()).recipes
+    gpt = recipes[recipes["task"] == "gpt"].set_index("recipe_label")
+    margin = gpt["margin.model"]
+    assert margin["A"] == np.inf  # the cheapest: nothing costs less
+    assert margin["B"] == pytest.approx(0.18)  # A, cheaper, is 0.18 worse
+    assert margin["C"] == pytest.approx(0.0)  # C2 ties it
+    assert margin["D"] == pytest.approx(0.04)
+    assert np.isnan(margin["E"])  # not on the model front
+    half_width = stats.t.ppf(0.975, 2) * SPREAD / np.sqrt(3)  # 0.025
+    fragile = {label for label in GPT_FRONT_MODEL if margin[label] < half_width}
+    assert fragile == {"C", "C2", "Y"}

@@ -5,6 +5,7 @@ Chromium is driven through chromedriver's W3C WebDriver HTTP API with the standa
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -18,6 +19,7 @@ import pytest
 from conftest import trial_row
 
 from fp4sweep.analysis import analyse, build_report
+from fp4sweep.cli import main
 
 CHROMEDRIVER = shutil.which("chromedriver")
 needs_chromium = pytest.mark.skipif(
@@ -25,8 +27,10 @@ needs_chromium = pytest.mark.skipif(
     reason="headless rendering needs the Debian packages chromium and chromium-driver "
     "(apt-get install -y chromium chromium-driver)",
 )
+WINDOW = (1400, 1000)  # the page's tables must fit a window this wide
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    f"--window-size={WINDOW[0]},{WINDOW[1]}", "--hide-scrollbars",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 # What the page reports about itself once loaded: its figures and any resources it fetched.
@@ -35,6 +39,10 @@ return {
   images: Array.from(document.images, img => ({
     alt: img.alt, complete: img.complete, width: img.naturalWidth, height: img.naturalHeight})),
   fetched: performance.getEntriesByType("resource").map(entry => entry.name),
+  overflow: Array.from(document.querySelectorAll(".scroll"), box => box.scrollWidth - box.clientWidth),
+  pageWidth: document.documentElement.scrollWidth,
+  windowWidth: window.innerWidth,
+  text: document.body.innerText,
 };
 """
 
@@ -59,6 +67,10 @@ def sweep_with_everything() -> pd.DataFrame:
                 ))
     rows.append(trial_row("gpt", 0, "int4/sr", axes={"scale": "e8m0", "rounding_bwd": "sr"},
                           status="failed"))
+    # A preset: no axis values. It must sit beside the effects, not make them inestimable.
+    rows += [trial_row(task, seed, "nvfp4", val_loss=2.5, overhead=0.15,
+                       axes={"scale": None, "rounding_bwd": None})
+             for seed in range(3) for task in ("gpt", "mnist")]
     return pd.DataFrame(rows)
 
 
@@ -69,7 +81,7 @@ def report_page(tmp_path_factory):
     skipped = "corrupt file trials/part-7.parquet was skipped"
     page = build_report(trials, out_dir, problems=[skipped])
     analysis = analyse(trials)
-    fitted_tasks = analysis.effects[["task", "size"]].drop_duplicates()
+    fitted_tasks = analysis.effects.main[["task", "size"]].drop_duplicates()
     expected_figures = len(analysis.hypervolumes) + len(fitted_tasks)
     return page, expected_figures
 
@@ -86,6 +98,8 @@ def test_page_references_nothing_outside_itself(report_page):
     for link in links:
         assert (page.parent / link).is_file(), link
     assert "corrupt file trials/part-7.parquet was skipped" in text
+    assert "Not estimated" not in text and "(unset)" not in text
+    assert "<h2>Main findings</h2>" in text and "<h3>Presets</h3>" in text
 
 
 @needs_chromium
@@ -102,6 +116,8 @@ def test_renders_in_headless_chromium_with_every_figure_and_no_errors(report_pag
 
     assert errors == []
     assert shown["fetched"] == []
+    assert shown["pageWidth"] <= shown["windowWidth"] == WINDOW[0]
+    assert max(shown["overflow"]) <= 0  # no table scrolls sideways
     assert len(shown["images"]) == expected_figures
     for image in shown["images"]:
         assert image["complete"] and image["width"] > 300 and image["height"] > 200, image
@@ -154,6 +170,10 @@ class Chromium:
         log = self._call("POST", f"{self.session}/se/log", {"type": "browser"})
         return shown, [entry["message"] for entry in log if entry["level"] == "SEVERE"]
 
+    def screenshot(self) -> bytes:
+        """The visible window as PNG bytes."""
+        return base64.b64decode(self._call("GET", f"{self.session}/screenshot"))
+
     def _wait_until_ready(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -177,3 +197,27 @@ class Chromium:
     def _stop_driver(self) -> None:
         self.driver.terminate()
         self.driver.wait(timeout=10)
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_smoke_sweep_report_shows_a_finding_and_a_front(tmp_path):
+    """The README's smoke sweep, run and reported as a user would: its page must show estimated
+    effects with one resolved, a front of more than one recipe and a hypervolume above zero."""
+    store, out = tmp_path / "smoke", tmp_path / "report"
+    assert main(["run", "+sweep=smoke", f"results_dir={store}"]) == 0
+    assert main(["report", str(store), "--out", str(out)]) == 0
+    summary = json.loads((out / "report.json").read_text())
+    fronts = [row for row in summary["hypervolumes"] if row["overhead"] == "model"]
+    assert fronts and all(row["n_front"] > 1 and row["hypervolume"] > 0 for row in fronts)
+    assert summary["findings"] and all(" by " in finding for finding in summary["findings"])
+
+    with Chromium(tmp_path / "profile") as browser:
+        shown, errors = browser.open((out / "report.html").as_uri())
+        (out / "screenshot.png").write_bytes(browser.screenshot())
+    assert errors == [] and shown["fetched"] == []
+    assert "Not estimated" not in shown["text"] and "(unset)" not in shown["text"]
+    assert "lowers the loss gap by" in shown["text"]  # a resolved effect, read on the page
+    assert "trial defaults" not in shown["text"] and "mxfp4 (defaults)" in shown["text"]
+    assert shown["pageWidth"] <= shown["windowWidth"] and max(shown["overflow"]) <= 0
+    assert all(image["complete"] and image["width"] > 300 for image in shown["images"])

@@ -111,9 +111,13 @@ def test_axis_added_by_a_later_part_is_unset_in_earlier_ones(rows_to_store):
     first_part = pd.read_parquet(store / "trials" / "part-000000.parquet")
     assert "axis.rounding_bwd" not in first_part.columns
 
-    report_from_store(store)
+    summary, _ = report(store)
     recipes = pd.read_csv(store / "report" / "recipes.csv")
     assert recipes.set_index("recipe_label").loc["e8m0", "axis.rounding_bwd"] == "(unset)"
+    assert not recipes["is_preset"].any()  # an unset axis is not a preset's
+    assert "gpt (tiny): 2 finished trials ran before one of the axes joined the sweep" in " ".join(
+        summary["problems"]
+    )
 
 
 def test_an_empty_store_reports_that_nothing_finished(tmp_path):

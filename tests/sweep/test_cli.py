@@ -18,10 +18,10 @@ from fp4sweep.sweep.store import StoreWriter
 def test_plan_counts_trials_per_task_and_lists_axes(tmp_path, capsys):
     assert main(["plan", "+sweep=smoke", f"results_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert "sweep smoke: 20 trials (10 recipes x 2 seeds x 1 tasks)" in out
+    assert "sweep smoke: 54 trials (18 recipes x 3 seeds x 1 tasks)" in out
     assert "  scale         e8m0, ue5m3" in out
     assert "  block         32" in out
-    assert "regression  tiny  20      0       20      no timings stored yet" in out
+    assert "regression  tiny  54      0       54      no timings stored yet" in out
 
 
 def test_plan_narrowed_by_overrides(tmp_path, capsys):
@@ -66,7 +66,7 @@ def test_plan_estimates_compute_from_stored_timings(tmp_path, capsys):
         writer.add({"trial_id": first.trial_id, "attempt_id": "a", "task": "regression", "size": "tiny",
                     "status": "done", "time.wall_s": 7200.0})
     assert main(["plan", "+sweep=smoke", f"results_dir={tmp_path}"]) == 0
-    assert "regression  tiny  20      1       19      38.0 trial-hours (7200.0 s each)" in capsys.readouterr().out
+    assert "regression  tiny  54      1       53      106.0 trial-hours (7200.0 s each)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ def assert_merged_equals_composed(tree: ConfigTree, trials) -> None:
 def test_smoke_merged_configs_equal_composed(tree):
     plan = plan_of(tree, "+sweep=smoke")
     axis_trials = [t for t in plan.trials if t.recipe.axes is not None]
-    assert len(axis_trials) == 2 * 2 * 2 * 2  # scale x transform x rounding_bwd x seeds
+    assert len(axis_trials) == 2 * 2 * 2 * 2 * 3  # scale x tensor_scale x transform x rounding_bwd x seeds
     assert_merged_equals_composed(tree, axis_trials)
 
 
@@ -80,8 +80,8 @@ def test_ids_are_content_hashes(tree):
     for trial in first.trials:
         by_recipe.setdefault(trial.recipe.recipe_id, set()).add(trial.trial_id)
     # A recipe keeps its id across seeds; each seed is its own trial.
-    assert len(by_recipe) == len(first.recipes) == 10
-    assert all(len(ids) == 2 for ids in by_recipe.values())
+    assert len(by_recipe) == len(first.recipes) == 18
+    assert all(len(ids) == 3 for ids in by_recipe.values())
     longer = plan_of(tree, "+sweep=smoke", "task=regression", "task.sizes.tiny.steps=300")
     assert not {t.trial_id for t in longer.trials} & {t.trial_id for t in first.trials}
 
