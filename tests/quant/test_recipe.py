@@ -45,9 +45,9 @@ def test_unknown_preset_names_the_choices():
 
 def test_from_axes_gives_forward_and_backward_rounding_and_2d_weight_blocks():
     recipe = Recipe.from_axes(
-        scale="ue5m3", block=16, scale_rule="ceil", rounding_fwd="rne", rounding_bwd="sr",
+        scale="ue5m3", block=16, scale_rule="ceil", rounding__fwd="rne", rounding__bwd="sr",
         transform="hadamard32", tensor_scale=True, estimator="power", scale_grad="amax",
-        weight_block_2d=True, sr_bits=8,
+        block_2d__w=True, sr_bits=8,
     )
     for name, spec in recipe.operands().items():
         assert spec.rounding == ("rne" if name in FORWARD_OPERANDS else "sr")
@@ -103,6 +103,8 @@ def test_the_two_operands_of_a_gemm_must_share_a_transform(gemm):
         dataclasses.replace(recipe, **{gemm[0]: rotated, gemm[1]: None})
 
 
-def test_spec_errors_reach_the_caller():
-    with pytest.raises(ValueError, match=r"QuantSpec.elem='fp4'"):
+def test_axis_and_spec_errors_reach_the_caller():
+    with pytest.raises(ValueError, match=r"elem: unknown elem 'fp4'; valid: \['e2m1'"):
         Recipe.from_axes(elem="fp4")
+    with pytest.raises(ValueError, match=r"QuantSpec.scale_rule='nvfp4' needs a scale format"):
+        Recipe.from_axes(scale_rule="nvfp4")

@@ -30,7 +30,7 @@ TEST_CONF = str(Path(__file__).parent / "conf")
 SPACE = [
     "+sweep=adaptive", "size=tiny", "progress_every=60",
     "quant.transform=[none,hadamard16]", "quant.scale=[e8m0,fp32]", "quant.scale_rule=[floor,nearest]",
-    "quant.rounding_fwd=rne", "quant.rounding_bwd=rne", "quant.estimator=ste", "quant.tensor_scale=none",
+    "quant.rounding@fwd=rne", "quant.rounding@bwd=rne", "quant.estimator=ste", "quant.tensor_scale=none",
     "quant.block=32",
 ]  # fmt: skip
 RECIPES = 6

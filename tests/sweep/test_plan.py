@@ -41,13 +41,13 @@ def test_smoke_merged_configs_equal_composed(tree):
 
 
 def test_random_bits_of_stochastic_rounding_are_an_axis(tree):
-    plan = plan_of(tree, "+sweep=smoke", "+axes.sr_bits=[8,24]", "axes.rounding_bwd=[sr]")
+    plan = plan_of(tree, "+sweep=smoke", "+axes.sr_bits=[8,24]", "axes.rounding@bwd=[sr]")
     crossed = [t for t in plan.trials if t.recipe.axes is not None]
     assert_merged_equals_composed(tree, crossed)
     by_bits = {t.recipe.axes["sr_bits"]: Recipe.from_dict(t.spec["recipe"]) for t in crossed}
     assert by_bits["8"].dgrad_dy.sr_bits == 8 and by_bits["24"].dgrad_dy.sr_bits == 24
     # Choosing 24 gives the same trials (ids included) as leaving the axis uncrossed.
-    default = plan_of(tree, "+sweep=smoke", "axes.rounding_bwd=[sr]")
+    default = plan_of(tree, "+sweep=smoke", "axes.rounding@bwd=[sr]")
     assert {t.trial_id for t in default.trials} <= {t.trial_id for t in plan.trials}
 
 

@@ -1,0 +1,234 @@
+"""The technique axes of a sweep, declared once.
+
+Each axis has a name, its options (the names a sweep file uses, each with the value it sets), a
+default, the scopes it may be placed on and one line of meaning. Everything else derives from
+``AXES``: the defaults of a trial, the `quant.AXIS` pins and `axes:` keys a sweep accepts and their
+error messages, recipe construction (``Recipe.from_axes``), the store's ``axis.*`` columns and
+``fp4sweep axes``. Adding an axis is one entry here.
+
+A key is ``AXIS`` (every operand) or ``AXIS@SCOPE`` (see ``operands.SCOPES``); ``AXIS__SCOPE`` is
+the same key spelt for command lines, where ``@`` means something else to Hydra. When several keys
+of one axis cover an operand, the narrowest scope decides (``rounding: sr`` with ``rounding@x:
+rne`` leaves x to nearest rounding); two keys of equal width that disagree on an operand are an
+error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fp4sweep.quant.formats import ELEMENT_FORMATS
+from fp4sweep.quant.layer_policy import KINDS, parse_policy
+from fp4sweep.quant.operands import ALL, GEMM_SCOPES, OPERANDS, SCOPES
+from fp4sweep.quant.scaling import SCALE_RULES
+from fp4sweep.quant.spec import ROUNDINGS, TRANSFORMS
+
+SCOPE_SEPARATOR, COMMAND_LINE_SEPARATOR = "@", "__"
+RECIPE_LEVEL = (ALL,)  # the scope of an axis that sets the whole recipe, not its operands
+MIXED = "mixed"  # the value of a key whose operands resolve to different options
+
+
+def _named(*names: str) -> dict[str, str]:
+    return {name: name for name in names}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One technique axis. ``sets`` is the QuantSpec field it sets on each operand in its scope,
+    ``quantize`` (whether the operand is quantised at all) or, for a recipe-level axis, the Recipe
+    field it sets."""
+
+    name: str
+    meaning: str
+    options: Mapping[str, Any]  # option name -> value, in the order listings show them
+    default: str
+    sets: str
+    scopes: tuple[str, ...] = tuple(SCOPES)
+    scope_rule: str = ""  # why narrower scopes are refused, when some are
+
+    @property
+    def per_operand(self) -> bool:
+        return self.scopes != RECIPE_LEVEL
+
+    def option(self, value: Any) -> str:
+        """The option named by ``value``: an option name, or the value an option sets (``16`` for
+        block "16", ``True`` for tensor_scale "fp32"); ValueError lists the options."""
+        for name, setting in self.options.items():
+            if _same(value, name) or _same(value, setting):
+                return name
+        raise ValueError(f"unknown {self.name} {value!r}; valid: {list(self.options)}")
+
+    def check_scope(self, scope: str) -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r} of {self.name}; valid: {list(SCOPES)}")
+        if scope not in self.scopes:
+            raise ValueError(
+                f"{self.name} cannot be placed on {scope!r}: {self.scope_rule}; "
+                f"its scopes: {list(self.scopes)}"
+            )
+
+
+def _same(value: Any, candidate: Any) -> bool:
+    # YAML gives `true` and `16` where option names are "true" and "16"; bool is not an int here.
+    if isinstance(value, bool) or isinstance(candidate, bool):
+        return type(value) is type(candidate) and value == candidate or (
+            isinstance(value, bool) and str(value).lower() == candidate
+        )
+    return value == candidate or (isinstance(value, int) and str(value) == candidate)
+
+
+_FLAGS = {"false": False, "true": True}
+AXES: dict[str, Axis] = {
+    axis.name: axis
+    for axis in (
+        Axis("quantize", "whether the operand is quantised at all (false: it stays in the model's "
+             "precision, bf16)", _FLAGS, "true", "quantize"),
+        Axis("elem", "element format: FP4 E2M1, FP6 E2M3/E3M2, FP8 E4M3/E5M2, INT4",
+             _named(*ELEMENT_FORMATS), "e2m1", "elem"),
+        Axis("scale", "block-scale format: E8M0 (power of two, OCP MX), UE4M3 (NVFP4), UE5M3, "
+             "fp32 (unquantised, the ideal)", _named("e8m0", "ue4m3", "ue5m3", "fp32"), "e8m0",
+             "scale"),
+        Axis("block", "elements sharing one scale along the reduction axis",
+             {str(n): n for n in (8, 16, 32, 64, 128)}, "32", "block"),
+        Axis("block_2d", "square block x block tiles instead of 1 x block runs (for weights: w "
+             "and w.T quantise alike)", _FLAGS, "false", "block_2d"),
+        Axis("scale_rule", "how a block's scale follows from its amax: floor (OCP MX), ceil (no "
+             "saturation), nearest, nvfp4 / nvfp4_torchao (NVFP4's conventions)",
+             _named(*SCALE_RULES), "floor", "scale_rule"),
+        Axis("rounding", "element rounding: rne (to nearest, ties to even) or sr (stochastic, "
+             "reproducible from the seed)", _named(*ROUNDINGS), "rne", "rounding"),
+        Axis("sr_bits", "random bits per stochastic-rounding decision: 24 is unbiased, 8 is what "
+             "FP4 hardware draws", {"8": 8, "16": 16, "24": 24}, "24", "sr_bits"),
+        Axis("transform", "block-diagonal Hadamard transform of size K along the reduction axis, "
+             "r: with random signs", _named(*TRANSFORMS), "none", "transform", GEMM_SCOPES,
+             "both operands of a GEMM must share one rotation for their product to stay exact, so "
+             "a transform covers whole GEMMs"),
+        Axis("tensor_scale", "a second, per-tensor fp32 scale so that block scales use their "
+             "format's whole range", {"none": False, "fp32": True}, "none", "tensor_scale"),
+        Axis("estimator", "how the gradient flows through the forward quantisers: ste, "
+             "clipped_ste, spline, power", _named("ste", "clipped_ste", "spline", "power"), "ste",
+             "estimator", RECIPE_LEVEL, "it acts on the forward quantisers' derivative as a whole"),
+        Axis("scale_grad", "whether the gradient also flows through the forward block scales "
+             "(amax) or not (stop)", _named("stop", "amax"), "stop", "scale_grad", RECIPE_LEVEL,
+             "it acts on the forward quantisers' derivative as a whole"),
+        Axis("high_precision", "blocks kept in bf16 besides the task's stem and head: first/last "
+             "N blocks (GPT blocks, CNN stages, U-Net levels) or a kind of layer",
+             _named("none", "first1", "last1", "last2", "first1_last1", *KINDS), "none",
+             "high_precision", RECIPE_LEVEL, "it chooses layers, not operands"),
+    )
+}
+for _axis in AXES.values():  # the declarations' own consistency, checked once at import
+    assert _axis.default in _axis.options, _axis.name
+for _policy in AXES["high_precision"].options:
+    parse_policy(_policy)
+
+
+@dataclass(frozen=True)
+class Key:
+    """An axis placed on a scope, as a sweep names it: ``rounding@dy``, or ``rounding`` (all)."""
+
+    axis: Axis
+    scope: str = ALL
+    operands: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "operands", SCOPES[self.scope])
+
+    @property
+    def name(self) -> str:
+        return self.axis.name if self.scope == ALL else f"{self.axis.name}{SCOPE_SEPARATOR}{self.scope}"
+
+
+def parse_key(text: str) -> Key:
+    """``AXIS``, ``AXIS@SCOPE`` or ``AXIS__SCOPE`` as a Key; ValueError says what is wrong."""
+    name, scope = text, ALL
+    for separator in (SCOPE_SEPARATOR, COMMAND_LINE_SEPARATOR):
+        if separator in text:
+            name, _, scope = text.partition(separator)
+            break
+    if name not in AXES:
+        raise ValueError(f"unknown axis {name!r}; valid: {list(AXES)}")
+    if scope == ALL and text != name:
+        raise ValueError(f"{text!r}: write {name!r} for every operand")
+    AXES[name].check_scope(scope)
+    return Key(AXES[name], scope)
+
+
+def canonical(values: Mapping[str, Any]) -> dict[str, str]:
+    """``values`` (keys in any spelling, options as names or values) as key name -> option name;
+    ValueError names the key at fault."""
+    resolved: dict[str, str] = {}
+    for text, value in values.items():
+        try:
+            key = parse_key(text)
+            option = key.axis.option(value)
+        except ValueError as error:
+            raise ValueError(f"{text}: {error}") from None
+        if key.name in resolved and resolved[key.name] != option:
+            raise ValueError(f"{key.name} is set twice, to {resolved[key.name]!r} and {option!r}")
+        resolved[key.name] = option
+    return resolved
+
+
+def _option_on(axis: Axis, operand: str, keys: list[tuple[Key, str]]) -> str:
+    """The option ``axis`` takes on ``operand`` (``all`` for a recipe-level axis): the narrowest
+    covering key's, else the default."""
+    covering = [
+        (len(key.operands), key, option)
+        for key, option in keys
+        if operand in key.operands or operand == key.scope
+    ]
+    if not covering:
+        return axis.default
+    width = min(w for w, _, _ in covering)
+    narrowest = {option: key.name for w, key, option in covering if w == width}
+    if len(narrowest) > 1:
+        names = " and ".join(f"{name}={option}" for option, name in narrowest.items())
+        raise ValueError(f"{names} both set {axis.name} on {operand}: leave one out")
+    return next(iter(narrowest))
+
+
+def resolve(values: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Axis name -> operand (or ``all`` for recipe-level axes) -> option name, for every axis."""
+    keys: dict[str, list[tuple[Key, str]]] = {name: [] for name in AXES}
+    for name, option in canonical(values).items():
+        key = parse_key(name)
+        keys[key.axis.name].append((key, option))
+    targets = {name: OPERANDS if axis.per_operand else RECIPE_LEVEL for name, axis in AXES.items()}
+    return {
+        name: {target: _option_on(AXES[name], target, keys[name]) for target in targets[name]}
+        for name in AXES
+    }
+
+
+def recipe_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The Recipe constructor's arguments that axis ``values`` give: per operand None or the
+    QuantSpec fields, then the recipe-level fields."""
+    chosen = resolve(values)
+    fields: dict[str, Any] = {}
+    for operand in OPERANDS:
+        quantised = AXES["quantize"].options[chosen["quantize"][operand]]
+        fields[operand] = None if not quantised else {
+            axis.sets: axis.options[chosen[name][operand]]
+            for name, axis in AXES.items() if axis.per_operand and name != "quantize"
+        }
+    for name, axis in AXES.items():
+        if not axis.per_operand:
+            fields[axis.sets] = axis.options[chosen[name][ALL]]
+    return fields
+
+
+def effective(values: Mapping[str, Any], key_name: str) -> str:
+    """The option that axis ``values`` give on a key's scope (``MIXED`` if its operands differ):
+    what the store records for a recipe under a column that the recipe's own values do not name."""
+    key = parse_key(key_name)
+    chosen = resolve(values)[key.axis.name]
+    options = {chosen[target] for target in (key.operands if key.axis.per_operand else RECIPE_LEVEL)}
+    return options.pop() if len(options) == 1 else MIXED
+
+
+def defaults() -> dict[str, str]:
+    """Every axis at its default, unscoped: the values a trial takes on axes a sweep leaves alone."""
+    return {name: axis.default for name, axis in AXES.items()}
