@@ -15,7 +15,8 @@ error.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +142,7 @@ class Key:
         return self.axis.name if self.scope == ALL else f"{self.axis.name}{SCOPE_SEPARATOR}{self.scope}"
 
 
+@functools.lru_cache(maxsize=None)  # a sweep parses the same few keys for every combination
 def parse_key(text: str) -> Key:
     """``AXIS``, ``AXIS@SCOPE`` or ``AXIS__SCOPE`` as a Key; ValueError says what is wrong."""
     name, scope = text, ALL
@@ -172,13 +174,13 @@ def canonical(values: Mapping[str, Any]) -> dict[str, str]:
     return resolved
 
 
-def _option_on(axis: Axis, operand: str, keys: list[tuple[Key, str]]) -> str:
-    """The option ``axis`` takes on ``operand`` (``all`` for a recipe-level axis): the narrowest
-    covering key's, else the default."""
+def _option_on(axis: Axis, target: str, keys: list[tuple[Key, str]]) -> str:
+    """The option ``axis`` takes on ``target`` (an operand, or ``all`` for a recipe-level axis):
+    the narrowest covering key's, else the default."""
     covering = [
         (len(key.operands), key, option)
         for key, option in keys
-        if operand in key.operands or operand == key.scope
+        if target in key.operands or target == key.scope
     ]
     if not covering:
         return axis.default
@@ -186,7 +188,7 @@ def _option_on(axis: Axis, operand: str, keys: list[tuple[Key, str]]) -> str:
     narrowest = {option: key.name for w, key, option in covering if w == width}
     if len(narrowest) > 1:
         names = " and ".join(f"{name}={option}" for option, name in narrowest.items())
-        raise ValueError(f"{names} both set {axis.name} on {operand}: leave one out")
+        raise ValueError(f"{names} both set {axis.name} on {target}: leave one out")
     return next(iter(narrowest))
 
 
@@ -196,11 +198,15 @@ def resolve(values: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     for name, option in canonical(values).items():
         key = parse_key(name)
         keys[key.axis.name].append((key, option))
-    targets = {name: OPERANDS if axis.per_operand else RECIPE_LEVEL for name, axis in AXES.items()}
-    return {
-        name: {target: _option_on(AXES[name], target, keys[name]) for target in targets[name]}
-        for name in AXES
-    }
+    resolved = {}
+    for name, axis in AXES.items():
+        targets = OPERANDS if axis.per_operand else RECIPE_LEVEL
+        given = keys[name]
+        if len(given) == 1 and given[0][0].scope == ALL:  # the common case: one unscoped option
+            resolved[name] = dict.fromkeys(targets, given[0][1])
+        else:
+            resolved[name] = {target: _option_on(axis, target, given) for target in targets}
+    return resolved
 
 
 def recipe_fields(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -220,13 +226,20 @@ def recipe_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def effective(values: Mapping[str, Any], key_name: str) -> str:
-    """The option that axis ``values`` give on a key's scope (``MIXED`` if its operands differ):
-    what the store records for a recipe under a column that the recipe's own values do not name."""
-    key = parse_key(key_name)
-    chosen = resolve(values)[key.axis.name]
-    options = {chosen[target] for target in (key.operands if key.axis.per_operand else RECIPE_LEVEL)}
-    return options.pop() if len(options) == 1 else MIXED
+def recorded(values: Mapping[str, Any], key_names: Sequence[str]) -> dict[str, str]:
+    """The option under each key: the one ``values`` give it, else the option its operands
+    resolve to (``MIXED`` if they differ). What the store records for a recipe."""
+    given = canonical(values)
+    chosen = resolve(given) if set(key_names) - set(given) else {}
+    options = {}
+    for name in key_names:
+        if name in given:
+            options[name] = given[name]
+            continue
+        key = parse_key(name)
+        on_scope = {chosen[key.axis.name][t] for t in (key.operands if key.axis.per_operand else RECIPE_LEVEL)}
+        options[name] = on_scope.pop() if len(on_scope) == 1 else MIXED
+    return options
 
 
 def defaults() -> dict[str, str]:
