@@ -245,3 +245,28 @@ def recorded(values: Mapping[str, Any], key_names: Sequence[str]) -> dict[str, s
 def defaults() -> dict[str, str]:
     """Every axis at its default, unscoped: the values a trial takes on axes a sweep leaves alone."""
     return {name: axis.default for name, axis in AXES.items()}
+
+
+SCOPE_HELP = (
+    "Scopes (AXIS@SCOPE in a sweep file, AXIS__SCOPE or AXIS@SCOPE on the command line): none = all "
+    "six operands; fwd, dgrad, wgrad = one GEMM's two operands; bwd = both backward GEMMs; x, w, dy "
+    "= the two operands that tensor is; fwd_x, fwd_w, dgrad_dy, dgrad_w, wgrad_dy, wgrad_x = one "
+    "operand. The narrowest scope that covers an operand decides."
+)
+
+
+def _scopes_text(axis: Axis) -> str:
+    if not axis.per_operand:
+        return "none (the whole recipe)"
+    if axis.scopes == tuple(SCOPES):
+        return "any"
+    return "none, " + ", ".join(scope for scope in axis.scopes if scope != ALL) + " (whole GEMMs only)"
+
+
+def listing() -> list[str]:
+    """``fp4sweep axes``: every axis with its meaning, scopes and options (the default starred)."""
+    lines = [SCOPE_HELP, ""]
+    for axis in AXES.values():
+        options = ", ".join(f"{name}*" if name == axis.default else name for name in axis.options)
+        lines += [f"{axis.name}: {axis.meaning}", f"  scopes: {_scopes_text(axis)}", f"  options: {options}"]
+    return lines
