@@ -88,14 +88,14 @@ def test_bad_scopes_and_values_exit_2_with_one_line_and_run_nothing(tmp_path, ca
 def test_a_misspelt_sweep_is_one_line(tmp_path, capsys):
     assert main(["plan", "+sweep=smok", f"results_dir={tmp_path}"]) == 2
     assert capsys.readouterr().err == (
-        "fp4sweep: error: sweep: unknown sweep 'smok'; valid: ['adaptive', 'full', 'gpu_smoke', 'smoke']\n"
+        "fp4sweep: error: sweep: unknown sweep 'smok'; valid: ['adaptive', 'full', 'gpu_smoke', 'placements', 'smoke']\n"
     )
 
 
 def test_plan_of_the_full_sweep(tmp_path, capsys):
     assert main(["plan", "+sweep=full", f"results_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert "sweep full: 57660 trials (4805 recipes x 3 seeds x 4 tasks)" in out
+    assert "sweep full: 57648 trials (4804 recipes x 3 seeds x 4 tasks)" in out
     assert "transform@wgrad  none, rhadamard16" in out and "block_2d@w       false, true" in out
 
 

@@ -58,20 +58,23 @@ def test_full_sweep_size(tree):
         "with fp32 scales floor repeats e8m0 and ceil has nothing to round; nearest is the ideal": 1280,
         "stochastic rounding of the backward x and w but not of dy is no recipe anyone runs": 1600,
     }
-    # The baseline and five presets, of which mxfp4 is also a combination of axes (paper_best
+    # The baseline and four presets, of which mxfp4 is also a combination of axes (paper_best
     # rotates the weight gradient by 32, which `transform@wgrad` does not offer).
-    labels = ["bf16", "nvfp4", "nvidia_nvfp4", "tseng_mxfp4", "mxfp4", "paper_best"]
-    assert [r.label for r in plan.recipes[:6]] == labels
-    recipes = crossed - sum(plan.excluded.values()) + 5
-    assert len(plan.recipes) == recipes == 4805
-    assert len(plan.trials) == recipes * 4 * 3 == 57660  # 4 tasks, 3 seeds
+    labels = ["bf16", "nvfp4", "nvidia_nvfp4", "mxfp4", "paper_best"]
+    assert [r.label for r in plan.recipes[:5]] == labels
+    recipes = crossed - sum(plan.excluded.values()) + 4
+    assert len(plan.recipes) == recipes == 4804
+    assert len(plan.trials) == recipes * 4 * 3 == 57648  # 4 tasks, 3 seeds
     assert len({t.trial_id for t in plan.trials}) == len(plan.trials)
     # Every recipe but the baseline records an option under every key, presets included.
     keys = set(plan.recipes[1].axes)
-    assert {"quantize@fwd", "transform@bwd", "high_precision"} <= keys
+    assert {"transform@wgrad", "rounding@dy", "block_2d@w", "high_precision"} <= keys
     assert all(set(r.axes) == keys and None not in r.axes.values() for r in plan.recipes[1:])
-    assert plan.recipes[3].axes["quantize@fwd"] == "false"
     assert plan.recipes[2].axes["high_precision"] == "last1"
+    # A preset's own scoped keys become columns of the plan, recorded for every recipe.
+    tseng = plan_of(tree, "+sweep=full", "presets=[tseng_mxfp4]", "task=gpt")
+    assert tseng.recipes[1].axes["quantize@fwd"] == "false"
+    assert {r.axes["quantize@fwd"] for r in tseng.recipes[2:]} == {"true"}
 
 
 def test_scoped_axes_in_a_sweep_file_and_on_the_command_line_agree(tree):
@@ -146,7 +149,7 @@ def test_baseline_and_presets_come_first(tree):
         (["+sweep=smoke", "axes.rounding@x=[sr]", "axes.rounding@fwd=[rne]"], "rounding@x=sr and rounding@fwd=rne both set rounding on fwd_x"),
         (["+sweep=smoke", "axes.scale=[]"], "axes.scale: an empty list leaves the axis no option"),
         (["+sweep=smoke", "tasks=[regresion]"], "tasks: unknown task 'regresion'; valid: ["),
-        (["+sweep=smok"], "sweep: unknown sweep 'smok'; valid: ['adaptive', 'full', 'gpu_smoke', 'mini', 'notutf8', 'scoped'"),
+        (["+sweep=smok"], "sweep: unknown sweep 'smok'; valid: ['adaptive', 'full', 'gpu_smoke', 'mini', 'notutf8', 'placements', 'scoped'"),
         (["+sweep=smoke", "task=regresion"], "task: unknown task 'regresion'; valid: ['classification', 'diffusion'"),
         (["+sweep=typo"], "sweep 'typo': unknown key(s) ['sedes']; valid: ['axes', 'baseline'"),
         (["+sweep=smoke", "presets=[nvfp5]"], "presets: unknown Recipe preset 'nvfp5'"),
@@ -162,7 +165,7 @@ def test_baseline_and_presets_come_first(tree):
         (["+sweep=smoke", "+constraints=[{reason: x, scale: [e9m0]}]"], "constraints[0].scale: unknown scale 'e9m0'"),
         (["+sweep=notutf8"], "notutf8.yaml: not UTF-8 text"),
         (["tasks=[regression]"], "seeds: the sweep names no seed"),
-        ([], "no sweep chosen: add +sweep=NAME; valid: ['adaptive', 'full', 'gpu_smoke', 'mini', 'notutf8', 'scoped'"),
+        ([], "no sweep chosen: add +sweep=NAME; valid: ['adaptive', 'full', 'gpu_smoke', 'mini', 'notutf8', 'placements', 'scoped'"),
     ],
 )
 def test_bad_input_is_named(tree, overrides, message):
