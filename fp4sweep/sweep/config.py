@@ -136,7 +136,7 @@ def _split_axis_overrides(overrides: Sequence[str]) -> tuple[list[str], list[tup
     hydra_overrides, axis_overrides = [], []
     for text in overrides:
         key = text.lstrip("+~").partition("=")[0]
-        node, dot, rest = key.partition(".")
+        node, dot, _ = key.partition(".")
         if node not in _AXIS_NODES or not dot:
             hydra_overrides.append(text)
             continue

@@ -156,7 +156,10 @@ def _task_plan(tree: ConfigTree, settings: RunSettings, name: str) -> TaskPlan:
                 f"got {given!r}"
             )
         # Checked here, before Ray sees them: Ray answers a bad amount with a traceback.
-        amounts = {**{k: v for k, v in given.items() if k != "resources"}, **given.get("resources", {})}
+        custom = given.get("resources") or {}
+        if not isinstance(custom, dict):
+            raise SweepError(f"{where}: resources.{kind}.resources must map resource names to amounts, got {custom!r}")
+        amounts = {**{k: v for k, v in given.items() if k != "resources"}, **custom}
         for key, amount in amounts.items():
             if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount >= 0:
                 raise SweepError(f"{where}: resources.{kind}.{key}: expected a number >= 0, got {amount!r}")
