@@ -63,12 +63,17 @@ class Axis:
 
     def check_scope(self, scope: str) -> None:
         if scope not in SCOPES:
-            raise ValueError(f"unknown scope {scope!r} of {self.name}; valid: {list(SCOPES)}")
+            raise ValueError(f"unknown scope {scope!r} of {self.name}; valid: {_scope_names(tuple(SCOPES))}")
         if scope not in self.scopes:
             raise ValueError(
                 f"{self.name} cannot be placed on {scope!r}: {self.scope_rule}; "
-                f"its scopes: {list(self.scopes)}"
+                f"its scopes: {_scope_names(self.scopes)}"
             )
+
+
+def _scope_names(scopes: tuple[str, ...]) -> str:
+    """Scopes as a sweep file writes them: no scope at all for every operand."""
+    return ", ".join("none (AXIS alone)" if scope == ALL else scope for scope in scopes)
 
 
 def _same(value: Any, candidate: Any) -> bool:

@@ -143,7 +143,7 @@ def test_baseline_and_presets_come_first(tree):
         (["+sweep=smoke", "quant.scalee=e8m0"], "quant.scalee: unknown axis 'scalee'; valid: ['quantize', 'elem', 'scale'"),
         (["+sweep=smoke", "axes.transform@x=[rhadamard16]"], "transform cannot be placed on 'x': both operands of a GEMM must share one rotation"),
         (["+sweep=smoke", "axes.transform__fwd_w=[rhadamard16]"], "transform cannot be placed on 'fwd_w'"),
-        (["+sweep=smoke", "axes.rounding@foo=[sr]"], "axes.rounding@foo: unknown scope 'foo' of rounding; valid: ['all', 'bwd'"),
+        (["+sweep=smoke", "axes.rounding@foo=[sr]"], "axes.rounding@foo: unknown scope 'foo' of rounding; valid: none (AXIS alone), bwd, fwd, dgrad, wgrad, x, w, dy, fwd_x"),
         (["+sweep=smoke", "axes.estimator@fwd=[ste]"], "estimator cannot be placed on 'fwd'"),
         (["+sweep=smoke", "axes.high_precision=[last9x]"], "unknown high_precision 'last9x'"),
         (["+sweep=smoke", "axes.rounding@x=[sr]", "axes.rounding@fwd=[rne]"], "rounding@x=sr and rounding@fwd=rne both set rounding on fwd_x"),
