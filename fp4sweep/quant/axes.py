@@ -56,6 +56,8 @@ class Axis:
     def option(self, value: Any) -> str:
         """The option named by ``value``: an option name, or the value an option sets (``16`` for
         block "16", ``True`` for tensor_scale "fp32"); ValueError lists the options."""
+        if isinstance(value, str) and value in self.options:  # the common case, and the fast one
+            return value
         for name, setting in self.options.items():
             if _same(value, name) or _same(value, setting):
                 return name
@@ -134,13 +136,12 @@ class Key:
     axis: Axis
     scope: str = ALL
     operands: tuple[str, ...] = field(init=False)
+    name: str = field(init=False)  # as a sweep file writes it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "operands", SCOPES[self.scope])
-
-    @property
-    def name(self) -> str:
-        return self.axis.name if self.scope == ALL else f"{self.axis.name}{SCOPE_SEPARATOR}{self.scope}"
+        name = self.axis.name if self.scope == ALL else f"{self.axis.name}{SCOPE_SEPARATOR}{self.scope}"
+        object.__setattr__(self, "name", name)
 
 
 @functools.lru_cache(maxsize=None)  # a sweep parses the same few keys for every combination

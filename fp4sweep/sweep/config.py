@@ -187,6 +187,8 @@ class Constraint:
     choices: dict[str, frozenset[str]]
 
     def excludes(self, combination: dict[str, str]) -> bool:
+        if self.choices.keys() <= combination.keys():  # the common case: no resolving needed
+            return all(combination[key] in allowed for key, allowed in self.choices.items())
         options = recorded(combination, list(self.choices))
         return all(options[key] in allowed for key, allowed in self.choices.items())
 

@@ -22,7 +22,7 @@ from fp4sweep.quant import Recipe
 from fp4sweep.quant.axes import canonical, defaults, parse_key, recorded
 from fp4sweep.quant.recipe import preset_axes
 from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError
-from fp4sweep.sweep.ids import recipe_id, trial_id
+from fp4sweep.sweep.ids import canonical_json, joined_json, recipe_id, trial_id_of_json
 from fp4sweep.tasks import default_module
 
 _TASK_KEYS = {"name", "size", "exclude", "resources", "sizes", "module"}
@@ -114,6 +114,8 @@ def expand(tree: ConfigTree, settings: RunSettings) -> Plan:
     recipes += crossed.values()
 
     trials = []
+    task_json = {task.name: _task_json(task) for task in tasks}
+    recipe_json = {id(recipe): canonical_json(recipe.recipe) for recipe in recipes}
     for seed, task, recipe in itertools.product(settings.seeds, tasks, recipes):
         spec = {
             "task": task.name,
@@ -123,8 +125,15 @@ def expand(tree: ConfigTree, settings: RunSettings) -> Plan:
             "recipe": recipe.recipe,
             "seed": seed,
         }
-        trials.append(Trial(trial_id(spec), spec, task, recipe))
+        parts = {**task_json[task.name], "recipe": recipe_json[id(recipe)], "seed": canonical_json(seed)}
+        trials.append(Trial(trial_id_of_json(joined_json(parts)), spec, task, recipe))
     return Plan(settings.sweep or "", trials, axes, recipes, dict(excluded))
+
+
+def _task_json(task: TaskPlan) -> dict[str, str]:
+    """The canonical JSON of a task's part of a trial spec (see ``Plan.trials``' specs)."""
+    values = {"task": task.name, "size": task.size, "params": task.params, "exclude": task.exclude}
+    return {key: canonical_json(value) for key, value in values.items()}
 
 
 def _combinations(axes: dict[str, list[str]]) -> Iterator[dict[str, str]]:

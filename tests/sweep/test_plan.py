@@ -10,6 +10,7 @@ import pytest
 from fp4sweep.quant import Recipe
 from fp4sweep.quant.recipe import PRESETS
 from fp4sweep.sweep.config import ConfigTree, SweepError, load_settings
+from fp4sweep.sweep.ids import trial_id
 from fp4sweep.sweep.plan import expand
 
 TEST_CONF = Path(__file__).parent / "conf"
@@ -66,6 +67,8 @@ def test_full_sweep_size(tree):
     assert len(plan.recipes) == recipes == 4804
     assert len(plan.trials) == recipes * 4 * 3 == 57648  # 4 tasks, 3 seeds
     assert len({t.trial_id for t in plan.trials}) == len(plan.trials)
+    # Ids built from each task's and recipe's JSON are the ids of the whole specs.
+    assert all(t.trial_id == trial_id(t.spec) for t in plan.trials[::997])
     # Every recipe but the baseline records an option under every key, presets included.
     keys = set(plan.recipes[1].axes)
     assert {"transform@wgrad", "rounding@dy", "block_2d@w", "high_precision"} <= keys
