@@ -12,6 +12,7 @@ schema in ``axes.py``) or by name (``preset``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -99,13 +100,13 @@ class Recipe:
         (``block=16``, ``tensor_scale=True``); axes not named take their defaults (MXFP4).
         ``Recipe.from_axes({"rounding@dy": "sr", "transform@wgrad": "rhadamard16"})``."""
         fields = recipe_fields({**(values or {}), **keywords})
-        specs = {op: None if fields[op] is None else QuantSpec(**fields[op]) for op in OPERANDS}
+        specs = {op: None if fields[op] is None else _spec(tuple(fields[op].items())) for op in OPERANDS}
         return cls(**{**fields, **specs})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable values; ``Recipe.from_dict(r.to_dict()) == r``."""
         values: dict[str, Any] = {
-            name: None if spec is None else spec.to_dict() for name, spec in self.operands().items()
+            name: None if spec is None else dict(_spec_values(spec)) for name, spec in self.operands().items()
         }
         values["estimator"] = self.estimator
         values["scale_grad"] = self.scale_grad
@@ -128,6 +129,18 @@ class Recipe:
             if isinstance(spec, dict):
                 fields[name] = QuantSpec.from_dict(spec)
         return cls(**fields)
+
+
+# A sweep builds thousands of recipes from a few dozen distinct operand specs: build and
+# serialise each spec once.
+@functools.lru_cache(maxsize=4096)
+def _spec(fields: tuple[tuple[str, Any], ...]) -> QuantSpec:
+    return QuantSpec(**dict(fields))
+
+
+@functools.lru_cache(maxsize=4096)
+def _spec_values(spec: QuantSpec) -> dict[str, Any]:
+    return spec.to_dict()  # callers copy it: the cached dict stays as built
 
 
 def _rotation(spec: QuantSpec | None) -> tuple[str, int]:
