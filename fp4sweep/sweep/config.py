@@ -1,14 +1,16 @@
 """The Hydra config tree (conf/) and the validated settings of one command.
 
 Hydra is used through its compose API only: no ``@hydra.main``, no multirun, no ``outputs/``.
-A command composes ``conf/config.yaml`` once with the user's overrides; the sweep engine then
-composes each option of each technique axis once (``option_node``) and merges them per trial
-(see ``plan.py``), which gives the same config as composing ``conf/trial.yaml`` per trial at a
-fraction of the cost.
+A command composes ``conf/config.yaml`` once with the user's overrides. The technique axes are
+not config groups: their names, options and scopes come from one declaration
+(``fp4sweep.quant.axes``), and command-line overrides of ``axes.KEY`` and ``quant.KEY`` are
+applied here, after Hydra, so that scoped keys (``axes.rounding@dy=[rne,sr]``, or
+``axes.rounding__dy=...``) and misspelt ones get one clear line instead of Hydra's advice.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,9 +20,12 @@ from typing import Any
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
+
+from fp4sweep.quant.axes import AXES, SCOPE_SEPARATOR, Key, parse_key, recorded
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -57,19 +62,49 @@ class ConfigTree:
     def compose(
         self, config_name: str | None, overrides: Sequence[str]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Compose a config; return it as plain values, with Hydra's record of group choices."""
+        """Compose a config; return it as plain values, with Hydra's record of group choices.
+
+        Overrides of ``axes.KEY`` and ``quant.KEY`` are applied to the composed values (see the
+        module's docstring); a group override names a choice that exists."""
         # Hydra's state is global; conf/ is the same for every tree (extra dirs come per call).
         if not GlobalHydra.instance().is_initialized():
             initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3")
+        hydra_overrides, axis_overrides = _split_axis_overrides(overrides)
+        for override in hydra_overrides:
+            self._check_group_choice(override)
         try:
-            cfg = compose(config_name, list(overrides) + self._searchpath, return_hydra_config=True)
+            cfg = compose(config_name, hydra_overrides + self._searchpath, return_hydra_config=True)
             choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
             with open_dict(cfg):
                 del cfg["hydra"]
             values = OmegaConf.to_container(cfg, resolve=True)
         except (HydraException, OmegaConfBaseException, yaml.YAMLError) as error:
             raise SweepError(_hydra_message(error)) from None
+        except UnicodeDecodeError as error:
+            raise SweepError(f"a config file is not UTF-8 text ({error.reason} at byte {error.start})") from None
+        for node, key, value in axis_overrides:
+            mapping = values.setdefault(node, {})
+            if not isinstance(mapping, dict):
+                raise SweepError(f"{node}: expected a mapping, got {mapping!r}")
+            _set_axis_key(mapping, key, value)
         return values, {k: v for k, v in choices.items() if not k.startswith("hydra/")}
+
+    def _check_group_choice(self, override: str) -> None:
+        """``sweep=NAME`` / ``task=NAME`` / ``logger=NAME`` name a file of that group, and it
+        reads as text: one line for a typo instead of Hydra's listing."""
+        key, _, choice = override.lstrip("+~").partition("=")
+        if key not in _GROUPS or not choice or choice == "null":
+            return
+        self.check_choice(key, key, choice)
+        for folder in self.dirs:
+            path = folder / key / f"{choice}.yaml"
+            if path.is_file():
+                try:
+                    path.read_text(encoding="utf-8")
+                except UnicodeDecodeError as error:
+                    raise SweepError(
+                        f"{path}: not UTF-8 text ({error.reason} at byte {error.start})"
+                    ) from None
 
     def options(self, group: str) -> list[str]:
         """The choices of a config group: the YAML files in its folder, in every config dir."""
@@ -84,27 +119,55 @@ class ConfigTree:
         return name
 
     def option_node(self, group: str, option: str) -> dict[str, Any]:
-        """One option of a group, composed once: e.g. ``{"quant": {"block": 16}}``."""
+        """One option of a group, composed once: e.g. ``{"task": {"name": "gpt", ...}}``."""
         key = (group, option)
         if key not in self._nodes:
-            self._nodes[key], _ = self.compose(None, [f"+{group}={_quote(option)}"])
+            self._nodes[key], _ = self.compose(None, [f"+{group}={option}"])
         return self._nodes[key]
 
-    def trial_defaults(self) -> dict[str, str]:
-        """conf/trial.yaml's choice for each of its groups, in its order: the task, then the axes."""
-        defaults = OmegaConf.load(CONF_DIR / "trial.yaml").defaults
-        entries = [entry for entry in defaults if not isinstance(entry, str)]  # not `_self_`
-        return {group: str(option) for entry in entries for group, option in entry.items()}
 
-    def compose_trial(self, choices: dict[str, str], seed: int) -> dict[str, Any]:
-        """The reference: one Hydra compose of conf/trial.yaml (slow; tests compare against it)."""
-        overrides = [f"{group}={_quote(option)}" for group, option in choices.items()]
-        return self.compose("trial", overrides + [f"seed={seed}"])[0]
+_GROUPS = ("sweep", "task", "logger")  # the config groups a command line chooses from
+_AXIS_NODES = ("axes", "quant")
 
 
-def _quote(option: str) -> str:
-    # Hydra parses `block=16` as an int, but a group override must be a string.
-    return f"'{option}'" if not option.isidentifier() else option
+def _split_axis_overrides(overrides: Sequence[str]) -> tuple[list[str], list[tuple[str, str, Any]]]:
+    """The overrides for Hydra, and those of ``axes.KEY`` / ``quant.KEY`` as (node, key, value)
+    with the key canonical and the value Hydra's parse (None: delete the key)."""
+    hydra_overrides, axis_overrides = [], []
+    for text in overrides:
+        key = text.lstrip("+~").partition("=")[0]
+        node, dot, _ = key.partition(".")
+        if node not in _AXIS_NODES or not dot:
+            hydra_overrides.append(text)
+            continue
+        try:
+            (parsed,) = OverridesParser.create().parse_overrides([text])
+        except HydraException as error:
+            raise SweepError(f"{text}: {_hydra_message(error)}") from None
+        name = parsed.key_or_group.partition(".")[2]
+        if parsed.package:
+            name += SCOPE_SEPARATOR + parsed.package
+        try:
+            canonical = parse_key(name).name
+        except ValueError as error:
+            raise SweepError(f"{node}.{name}: {error}") from None
+        axis_overrides.append((node, canonical, None if parsed.is_delete() else parsed.value()))
+    return hydra_overrides, axis_overrides
+
+
+def _set_axis_key(mapping: dict[str, Any], key: str, value: Any) -> None:
+    """Set (value None: delete) ``key`` in an axes or quant mapping, whichever spelling it has there."""
+    for spelt in [k for k in mapping if isinstance(k, str) and _canonical_or_self(k) == key]:
+        del mapping[spelt]
+    if value is not None:
+        mapping[key] = value
+
+
+def _canonical_or_self(text: str) -> str:
+    try:
+        return parse_key(text).name
+    except ValueError:
+        return text
 
 
 @dataclass(frozen=True)
@@ -117,13 +180,17 @@ class RaySettings:
 
 @dataclass(frozen=True)
 class Constraint:
-    """Leave out every combination whose choice on each named axis is one of the listed ones."""
+    """Leave out every combination whose option on each named key is one of the listed ones (a
+    key the sweep does not cross counts with the option its operands take)."""
 
     reason: str
     choices: dict[str, frozenset[str]]
 
     def excludes(self, combination: dict[str, str]) -> bool:
-        return all(combination[axis] in allowed for axis, allowed in self.choices.items())
+        if self.choices.keys() <= combination.keys():  # the common case: no resolving needed
+            return all(combination[key] in allowed for key, allowed in self.choices.items())
+        options = recorded(combination, list(self.choices))
+        return all(options[key] in allowed for key, allowed in self.choices.items())
 
 
 @dataclass(frozen=True)
@@ -160,6 +227,9 @@ _RAY_KEYS = {"address", "num_cpus", "max_in_flight", "max_retries"}
 DEVICES = ("auto", "cpu", "cuda")
 
 
+SEED_LIMIT = 2**63  # seeds are stored as int64
+
+
 def load_settings(tree: ConfigTree, overrides: Sequence[str]) -> RunSettings:
     """Compose conf/config.yaml with the command-line overrides and validate every value."""
     cfg, choices = tree.compose("config", overrides)
@@ -167,9 +237,6 @@ def load_settings(tree: ConfigTree, overrides: Sequence[str]) -> RunSettings:
     where = f"sweep {sweep!r}" if sweep else "config"
     _check_keys(where, cfg, _RUN_KEYS)
     _check_keys("ray", cfg["ray"], _RAY_KEYS)
-    axis_names = [g for g in tree.trial_defaults() if g != "task"]
-    _check_keys("quant", cfg["quant"], set(axis_names))
-    _check_keys("axes", cfg["axes"], set(axis_names))
 
     if cfg["device"] not in DEVICES:
         raise SweepError(f"device: unknown device {cfg['device']!r}; valid: {list(DEVICES)}")
@@ -179,24 +246,19 @@ def load_settings(tree: ConfigTree, overrides: Sequence[str]) -> RunSettings:
             _check_int(f"ray.{key}", ray[key], minimum=1)
     _check_int("ray.max_retries", ray["max_retries"], minimum=0)
 
-    axes = {
-        axis: [tree.check_choice(f"axes.{axis}", axis, c) for c in _as_list(f"axes.{axis}", values)]
-        for axis, values in cfg["axes"].items()
-    }
-    # `quant.AXIS=CHOICE` narrows the axis (or fixes one the sweep does not cross).
-    for axis, pinned in cfg["quant"].items():
-        if pinned is not None:
-            key = f"quant.{axis}"
-            axes[axis] = [tree.check_choice(key, axis, c) for c in _as_list(key, pinned)]
+    axes = _axis_lists("axes", cfg["axes"])
+    # `quant.KEY=OPTION` narrows that key (or fixes one the sweep does not cross).
+    axes.update(_axis_lists("quant", {k: v for k, v in _mapping("quant", cfg["quant"]).items() if v is not None}))
 
     task_node = cfg.get("task")
     tasks = [tree.check_choice("tasks", "task", name) for name in _as_list("tasks", cfg["tasks"])]
     if task_node is not None:
         tasks = [task_node["name"]]
 
-    seeds = _as_list("seeds", cfg["seeds"])
-    for seed in seeds:
-        _check_int("seeds", seed, minimum=0)
+    seeds = [_check_int("seeds", seed, minimum=0, limit=SEED_LIMIT) for seed in _as_list("seeds", cfg["seeds"])]
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise SweepError(f"seeds: {repeated} listed more than once; each seed is one run of every trial")
     presets = [_check_str("presets", p) for p in _as_list("presets", cfg["presets"])]
     return RunSettings(
         sweep=sweep,
@@ -214,8 +276,36 @@ def load_settings(tree: ConfigTree, overrides: Sequence[str]) -> RunSettings:
         baseline=_check_str("baseline", cfg["baseline"]),
         presets=presets,
         axes=axes,
-        constraints=[_constraint(tree, i, c, axis_names) for i, c in enumerate(cfg["constraints"] or [])],
+        constraints=[_constraint(i, c) for i, c in enumerate(cfg["constraints"] or [])],
     )
+
+
+def _axis_lists(where: str, given: Any) -> dict[str, list[str]]:
+    """An ``axes`` or ``quant`` mapping as canonical key -> option names, each checked."""
+    lists: dict[str, list[str]] = {}
+    for text, values in _mapping(where, given).items():
+        key = _axis_key(f"{where}.{text}", text)
+        listed = _as_list(f"{where}.{text}", values)
+        if not listed:
+            raise SweepError(f"{where}.{text}: an empty list leaves the axis no option; list one or leave it out")
+        if key.name in lists:
+            raise SweepError(f"{where}.{text}: {key.name} is given twice (as AXIS@SCOPE and AXIS__SCOPE)")
+        lists[key.name] = [_axis_option(f"{where}.{text}", key.axis.name, value) for value in listed]
+    return lists
+
+
+def _axis_key(where: str, text: Any) -> Key:
+    try:
+        return parse_key(str(text))
+    except ValueError as error:
+        raise SweepError(f"{where}: {error}") from None
+
+
+def _axis_option(where: str, axis: str, value: Any) -> str:
+    try:
+        return AXES[axis].option(value)
+    except ValueError as error:
+        raise SweepError(f"{where}: {error}") from None
 
 
 def _task_params(tree: ConfigTree, given: Any) -> dict[str, dict[str, Any]]:
@@ -228,19 +318,23 @@ def _task_params(tree: ConfigTree, given: Any) -> dict[str, dict[str, Any]]:
     return given
 
 
-def _constraint(tree: ConfigTree, index: int, item: Any, axis_names: list[str]) -> Constraint:
+def _constraint(index: int, item: Any) -> Constraint:
     where = f"constraints[{index}]"
     if not isinstance(item, dict) or not isinstance(item.get("reason"), str):
         raise SweepError(f"{where}: expected a mapping with a `reason` and axis: [choices], got {item!r}")
     named = {k: v for k, v in item.items() if k != "reason"}
-    _check_keys(where, named, set(axis_names))
     if not named:
-        raise SweepError(f"{where}: names no axis; valid axes: {axis_names}")
-    choices = {}
-    for axis, listed in named.items():
-        key = f"{where}.{axis}"
-        choices[axis] = frozenset(tree.check_choice(key, axis, c) for c in _as_list(key, listed))
-    return Constraint(reason=item["reason"], choices=choices)
+        raise SweepError(f"{where}: names no axis; valid axes: {list(AXES)}")
+    return Constraint(
+        reason=item["reason"],
+        choices={key: frozenset(options) for key, options in _axis_lists(where, named).items()},
+    )
+
+
+def _mapping(where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SweepError(f"{where}: expected a mapping, got {value!r}")
+    return value
 
 
 def _check_keys(where: str, mapping: Any, valid: set[str]) -> None:
@@ -259,15 +353,17 @@ def _as_list(where: str, value: Any) -> list[Any]:
     raise SweepError(f"{where}: expected a list, got {value!r}")
 
 
-def _check_int(where: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SweepError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+def _check_int(where: str, value: Any, minimum: int, limit: int | None = None) -> int:
+    too_big = limit is not None and isinstance(value, int) and value >= limit
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or too_big:
+        bound = f" and < {limit}" if limit is not None else ""
+        raise SweepError(f"{where}: expected an integer >= {minimum}{bound}, got {value!r}")
     return value
 
 
 def _check_seconds(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise SweepError(f"{where}: expected a number of seconds >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise SweepError(f"{where}: expected a finite number of seconds >= 0, got {value!r}")
     return float(value)
 
 

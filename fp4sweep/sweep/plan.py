@@ -1,11 +1,10 @@
 """A sweep's settings expanded into trial specs, all in this process.
 
-Each option of each config group is composed once (``ConfigTree.option_node``); a trial's config
-is the merge of its task's node, one node per axis and its seed, exactly what Hydra composes from
-conf/trial.yaml with the same choices (tests/sweep/test_plan.py checks it). On a 2-core machine,
-composing per trial costs 0.05 to 0.1 s each, ``OmegaConf.merge`` of the option nodes about
-1.5 ms; merging the already resolved plain dicts costs microseconds, which keeps ``plan`` on
-tens of thousands of trials within seconds (scripts/bench_expand.py).
+The axes a sweep crosses are keys of the axis schema (``fp4sweep.quant.axes``): every axis at
+its default unless the sweep lists options for it, plus the scoped keys it names. Each
+combination of options is one recipe (``Recipe.from_axes``); combinations that build the same
+recipe run once. Presets are axis values too, so every recipe of a plan records an option under
+every key the plan knows: the store's ``axis.*`` columns.
 
 Expansion needs the task configs (conf/task/) but not the task modules: those are imported when
 trials run.
@@ -20,8 +19,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fp4sweep.quant import Recipe
+from fp4sweep.quant.axes import canonical, defaults, parse_key, recorded
+from fp4sweep.quant.recipe import preset_axes
 from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError
-from fp4sweep.sweep.ids import recipe_id, trial_id
+from fp4sweep.sweep.ids import canonical_json, joined_json, recipe_id, trial_id_of_json
 from fp4sweep.tasks import default_module
 
 _TASK_KEYS = {"name", "size", "exclude", "resources", "sizes", "module"}
@@ -47,8 +48,7 @@ class RecipePlan:
 
     label: str
     recipe: dict[str, Any]  # Recipe.to_dict()
-    axes: dict[str, str] | None  # the option chosen on each axis; None for a preset
-    quant: dict[str, Any] | None  # the merged `quant` node the recipe was built from
+    axes: dict[str, str] | None  # the option under every key of the plan; None for the baseline
     is_baseline: bool = False
 
     @property
@@ -65,47 +65,32 @@ class Trial:
     task: TaskPlan
     recipe: RecipePlan
 
-    @property
-    def config(self) -> dict[str, Any] | None:
-        """The trial's config as conf/trial.yaml composes it (None for preset recipes)."""
-        if self.recipe.quant is None:
-            return None
-        return merge({"task": self.task.node}, {"quant": self.recipe.quant}, {"seed": self.spec["seed"]})
-
 
 @dataclass(frozen=True)
 class Plan:
     sweep: str
     trials: list[Trial]
-    axes: dict[str, list[str]]  # every axis with the choices crossed (one when not swept)
+    axes: dict[str, list[str]]  # every key crossed, with its options (one when not swept)
     recipes: list[RecipePlan]
     excluded: dict[str, int]  # constraint reason -> combinations it left out
 
 
-def merge(*configs: dict[str, Any]) -> dict[str, Any]:
-    """Merge resolved configs as OmegaConf.merge does: mappings key by key, anything else replaced."""
-    merged: dict[str, Any] = {}
-    for config in configs:
-        for key, value in config.items():
-            if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key] = merge(merged[key], value)
-            else:
-                merged[key] = value
-    return merged
-
-
 def expand(tree: ConfigTree, settings: RunSettings) -> Plan:
-    """Every trial of the sweep, validated: tasks and sizes, axis choices, recipes, seeds."""
+    """Every trial of the sweep, validated: tasks and sizes, axis options, recipes, seeds."""
     if not settings.has_sweep and not settings.tasks:
         raise SweepError(f"no sweep chosen: add +sweep=NAME; valid: {tree.options('sweep')}")
     if not settings.tasks:
         raise SweepError("tasks: the sweep names no task")
     if not settings.seeds:
         raise SweepError("seeds: the sweep names no seed")
-    defaults = tree.trial_defaults()
-    defaults.pop("task")
-    axes = {axis: settings.axes.get(axis, [option]) for axis, option in defaults.items()}
+    axes = {name: [option] for name, option in defaults().items()}
+    axes.update(settings.axes)
     tasks = [_task_plan(tree, settings, name) for name in settings.tasks]
+    named = [settings.baseline] + [name for name in settings.presets if name != settings.baseline]
+    preset_values = {name: _preset_axes(name, name == settings.baseline) for name in named}
+    # The store's axis columns: every key crossed, then the scoped keys the presets place.
+    keys = list(axes) + [k for values in preset_values.values() for k in values if k not in axes]
+    keys = list(dict.fromkeys(keys))
 
     crossed: dict[str, RecipePlan] = {}
     excluded: Counter[str] = Counter()
@@ -114,19 +99,23 @@ def expand(tree: ConfigTree, settings: RunSettings) -> Plan:
         if rule is not None:
             excluded[rule.reason] += 1
             continue
-        recipe = _axes_recipe(tree, combination, defaults)
+        recipe = _axes_recipe(combination, keys)
         crossed.setdefault(recipe.recipe_id, recipe)
-    recipes = []
-    named = [settings.baseline] + [name for name in settings.presets if name != settings.baseline]
+    recipes: list[RecipePlan] = []
     for name in named:
-        preset = _preset(name, is_baseline=name == settings.baseline)
-        # A preset that some combination of axes also builds runs once, with both its name and its
-        # axes, so that the crossed axes stay a full factorial design.
+        preset = _preset(name, preset_values[name], keys, is_baseline=name == settings.baseline)
+        twin = next((r.label for r in recipes if r.recipe_id == preset.recipe_id), None)
+        if twin is not None:
+            raise SweepError(f"presets: {name!r} is the same recipe as {twin!r}; name one of them")
+        # A preset that some combination of axes also builds runs once, with its name and the
+        # combination's axes, so that the crossed axes stay a full factorial design.
         same = crossed.pop(preset.recipe_id, None)
         recipes.append(preset if same is None else replace(same, label=name, is_baseline=preset.is_baseline))
     recipes += crossed.values()
 
     trials = []
+    task_json = {task.name: _task_json(task) for task in tasks}
+    recipe_json = {id(recipe): canonical_json(recipe.recipe) for recipe in recipes}
     for seed, task, recipe in itertools.product(settings.seeds, tasks, recipes):
         spec = {
             "task": task.name,
@@ -136,8 +125,15 @@ def expand(tree: ConfigTree, settings: RunSettings) -> Plan:
             "recipe": recipe.recipe,
             "seed": seed,
         }
-        trials.append(Trial(trial_id(spec), spec, task, recipe))
+        parts = {**task_json[task.name], "recipe": recipe_json[id(recipe)], "seed": canonical_json(seed)}
+        trials.append(Trial(trial_id_of_json(joined_json(parts)), spec, task, recipe))
     return Plan(settings.sweep or "", trials, axes, recipes, dict(excluded))
+
+
+def _task_json(task: TaskPlan) -> dict[str, str]:
+    """The canonical JSON of a task's part of a trial spec (see ``Plan.trials``' specs)."""
+    values = {"task": task.name, "size": task.size, "params": task.params, "exclude": task.exclude}
+    return {key: canonical_json(value) for key, value in values.items()}
 
 
 def _combinations(axes: dict[str, list[str]]) -> Iterator[dict[str, str]]:
@@ -168,6 +164,14 @@ def _task_plan(tree: ConfigTree, settings: RunSettings, name: str) -> TaskPlan:
                 f"{where}: resources.{kind} must map some of {sorted(_RESOURCE_KEYS)} to amounts, "
                 f"got {given!r}"
             )
+        # Checked here, before Ray sees them: Ray answers a bad amount with a traceback.
+        custom = given.get("resources") or {}
+        if not isinstance(custom, dict):
+            raise SweepError(f"{where}: resources.{kind}.resources must map resource names to amounts, got {custom!r}")
+        amounts = {**{k: v for k, v in given.items() if k != "resources"}, **custom}
+        for key, amount in amounts.items():
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount >= 0:
+                raise SweepError(f"{where}: resources.{kind}.{key}: expected a number >= 0, got {amount!r}")
     return TaskPlan(
         name=node.get("name", name),
         size=size,
@@ -179,23 +183,27 @@ def _task_plan(tree: ConfigTree, settings: RunSettings, name: str) -> TaskPlan:
     )
 
 
-def _preset(name: str, is_baseline: bool = False) -> RecipePlan:
+def _preset_axes(name: str, is_baseline: bool) -> dict[str, str]:
     try:
-        recipe = Recipe.preset(name)
+        return canonical(preset_axes(name))
     except ValueError as error:
         raise SweepError(f"{'baseline' if is_baseline else 'presets'}: {error}") from None
-    return RecipePlan(name, recipe.to_dict(), None, None, is_baseline)
 
 
-def _axes_recipe(tree: ConfigTree, combination: dict[str, str], defaults: dict[str, str]) -> RecipePlan:
-    quant = merge(*(tree.option_node(axis, choice) for axis, choice in combination.items()))["quant"]
-    changed = [f"{axis}={choice}" for axis, choice in combination.items() if choice != defaults[axis]]
-    label = " ".join(changed) or "trial defaults"
+def _preset(name: str, values: dict[str, str], keys: list[str], is_baseline: bool) -> RecipePlan:
+    recipe = Recipe.from_axes(values)
+    # The baseline is the reference every recipe is compared to, not a point of the design.
+    return RecipePlan(name, recipe.to_dict(), None if is_baseline else recorded(values, keys), is_baseline)
+
+
+def _axes_recipe(combination: dict[str, str], keys: list[str]) -> RecipePlan:
+    changed = [f"{key}={option}" for key, option in combination.items()
+               if option != parse_key(key).axis.default]
+    label = " ".join(changed) or "axis defaults"
     try:
-        recipe = Recipe.from_axes(**quant)
-    except (TypeError, ValueError) as error:
+        recipe = Recipe.from_axes(combination)
+    except ValueError as error:
         raise SweepError(
             f"recipe {label!r}: {error}; leave such combinations out with a constraint in the sweep file"
         ) from None
-    return RecipePlan(label, recipe.to_dict(), combination, quant)
-
+    return RecipePlan(label, recipe.to_dict(), recorded(combination, keys))

@@ -17,10 +17,11 @@ from torch import nn
 
 from fp4sweep.quant import Recipe
 from fp4sweep.quant.gemm import GemmShape
+from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_choice, check_non_negative, check_positive
-from fp4sweep.tasks.training import (EpochSampler, adam_options, fit, quantise, resolve_device,
+from fp4sweep.tasks.training import (EpochSampler, LayerLayout, adam_options, fit, quantise, resolve_device,
                                      seeded, task_result, to_device, trace_gemm_shapes)
 
 NAME = "classification"
@@ -143,12 +144,21 @@ def build_model(config: Config) -> nn.Module:
     return ResNet18(channels, config.width)
 
 
-def gemm_shapes(config: Config) -> list[GemmShape]:
-    """The quantised GEMMs of one training step (one forward of a batch), traced on ``meta``."""
+def layout(config: Config) -> LayerLayout:
+    """The stages between stem and head, for a layer policy: the small CNN's second convolution
+    and its hidden linear layer; ResNet-18's four stages of two residual blocks."""
+    if config.model == "cnn":
+        return LayerLayout(blocks=(("conv",), ("fc",)))
+    return LayerLayout(blocks=tuple((f"blocks.{2 * i}", f"blocks.{2 * i + 1}") for i in range(4)))
+
+
+def gemm_shapes(config: Config, policy: str = NO_POLICY) -> list[GemmShape]:
+    """The GEMMs of one training step (one forward of a batch), traced on ``meta``; those the
+    layer ``policy`` keeps in bf16 are marked."""
     with torch.device("meta"):
         model = build_model(config)
         batch = torch.empty(config.batch_size, *datasets.IMAGE_SHAPES[config.dataset])
-    return trace_gemm_shapes(model, lambda m: m(batch), config.exclude)
+    return trace_gemm_shapes(model, lambda m: m(batch), config.exclude, layout(config), policy)
 
 
 def _standardised_splits(config: Config, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -163,7 +173,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     device = resolve_device(device)
     generator = seeded(seed)
     x_train, y_train, x_val, y_val = _standardised_splits(config, device)
-    model = quantise(build_model(config).to(device), recipe, config.exclude, seed)
+    model = quantise(build_model(config).to(device), recipe, config.exclude, seed, layout(config))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   **adam_options(device))
     batch_at = EpochSampler(len(x_train), config.batch_size, generator)
@@ -183,4 +193,4 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
 
     log = fit(model, optimizer, loss_at, steps=config.epochs * batch_at.steps_per_epoch,
               lr_at=lambda step: config.lr, evaluate=evaluate, eval_every=config.eval_every)
-    return task_result(log, gemm_shapes(config))
+    return task_result(log, gemm_shapes(config, recipe.high_precision))

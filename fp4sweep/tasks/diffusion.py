@@ -27,10 +27,11 @@ from torch import nn
 
 from fp4sweep.quant import Recipe
 from fp4sweep.quant.gemm import GemmShape
+from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_choice, check_non_negative, check_positive
-from fp4sweep.tasks.training import (EpochSampler, adam_options, fit, quantise, resolve_device,
+from fp4sweep.tasks.training import (EpochSampler, LayerLayout, adam_options, fit, quantise, resolve_device,
                                      seeded, task_result, to_device, trace_gemm_shapes, warmup_cosine)
 
 NAME = "diffusion"
@@ -187,14 +188,25 @@ def build_model(config: Config) -> UNet:
     return UNet(datasets.IMAGE_SHAPES[config.dataset][0], config.channels, config.levels)
 
 
-def gemm_shapes(config: Config) -> list[GemmShape]:
-    """The quantised GEMMs of one training step (one forward of a batch), traced on ``meta``."""
+def layout(config: Config) -> LayerLayout:
+    """The U-Net's levels in forward order, for a layer policy: each residual block on the way
+    down with the convolution that halves its output, the middle block, each block on the way up
+    with the convolution after its upsampling. ``first1`` is the full-resolution block going
+    down, ``last1`` the one coming up."""
+    down = [(f"down.{i}", f"downsample.{i}") for i in range(config.levels - 1)] + [(f"down.{config.levels - 1}",)]
+    up = [(f"up.{i}", f"upsample.{i}") for i in range(config.levels - 1)] + [(f"up.{config.levels - 1}",)]
+    return LayerLayout(blocks=(*down, ("middle",), *up))
+
+
+def gemm_shapes(config: Config, policy: str = NO_POLICY) -> list[GemmShape]:
+    """The GEMMs of one training step (one forward of a batch), traced on ``meta``; those the
+    layer ``policy`` keeps in bf16 are marked."""
     with torch.device("meta"):
         model = build_model(config)
         channels = datasets.IMAGE_SHAPES[config.dataset][0]
         batch = torch.empty(config.batch_size, channels, PADDED_SIZE, PADDED_SIZE)
         t = torch.zeros(config.batch_size, dtype=torch.long)
-    return trace_gemm_shapes(model, lambda m: m(batch, t), config.exclude)
+    return trace_gemm_shapes(model, lambda m: m(batch, t), config.exclude, layout(config), policy)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +279,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     held_out = _held_out_draws(config, _images(config, "test", config.val_examples))
     x0_val, t_val, noise_val = (v.to(device) for v in held_out)
     alpha_bar = alpha_bars(config.schedule, config.timesteps).to(device)
-    model = quantise(build_model(config).to(device), recipe, config.exclude, seed)
+    model = quantise(build_model(config).to(device), recipe, config.exclude, seed, layout(config))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **adam_options(device))
     batch_at = EpochSampler(len(x_train), config.batch_size, generator)
 
@@ -295,4 +307,4 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
         model.eval()
         images = sample(model, alpha_bar, config.sample_count, tuple(x_train.shape[1:]), device)
         artifacts["samples.png"] = png_grid(images, datasets.IMAGE_SHAPES[config.dataset][-1])
-    return task_result(log, gemm_shapes(config), artifacts=artifacts)
+    return task_result(log, gemm_shapes(config, recipe.high_precision), artifacts=artifacts)

@@ -26,10 +26,11 @@ from torch import nn
 
 from fp4sweep.quant import Recipe
 from fp4sweep.quant.gemm import GemmShape
+from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_non_negative, check_positive
-from fp4sweep.tasks.training import (adam_options, fit, quantise, resolve_device, seeded, task_result,
+from fp4sweep.tasks.training import (LayerLayout, adam_options, fit, quantise, resolve_device, seeded, task_result,
                                      to_device, trace_gemm_shapes, warmup_cosine)
 
 NAME = "gpt"
@@ -159,8 +160,17 @@ def build_model(config: Config, vocab_size: int) -> GPT:
     return GPT(vocab_size, config.block_size, config.n_layer, config.n_head, config.n_embd)
 
 
-def gemm_shapes(config: Config) -> list[GemmShape]:
-    """The quantised GEMMs of one training step (one forward of a batch), traced on ``meta``.
+def layout(config: Config) -> LayerLayout:
+    """The transformer blocks, and the attention and MLP layers of each, for a layer policy."""
+    return LayerLayout(
+        blocks=tuple((f"blocks.{i}",) for i in range(config.n_layer)),
+        kinds={"attn": ("blocks.*.attn",), "mlp": ("blocks.*.mlp",)},
+    )
+
+
+def gemm_shapes(config: Config, policy: str = NO_POLICY) -> list[GemmShape]:
+    """The GEMMs of one training step (one forward of a batch), traced on ``meta``; those the
+    layer ``policy`` keeps in bf16 are marked.
 
     The vocabulary size (the LM head's shape) is the corpus', so the corpus must be there.
     """
@@ -168,7 +178,7 @@ def gemm_shapes(config: Config) -> list[GemmShape]:
     with torch.device("meta"):
         model = build_model(config, len(vocab))
         idx = torch.zeros(config.batch_size, config.block_size, dtype=torch.long)
-    return trace_gemm_shapes(model, lambda m: m(idx), config.exclude)
+    return trace_gemm_shapes(model, lambda m: m(idx), config.exclude, layout(config), policy)
 
 
 def _windows(data: torch.Tensor, starts: torch.Tensor, block_size: int
@@ -197,7 +207,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     val_starts = torch.randint(len(val_data) - config.block_size,
                                (config.eval_batches, config.batch_size),
                                generator=torch.Generator().manual_seed(VAL_WINDOWS_SEED))
-    model = quantise(build_model(config, vocab_size).to(device), recipe, config.exclude, seed)
+    model = quantise(build_model(config, vocab_size).to(device), recipe, config.exclude, seed, layout(config))
     # Weight decay on matrices only, as nanoGPT does.
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     others = [p for p in model.parameters() if p.dim() < 2]
@@ -225,4 +235,4 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     log = fit(model, optimizer, loss_at, steps=config.steps, lr_at=lr_at,
               evaluate=evaluate, eval_every=config.eval_every, grad_clip=config.grad_clip)
     perplexity = math.exp(min(log.last.get("val_loss", math.inf), 700.0))
-    return task_result(log, gemm_shapes(config), extra_metrics={"perplexity": perplexity})
+    return task_result(log, gemm_shapes(config, recipe.high_precision), extra_metrics={"perplexity": perplexity})

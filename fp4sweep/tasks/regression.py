@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fp4sweep.quant import Recipe, quantize_model
+from fp4sweep.quant import Recipe
 from fp4sweep.quant.gemm import GemmShape
+from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_non_negative, check_positive
-from fp4sweep.tasks.training import adam_options, fit, task_result, to_device
+from fp4sweep.tasks.training import LayerLayout, adam_options, fit, quantise, task_result, to_device
 
 NAME = "regression"
 
@@ -65,7 +66,12 @@ def make_data(config: Config, device: torch.device) -> tuple[torch.Tensor, ...]:
     return x[: config.n_train], y[: config.n_train], x[config.n_train :], y[config.n_train :]
 
 
-def gemm_shapes(config: Config) -> list[GemmShape]:
+# One layer and no blocks: a layer policy keeps nothing in bf16 here (and names no kinds).
+LAYOUT = LayerLayout()
+
+
+def gemm_shapes(config: Config, policy: str = NO_POLICY) -> list[GemmShape]:
+    LAYOUT.kept_in_bf16(policy)  # the same error for a policy the model cannot follow as in train
     return [GemmShape(config.batch_size, config.n_features, config.n_outputs, name="linear")]
 
 
@@ -82,7 +88,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     x_train, y_train, x_val, y_val = make_data(config, device)
     torch.manual_seed(seed)
     batches = torch.Generator().manual_seed(seed)
-    model = quantize_model(Student(config).to(device), recipe, exclude=config.exclude, seed=seed)
+    model = quantise(Student(config).to(device), recipe, config.exclude, seed, LAYOUT)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **adam_options(device))
 
     def loss_at(step: int) -> torch.Tensor:
@@ -94,7 +100,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
               evaluate=lambda: {"val_loss": mse(model, x_val, y_val)},
               eval_every=config.eval_every)
     if log.diverged:
-        return task_result(log, gemm_shapes(config))
+        return task_result(log, gemm_shapes(config, recipe.high_precision))
     metrics = {"train_loss": mse(model, x_train, y_train), "val_loss": mse(model, x_val, y_val)}
     diverged = not all(math.isfinite(v) for v in metrics.values())
-    return TaskResult(metrics, log.curve, diverged=diverged, gemm_shapes=gemm_shapes(config))
+    return TaskResult(metrics, log.curve, diverged=diverged, gemm_shapes=gemm_shapes(config, recipe.high_precision))

@@ -3,6 +3,7 @@ a training step, the learning-rate schedule and the training loop with its diver
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -12,7 +13,9 @@ from torch import nn
 
 from fp4sweep.quant import Recipe, quantize_model
 from fp4sweep.quant.gemm import GemmShape
+from fp4sweep.quant.layer_policy import high_precision_layers
 from fp4sweep.quant.layers import is_excluded
+from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks.base import DivergenceGuard, TaskResult
 
 
@@ -53,11 +56,27 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def quantise(model: nn.Module, recipe: Recipe, exclude: Iterable[str], seed: int) -> nn.Module:
-    """Route every Linear and Conv2d of ``model`` (but the excluded ones) through ``recipe``."""
+@dataclass(frozen=True)
+class LayerLayout:
+    """What a high-precision layer policy chooses from (``quant/layer_policy.py``): a model's
+    blocks in forward order, each a group of module-name patterns, and its kinds of layer."""
+
+    blocks: tuple[tuple[str, ...], ...] = ()
+    kinds: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def kept_in_bf16(self, policy: str) -> tuple[str, ...]:
+        """The module-name patterns that ``policy`` keeps out of FP4."""
+        return high_precision_layers(policy, self.blocks, self.kinds)
+
+
+def quantise(model: nn.Module, recipe: Recipe, exclude: Iterable[str], seed: int,
+             layout: LayerLayout = LayerLayout()) -> nn.Module:
+    """Route every Linear and Conv2d of ``model`` through ``recipe``, but the excluded ones and
+    those the recipe's layer policy keeps in bf16 (chosen from ``layout``)."""
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a fp4sweep.quant.Recipe, got {type(recipe).__name__}")
-    return quantize_model(model, recipe, exclude=tuple(exclude), seed=seed)
+    kept = layout.kept_in_bf16(recipe.high_precision)
+    return quantize_model(model, recipe, exclude=tuple(exclude) + kept, seed=seed)
 
 
 # What quantize_model swaps: exactly these types (a subclass may compute something else).
@@ -65,9 +84,11 @@ QUANTISED_TYPES = (nn.Linear, nn.Conv2d)
 
 
 def trace_gemm_shapes(model: nn.Module, forward: Callable[[nn.Module], object],
-                      exclude: Iterable[str]) -> list[GemmShape]:
+                      exclude: Iterable[str], layout: LayerLayout = LayerLayout(),
+                      policy: str = NO_POLICY) -> list[GemmShape]:
     """The GEMMs that ``forward(model)`` runs through the layers that ``quantize_model`` swaps
-    (``exclude`` matched as it does), one entry per layer.
+    (``exclude`` matched as it does), one entry per layer; those that the layer ``policy`` keeps
+    in bf16 (chosen from ``layout``) are marked ``high_precision``.
 
     Hooks record each Linear and Conv2d call as it happens, so the shapes are those of the real
     model on the real input shape; build both on the ``meta`` device and this costs nothing. A
@@ -75,6 +96,7 @@ def trace_gemm_shapes(model: nn.Module, forward: Callable[[nn.Module], object],
     in_channels x kernel window (per group).
     """
     exclude = tuple(exclude)
+    kept = layout.kept_in_bf16(policy)
     shapes: dict[str, GemmShape] = {}
 
     def record(name: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -87,9 +109,8 @@ def trace_gemm_shapes(model: nn.Module, forward: Callable[[nn.Module], object],
             shape = GemmShape(inputs[0].numel() // module.in_features, module.in_features,
                               module.out_features, name=name)
         if name in shapes:  # a layer called several times per step
-            seen = shapes[name]
-            shape = GemmShape(shape.m, shape.k, shape.n, count=seen.count + shape.count, name=name)
-        shapes[name] = shape
+            shape = dataclasses.replace(shape, count=shapes[name].count + shape.count)
+        shapes[name] = dataclasses.replace(shape, high_precision=is_excluded(name, kept))
 
     hooks = [
         module.register_forward_hook(lambda mod, inp, out, name=name: record(name, mod, inp, out))

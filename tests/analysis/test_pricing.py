@@ -27,7 +27,7 @@ def stored_rows() -> pd.DataFrame:
     for trial in plan.trials:
         chosen.setdefault(trial.recipe.label, trial)
     rows = []
-    for label in ("bf16", "nvfp4", "paper_best", "transform=rhadamard16 scale=ue5m3 rounding_bwd=sr"):
+    for label in ("bf16", "nvfp4", "paper_best", "scale=ue5m3 transform=rhadamard16 rounding@bwd=sr"):
         trial = chosen[label]
         outcome = run_trial(trial.spec, trial.task.module, "cpu", 1)
         assert outcome.status == "done", outcome.error

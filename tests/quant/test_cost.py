@@ -55,7 +55,7 @@ def test_tensor_scaling_reads_each_tensor_once_more():
 
 
 def test_stochastic_rounding_costs_its_random_bits():
-    result = costs(Recipe.from_axes(rounding_bwd="sr", sr_bits=8))
+    result = costs(Recipe.from_axes(rounding__bwd="sr", sr_bits=8))
     # 8 random bits = a quarter of a 32-bit word at 15 ops, plus the add that applies them
     assert result.forward == 0
     assert result.backward == pytest.approx(fraction((DY + W + DY + X) * (1 + 15 / 4)))
@@ -69,7 +69,7 @@ def test_hadamard_costs_log2_k_stages_and_a_sign(transform, ops):
 
 
 def test_scale_bytes_relative_to_one_byte_per_32_elements():
-    result = costs(Recipe.from_axes(scale="ue4m3", block=16, scale_rule="nearest", weight_block_2d=True))
+    result = costs(Recipe.from_axes(scale="ue4m3", block=16, scale_rule="nearest", block_2d__w=True))
     # write + read of one byte per 16 elements (x, dy) or per 16x16 tile (w), minus MX's 1/32;
     # each scale beyond MX's one per 32 elements costs 4 ops, one with mantissa bits 2 more
     def operand(n, per_scale):
@@ -112,7 +112,7 @@ def test_clipped_ste_reads_a_one_bit_mask():
 
 
 def test_fractions_weight_layers_by_their_gemm_time():
-    recipe = Recipe.from_axes(tensor_scale=True, rounding_bwd="sr")
+    recipe = Recipe.from_axes(tensor_scale=True, rounding__bwd="sr")
     small, big = GemmShape(64, 32, 32), GemmShape(256, 128, 64, count=3)
     a, b = costs(recipe, [small]), costs(recipe, [big])
     both = costs(recipe, [small, big])
@@ -145,7 +145,7 @@ def test_needs_gemm_shapes_and_a_known_model():
 
 
 def test_stochastic_rounding_draws_a_whole_word_above_16_bits():
-    result = costs(Recipe.from_axes(rounding_bwd="sr", sr_bits=24))
+    result = costs(Recipe.from_axes(rounding__bwd="sr", sr_bits=24))
     assert result.backward == pytest.approx(fraction((DY + W + DY + X) * (1 + 15)))
 
 

@@ -49,11 +49,11 @@ def test_mxfp4_step_and_bf16_step_by_roofline():
 def test_eight_random_bits_hide_under_the_memory_time():
     # each backward operand: 1 + 15/4 instructions; dy's kernel (two of them) 10.25 + 9.5 = 19.75
     # instructions per element, 1.975 units against its 3.0625 units of traffic: free
-    assert price(Recipe.from_axes(rounding_bwd="sr", sr_bits=8)).total == pytest.approx(0.0)
+    assert price(Recipe.from_axes(rounding__bwd="sr", sr_bits=8)).total == pytest.approx(0.0)
 
 
 def test_a_whole_random_word_makes_the_gradient_kernel_compute_bound():
-    result = price(Recipe.from_axes(rounding_bwd="sr", sr_bits=24))
+    result = price(Recipe.from_axes(rounding__bwd="sr", sr_bits=24))
     # dy: 10.25 + 2 * (1 + 15) = 42.25 instructions, 4.225 units, 1.1625 over its traffic; x and
     # w have one SR operand each: 26.25 instructions, 2.625 units, still under 3.0625
     row = result.as_dict()
@@ -106,6 +106,6 @@ def test_a_transform_hides_under_memory_until_rounding_tips_the_kernel():
     assert price(Recipe.from_axes(transform="rhadamard32")).total == pytest.approx(0.0)
     # with 24-bit SR on the backward operands dy's kernel needs 10.25 + 12 + 32 = 54.25 (5.425
     # units): the transform is still free (added first), SR carries the 2.3625 units over traffic
-    row = price(Recipe.from_axes(transform="rhadamard32", rounding_bwd="sr", sr_bits=24)).as_dict()
+    row = price(Recipe.from_axes(transform="rhadamard32", rounding__bwd="sr", sr_bits=24)).as_dict()
     assert row["hadamard_bwd"] == pytest.approx(0.0)
     assert row["stochastic_rounding_bwd"] == pytest.approx((5.425 - 3.0625) / G)

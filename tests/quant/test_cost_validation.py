@@ -139,7 +139,7 @@ def test_gpt2_small_paper_best_is_not_below_bf16_with_24_random_bits():
     # than FP4 saves. With 8 random bits (FP4 hardware's) and no amax pass it is below bf16.
     assert overhead(PAPER_BEST, GPT2).vs_bf16 > 1
     cheaper = Recipe.from_axes(
-        scale="ue5m3", scale_rule="nearest", rounding_bwd="sr", sr_bits=8, transform="rhadamard32"
+        scale="ue5m3", scale_rule="nearest", rounding__bwd="sr", sr_bits=8, transform="rhadamard32"
     )
     assert overhead(cheaper, GPT2).vs_bf16 < 1
 

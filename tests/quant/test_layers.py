@@ -17,7 +17,7 @@ from fp4sweep.quant.dispatch import quantize_detailed
 from fp4sweep.quant.recipe import OPERANDS
 
 BF16 = Recipe.preset("bf16")
-SR_EVERYWHERE = Recipe.from_axes(rounding_fwd="sr", rounding_bwd="sr")
+SR_EVERYWHERE = Recipe.from_axes(rounding="sr")
 
 
 def run_linear(layer, x, grad_y):
@@ -83,8 +83,8 @@ def test_square_tiles_quantise_a_weight_alike_along_either_axis():
 
 @pytest.mark.parametrize("recipe", [
     Recipe.preset("mxfp4"),  # 1-D blocks
-    Recipe.from_axes(weight_block_2d=True, transform="hadamard32"),  # runs along the axis
-    Recipe.from_axes(weight_block_2d=True, rounding_fwd="sr", rounding_bwd="sr"),  # two seeds
+    Recipe.from_axes(block_2d__w=True, transform="hadamard32"),  # runs along the axis
+    Recipe.from_axes(block_2d__w=True, rounding="sr"),  # two seeds
     dataclasses.replace(Recipe.preset("nvfp4"), dgrad_w=dataclasses.replace(NV_WEIGHT, block=32)),
 ])
 def test_weight_is_quantised_again_unless_both_axes_agree(recipe):
@@ -239,7 +239,7 @@ def test_unfold_rows_are_f_unfold_rows(kernel, dilation, stride):
 @pytest.mark.parametrize("kwargs", CONV_CASES)
 def test_quantised_conv_is_the_quantised_gemm_of_its_unfolded_input(kwargs):
     torch.manual_seed(8)
-    recipe = Recipe.from_axes(block=16, rounding_bwd="sr", transform="rhadamard16", tensor_scale=True)
+    recipe = Recipe.from_axes(block=16, rounding__bwd="sr", transform="rhadamard16", tensor_scale=True)
     layer = QuantConv2d(16, 16, recipe=recipe, **kwargs)  # k = 16 x kernel window
     x = torch.randn(2, 16, 8, 8, requires_grad=True)
     y = layer(x)

@@ -38,6 +38,90 @@ def test_paper_best_combines_hadamard_tensor_scaling_backward_sr_and_ue5m3():
     assert recipe.estimator == "ste"
 
 
+def _spec(**fields):
+    return QuantSpec(**fields)
+
+
+_NV = dict(elem="e2m1", scale="ue4m3", block=16, scale_rule="nvfp4", tensor_scale=True)
+# TransformerEngine's NVFP4 recipe, operand by operand.
+TE_NVFP4 = {
+    "fwd_x": _spec(**_NV),
+    "fwd_w": _spec(**_NV, block_2d=True),
+    "dgrad_dy": _spec(**_NV, rounding="sr"),
+    "dgrad_w": _spec(**_NV, block_2d=True),
+    "wgrad_dy": _spec(**_NV, rounding="sr", transform="rhadamard16"),
+    "wgrad_x": _spec(**_NV, transform="rhadamard16"),
+}
+_TSENG = dict(elem="e2m1", scale="e8m0", block=32, scale_rule="floor", rounding="sr", transform="rhadamard64")
+
+
+@pytest.mark.parametrize(
+    ("name", "operands", "policy"),
+    [
+        ("te_nvfp4", TE_NVFP4, "none"),
+        ("nvfp4", TE_NVFP4, "none"),
+        ("nvidia_nvfp4", TE_NVFP4, "last1"),
+        ("tseng_mxfp4", {"fwd_x": None, "fwd_w": None, **{op: _spec(**_TSENG) for op in BACKWARD_OPERANDS}}, "none"),
+    ],
+)
+def test_published_presets_pin_every_operand(name, operands, policy):
+    recipe = Recipe.preset(name)
+    assert recipe.operands() == operands
+    assert (recipe.estimator, recipe.scale_grad, recipe.high_precision) == ("ste", "stop", policy)
+
+
+def test_te_nvfp4_built_from_scoped_axes_equals_the_preset():
+    scoped = Recipe.from_axes({
+        "scale": "ue4m3", "block": 16, "scale_rule": "nvfp4", "tensor_scale": "fp32",
+        "transform@wgrad": "rhadamard16", "rounding@dy": "sr", "block_2d@w": True,
+    })
+    assert scoped.operands() == Recipe.preset("te_nvfp4").operands() == TE_NVFP4
+    assert scoped == Recipe.preset("te_nvfp4")
+
+
+def test_presets_keep_their_recipe_ids():
+    # Stored results are found again by these ids: building presets from axes must not move them.
+    from fp4sweep.sweep.ids import recipe_id
+
+    ids = {name: recipe_id(Recipe.preset(name).to_dict()) for name in ("bf16", "mxfp4", "nvfp4", "paper_best")}
+    assert ids == {"bf16": "330229459089bd96", "mxfp4": "9978816b5c66d940",
+                   "nvfp4": "6fc214da51f4a9ac", "paper_best": "6506556d1c39ebdb"}
+    assert "high_precision" not in Recipe.preset("nvfp4").to_dict()
+    nvidia = Recipe.preset("nvidia_nvfp4")
+    assert Recipe.from_dict(nvidia.to_dict()) == nvidia and nvidia.to_dict()["high_precision"] == "last1"
+
+
+def test_the_narrowest_scope_decides():
+    recipe = Recipe.from_axes({"rounding": "sr", "rounding@x": "rne", "rounding@wgrad_x": "sr"})
+    assert [s.rounding for s in recipe.operands().values()] == ["rne", "sr", "sr", "sr", "sr", "sr"]
+    # Spellings: AXIS@SCOPE in a mapping, AXIS__SCOPE as a keyword; options by name or by value.
+    assert Recipe.from_axes({"elem@bwd": "e4m3"}) == Recipe.from_axes(elem__bwd="e4m3")
+    assert Recipe.from_axes(tensor_scale=True) == Recipe.from_axes(tensor_scale="fp32")
+    fp8_backward = Recipe.from_axes(elem__bwd="e4m3")
+    assert [s.elem for s in fp8_backward.operands().values()] == ["e2m1", "e2m1"] + ["e4m3"] * 4
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"transform@x": "rhadamard16"}, "transform cannot be placed on 'x': both operands of a GEMM must share one rotation"),
+        ({"transform@wgrad_x": "rhadamard16"}, "transform cannot be placed on 'wgrad_x'"),
+        ({"rounding@x": "sr", "rounding@fwd": "rne"}, "rounding@x=sr and rounding@fwd=rne both set rounding on fwd_x"),
+        ({"estimator@fwd": "spline"}, "estimator cannot be placed on 'fwd'"),
+        ({"high_precision@w": "last1"}, "high_precision cannot be placed on 'w': it chooses layers"),
+        ({"rounding@up": "sr"}, "unknown scope 'up' of rounding"),
+        ({"rounding@all": "sr"}, "write 'rounding' for every operand"),
+        ({"quantise": "false"}, "unknown axis 'quantise'; valid: ['quantize', 'elem'"),
+        ({"block": 12}, "block: unknown block 12; valid: ['8', '16', '32', '64', '128']"),
+        ({"quantize@fwd": "false", "estimator": "spline"}, "act on the forward quantisers, but fwd_x and fwd_w are both None"),
+    ],
+)
+def test_placements_the_recipe_cannot_honour_are_refused(values, message):
+    with pytest.raises(ValueError) as error:
+        Recipe.from_axes(values)
+    assert message in str(error.value)
+
+
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match=r"'fp8'.*bf16.*mxfp4.*nvfp4.*paper_best"):
         Recipe.preset("fp8")
@@ -45,9 +129,9 @@ def test_unknown_preset_names_the_choices():
 
 def test_from_axes_gives_forward_and_backward_rounding_and_2d_weight_blocks():
     recipe = Recipe.from_axes(
-        scale="ue5m3", block=16, scale_rule="ceil", rounding_fwd="rne", rounding_bwd="sr",
+        scale="ue5m3", block=16, scale_rule="ceil", rounding__fwd="rne", rounding__bwd="sr",
         transform="hadamard32", tensor_scale=True, estimator="power", scale_grad="amax",
-        weight_block_2d=True, sr_bits=8,
+        block_2d__w=True, sr_bits=8,
     )
     for name, spec in recipe.operands().items():
         assert spec.rounding == ("rne" if name in FORWARD_OPERANDS else "sr")
@@ -103,6 +187,8 @@ def test_the_two_operands_of_a_gemm_must_share_a_transform(gemm):
         dataclasses.replace(recipe, **{gemm[0]: rotated, gemm[1]: None})
 
 
-def test_spec_errors_reach_the_caller():
-    with pytest.raises(ValueError, match=r"QuantSpec.elem='fp4'"):
+def test_axis_and_spec_errors_reach_the_caller():
+    with pytest.raises(ValueError, match=r"elem: unknown elem 'fp4'; valid: \['e2m1'"):
         Recipe.from_axes(elem="fp4")
+    with pytest.raises(ValueError, match=r"QuantSpec.scale_rule='nvfp4' needs a scale format"):
+        Recipe.from_axes(scale_rule="nvfp4")

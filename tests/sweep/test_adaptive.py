@@ -30,8 +30,8 @@ TEST_CONF = str(Path(__file__).parent / "conf")
 SPACE = [
     "+sweep=adaptive", "size=tiny", "progress_every=60",
     "quant.transform=[none,hadamard16]", "quant.scale=[e8m0,fp32]", "quant.scale_rule=[floor,nearest]",
-    "quant.rounding_fwd=rne", "quant.rounding_bwd=rne", "quant.estimator=ste", "quant.tensor_scale=none",
-    "quant.block=32",
+    "quant.rounding@bwd=rne", "quant.rounding@dy=rne", "quant.estimator=ste", "quant.tensor_scale=none",
+    "quant.block=32", "quant.transform@wgrad=none", "quant.block_2d@w=false",
 ]  # fmt: skip
 RECIPES = 6
 REGRESSION = ["task=regression", "task.sizes.tiny.steps=20", "task.sizes.tiny.eval_every=10"]

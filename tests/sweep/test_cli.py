@@ -19,8 +19,9 @@ def test_plan_counts_trials_per_task_and_lists_axes(tmp_path, capsys):
     assert main(["plan", "+sweep=smoke", f"results_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert "sweep smoke: 54 trials (18 recipes x 3 seeds x 1 tasks)" in out
-    assert "  scale         e8m0, ue5m3" in out
-    assert "  block         32" in out
+    assert "  scale           e8m0, ue5m3" in out
+    assert "  block           32" in out
+    assert "  rounding@bwd    rne, sr" in out
     assert "regression  tiny  54      0       54      no timings stored yet" in out
 
 
@@ -47,9 +48,55 @@ def test_an_error_is_one_message_without_traceback(tmp_path):
     done = fp4sweep_process("run", "+sweep=smoke", "quant.scale=ue9m9", f"results_dir={tmp_path}")
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        "fp4sweep: error: quant.scale: unknown scale 'ue9m9'; valid: ['e8m0', 'fp32', 'ue4m3', 'ue5m3']"
+        "fp4sweep: error: quant.scale: unknown scale 'ue9m9'; valid: ['e8m0', 'ue4m3', 'ue5m3', 'fp32']"
     )
     assert not (tmp_path / "trials").exists()  # nothing ran, nothing was written
+
+
+def test_axes_lists_every_axis_its_scopes_and_options(capsys):
+    from fp4sweep.quant.axes import AXES
+
+    assert main(["axes"]) == 0
+    out = capsys.readouterr().out
+    for axis in AXES.values():
+        assert f"{axis.name}: {axis.meaning}" in out
+        assert ", ".join(f"{o}*" if o == axis.default else o for o in axis.options) in out
+    assert "scopes: none, bwd, fwd, dgrad, wgrad (whole GEMMs only)" in out  # the transform's
+    assert "te_nvfp4: scale=ue4m3 block=16 scale_rule=nvfp4 tensor_scale=fp32 block_2d@w=true" in out
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("axes.transform@x=[rhadamard16]", "axes.transform@x: transform cannot be placed on 'x': both operands"),
+        ("axes.rounding__up=[sr]", "axes.rounding__up: unknown scope 'up' of rounding"),
+        ("quant.scalee=ue4m3", "quant.scalee: unknown axis 'scalee'; valid: ['quantize', 'elem', 'scale'"),
+        ("axes.block_2d@w=[maybe]", "axes.block_2d@w: unknown block_2d 'maybe'; valid: ['false', 'true']"),
+        ("seeds=[0,0]", "seeds: [0] listed more than once"),
+        ("axes.scale=[]", "axes.scale: an empty list leaves the axis no option"),
+        ("task=regresion", "task: unknown task 'regresion'; valid: ['classification', 'diffusion', 'gpt', 'regression']"),
+    ],
+)
+def test_bad_scopes_and_values_exit_2_with_one_line_and_run_nothing(tmp_path, capsys, override, message):
+    assert main(["run", "+sweep=smoke", override, f"results_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"fp4sweep: error: {err.removeprefix('fp4sweep: error: ')}" and err.count("\n") == 1
+    assert message in err
+    assert not any(tmp_path.iterdir())  # no store, no Ray: nothing ran
+
+
+def test_a_misspelt_sweep_is_one_line(tmp_path, capsys):
+    assert main(["plan", "+sweep=smok", f"results_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err == (
+        "fp4sweep: error: sweep: unknown sweep 'smok'; valid: ['adaptive', 'full', 'gpu_smoke', 'placements', 'smoke']\n"
+    )
+
+
+def test_plan_of_the_full_sweep(tmp_path, capsys):
+    assert main(["plan", "+sweep=full", f"results_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep full: 57648 trials (4804 recipes x 3 seeds x 4 tasks)" in out
+    assert "transform@wgrad  none, rhadamard16" in out and "block_2d@w       false, true" in out
 
 
 def test_unknown_option_is_a_usage_error(capsys):

@@ -193,3 +193,20 @@ def test_wandb_missing_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` meets without it
     assert fp4sweep("run", "+sweep=mini", "logger=wandb", f"results_dir={tmp_path}") == 2
     assert "logger=wandb needs the wandb package: pip install 'fp4sweep[wandb]'" in capsys.readouterr().err
+
+
+def test_scoped_axes_run_into_the_store_with_readable_labels_and_no_unset_axes(tmp_path):
+    results = tmp_path / "results"
+    sweep = ["+sweep=scoped", "quant.block_2d@w=true", "task.sizes.tiny.steps=20",
+             "task=regression", f"results_dir={results}"]
+    assert fp4sweep("run", *sweep) == 0
+    rows = ResultsStore(results).trials().set_index("recipe_label")
+    assert len(rows) == 5  # bf16, te_nvfp4 and the three other placements of dy's rounding and the rotation
+    te = rows.loc["te_nvfp4"]
+    assert (te["axis.transform@wgrad"], te["axis.rounding@dy"], te["axis.block_2d@w"]) == ("rhadamard16", "sr", "true")
+    plain = rows.loc["scale=ue4m3 block=16 scale_rule=nvfp4 tensor_scale=fp32 block_2d@w=true"]
+    assert (plain["axis.transform@wgrad"], plain["axis.rounding@dy"]) == ("none", "rne")
+    axes = [c for c in rows.columns if c.startswith("axis.")]
+    assert {"axis.transform@wgrad", "axis.rounding@dy", "axis.block_2d@w", "axis.scale"} <= set(axes)
+    assert rows.drop(index="bf16")[axes].notna().all().all()  # only the baseline has no axes
+    assert (rows["status"] == "done").all()

@@ -44,13 +44,13 @@ def test_the_student_is_quantised_through_quantize_model(monkeypatch):
     seen = []
     import fp4sweep.tasks.regression as regression
 
-    def spy(model, recipe, exclude, seed):
-        result = quantize_model(model, recipe, exclude=exclude, seed=seed)
+    def spy(model, recipe, exclude, seed, layout):
+        result = quantise(model, recipe, exclude, seed, layout)
         seen.append(type(result.linear))
         return result
 
-    quantize_model = regression.quantize_model
-    monkeypatch.setattr(regression, "quantize_model", spy)
+    quantise = regression.quantise
+    monkeypatch.setattr(regression, "quantise", spy)
     train(SMALL, Recipe.preset("nvfp4"), seed=0)
     assert seen == [QuantLinear]
 

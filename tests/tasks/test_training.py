@@ -137,6 +137,6 @@ def test_every_size_fits_fp4_blocks_of_16_and_32(module, size):
     shapes = module.gemm_shapes(task_config(module, size))
     assert shapes
     for block, transform in [(16, "rhadamard16"), (32, "rhadamard32")]:
-        recipe = Recipe.from_axes(block=block, transform=transform, weight_block_2d=True)
+        recipe = Recipe.from_axes(block=block, transform=transform, block_2d__w=True)
         for shape in shapes:
             check_recipe_fits(recipe, shape.k, shape.n)
