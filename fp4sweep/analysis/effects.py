@@ -60,6 +60,9 @@ class Effects:
     contexts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CONTEXT_COLUMNS))
     findings: dict[tuple[str, str], str] = field(default_factory=dict)
     fixed_axes: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # not in the fit
+    # Axes that moved together in a task's trials (e.g. ``transform`` and ``transform@wgrad`` when
+    # the transform is crossed on all GEMMs): one effect, named by the first, the others beside it.
+    aliases: dict[tuple[str, str], dict[str, list[str]]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -93,8 +96,9 @@ def axis_effects(runs: pd.DataFrame) -> Effects:
         if pairs:
             contexts.append(context.assign(task=task, size=size))
             interactions += [p[0].assign(task=task, size=size) for p in pairs]
-        result.findings[(task, size)] = finding(where, main, len(group))
+        result.findings[(task, size)] = finding(where, main, len(group), design.aliases)
         result.fixed_axes[(task, size)] = design.dropped
+        result.aliases[(task, size)] = design.aliases
     if mains:
         main = pd.concat(mains, ignore_index=True)[EFFECT_COLUMNS]
         result.main = main.sort_values([*TASK_KEY, "effect", "axis", "value"], ignore_index=True)
@@ -114,6 +118,7 @@ class _Design:
     levels: dict[str, list[str]]  # reference first
     dropped: list[str]  # axes with one value only
     seeds: np.ndarray
+    aliases: dict[str, list[str]]  # an axis in the fit -> the axes whose values moved with it
 
     def __post_init__(self) -> None:
         # Plain arrays once: the fits below index them many times.
@@ -128,6 +133,8 @@ class _Design:
         axes = [axis for axis in columns if trials[axis].nunique() > 1]
         if not axes:
             return "no axis varies among its finished axis-crossed trials; no effects to estimate"
+        dropped = [axis.removeprefix("axis.") for axis in columns if axis not in axes]
+        axes, aliases = _merge_aliases(trials, axes)
         levels = {}
         for axis in axes:
             # The cheapest value as reference, so an effect reads as what a costlier choice does to
@@ -137,8 +144,7 @@ class _Design:
                 by_value.index,
                 key=lambda level: (by_value.loc[level, "mean"], -by_value.loc[level, "size"], level),
             )
-        dropped = [axis.removeprefix("axis.") for axis in columns if axis not in axes]
-        design = cls(trials, axes, levels, dropped, np.sort(trials["seed"].unique()))
+        design = cls(trials, axes, levels, dropped, np.sort(trials["seed"].unique()), aliases)
         matrix, _ = design.matrix()
         if len(trials) <= matrix.shape[1]:
             return (
@@ -323,7 +329,30 @@ def _heterogeneous_by(main: pd.DataFrame, contexts: pd.DataFrame | None) -> list
     return [by.get((axis, value), "") for axis, value in zip(main["axis"], main["value"])]
 
 
-def finding(where: str, main: pd.DataFrame, n_trials: int) -> str:
+def _merge_aliases(trials: pd.DataFrame, axes: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """The axes to fit, one of each group whose values determine each other's in these trials,
+    and the groups. A scoped key that mirrors its unscoped axis (every crossed recipe records
+    ``transform@wgrad`` beside ``transform``) has no effect of its own to estimate; the shortest
+    key of a group, the least scoped, names it."""
+    kept: list[str] = []
+    aliases: dict[str, list[str]] = {}
+    for axis in sorted(axes, key=lambda a: (len(a), axes.index(a))):
+        twin = next((k for k in kept if _determine_each_other(trials, k, axis)), None)
+        if twin is None:
+            kept.append(axis)
+        else:
+            aliases.setdefault(twin.removeprefix("axis."), []).append(axis.removeprefix("axis."))
+    return [a for a in axes if a in kept], aliases
+
+
+def _determine_each_other(trials: pd.DataFrame, a: str, b: str) -> bool:
+    pairs = trials[[a, b]].drop_duplicates()
+    return len(pairs) == trials[a].nunique() == trials[b].nunique()
+
+
+def finding(
+    where: str, main: pd.DataFrame, n_trials: int, aliases: dict[str, list[str]] | None = None
+) -> str:
     """One sentence: which choices change the gap, by how much, with intervals."""
     estimated = main[~main["is_reference"]]
     resolved = estimated[(estimated["ci_high"] < 0) | (estimated["ci_low"] > 0)]
@@ -353,4 +382,7 @@ def finding(where: str, main: pd.DataFrame, n_trials: int) -> str:
         unresolved = sorted(set(estimated["axis"]) - set(resolved["axis"]))
         if unresolved:
             sentence += f"; no resolved effect of {', '.join(unresolved)}"
+    if aliases:
+        moved = "; ".join(f"{', '.join(others)} with {axis}" for axis, others in aliases.items())
+        sentence += f" (moved together in these trials, one effect each: {moved})"
     return sentence + "."

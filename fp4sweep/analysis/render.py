@@ -253,7 +253,12 @@ def _effects(analysis: Analysis, task: str, size: str) -> str:
         "(presets are not in the fit: see Presets); an effect is the change in loss gap from the "
         "axis' reference value (its cheapest), the other axes held fixed (negative is better)."
         + (f" Axes fixed in these trials, not estimated: {html.escape(', '.join(fixed))}."
-           if fixed else "") + "</p>\n",
+           if fixed else "")
+        + "".join(
+            f" {html.escape(', '.join(others))} moved with {html.escape(axis)}: one effect, under {html.escape(axis)}."
+            for axis, others in analysis.effects.aliases.get((task, size), {}).items()
+        )
+        + "</p>\n",
         _figure(image, f"{name}: axis effects"),
         _table(_effect_rows(effects[~effects["is_reference"]])),
     ]
