@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError, load_settings
 from fp4sweep.sweep.search import SearchSettings, split_search
-from fp4sweep.sweep.store import ResultsStore, StoreError
+from fp4sweep.results.store import ResultsStore, StoreError
 
 if TYPE_CHECKING:
     from fp4sweep.sweep.adaptive import SearchReport

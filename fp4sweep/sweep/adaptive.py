@@ -52,11 +52,11 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError
-from fp4sweep.sweep.ids import content_hash
+from fp4sweep.results.ids import content_hash
 from fp4sweep.sweep.plan import Plan, RecipePlan, TaskPlan, Trial, expand
 from fp4sweep.sweep.runner import RunReport, run_feed
 from fp4sweep.sweep.search import SearchSettings
-from fp4sweep.sweep.store import ResultsStore
+from fp4sweep.results.store import ResultsStore
 
 JOURNAL = "optuna-journal.log"
 OBJECTIVES = ("quality gap", "modelled overhead")

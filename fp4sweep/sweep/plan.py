@@ -21,7 +21,7 @@ from typing import Any
 
 from fp4sweep.quant import Recipe
 from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError
-from fp4sweep.sweep.ids import recipe_id, trial_id
+from fp4sweep.results.ids import recipe_id, trial_id
 from fp4sweep.tasks import default_module
 
 _TASK_KEYS = {"name", "size", "exclude", "resources", "sizes", "module"}

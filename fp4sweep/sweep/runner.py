@@ -29,10 +29,11 @@ from typing import Any, Protocol, TextIO
 
 import fp4sweep
 from fp4sweep.sweep.config import RaySettings, RunSettings, SweepError
-from fp4sweep.sweep.ids import canonical_json
+from fp4sweep.results.ids import canonical_json
 from fp4sweep.sweep.plan import Plan, TaskPlan, Trial
 from fp4sweep.sweep.progress import Progress
-from fp4sweep.sweep.store import SCHEMA_VERSION, ResultsStore, StoreWriter
+from fp4sweep.results.schema import SCHEMA_VERSION
+from fp4sweep.results.store import ResultsStore, StoreWriter
 from fp4sweep.sweep.trial import TrialOutcome, lost_outcome, run_trial, task_config
 from fp4sweep.sweep.wandb_log import make_logger
 from fp4sweep.tasks import load_task

@@ -7,7 +7,7 @@ from collections import Counter
 import pandas as pd
 
 from fp4sweep.sweep.plan import Plan
-from fp4sweep.sweep.store import STATUSES
+from fp4sweep.results.schema import STATUSES
 
 COLUMNS = (*STATUSES, "pending")
 

@@ -21,7 +21,7 @@ from fp4sweep.sweep.adaptive import JOURNAL, SearchSpace, open_study, recipe_res
 from fp4sweep.sweep.config import ConfigTree, RaySettings, SweepError, load_settings
 from fp4sweep.sweep.runner import PROJECT_ROOT, start_ray
 from fp4sweep.sweep.search import SearchSettings, parse_search, split_search
-from fp4sweep.sweep.store import ResultsStore
+from fp4sweep.results.store import ResultsStore
 from tests.sweep.test_kill import stored_ids
 
 TEST_CONF = str(Path(__file__).parent / "conf")

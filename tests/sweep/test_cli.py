@@ -12,7 +12,7 @@ from fp4sweep.cli import main
 from fp4sweep.sweep.config import ConfigTree, load_settings
 from fp4sweep.sweep.plan import expand
 from fp4sweep.sweep.runner import PROJECT_ROOT
-from fp4sweep.sweep.store import StoreWriter
+from fp4sweep.results.store import StoreWriter
 
 
 def test_plan_counts_trials_per_task_and_lists_axes(tmp_path, capsys):

@@ -15,7 +15,7 @@ import pytest
 
 from fp4sweep.cli import main
 from fp4sweep.sweep.runner import PROJECT_ROOT
-from fp4sweep.sweep.store import ResultsStore
+from fp4sweep.results.store import ResultsStore
 
 TEST_CONF = str(Path(__file__).parent / "conf")
 COMMON = ["--conf-dir", TEST_CONF, "progress_every=5"]
