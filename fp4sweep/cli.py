@@ -11,12 +11,11 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError, load_settings
 from fp4sweep.sweep.search import SearchSettings, split_search
-from fp4sweep.results.store import ResultsStore, StoreError
+from fp4sweep.results.store import ResultsStore, StoreError, require_store
 
 if TYPE_CHECKING:
     from fp4sweep.sweep.adaptive import SearchReport
@@ -162,7 +161,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     tree, settings, search = _settings(args)
     # A search runs what it proposes, not its whole grid: count what the store holds.
     plan = _plan(tree, settings) if settings.has_sweep and search is None else None
-    store = ResultsStore(settings.results_dir)
+    store = ResultsStore(require_store(settings.results_dir))
     latest = store.trials()
     _warn_unreadable(store)
     counts = counts_by_task(plan, latest)
@@ -196,8 +195,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         results_dir = paths[0]
     else:
         results_dir = _settings(args)[1].results_dir
-    if not Path(results_dir).is_dir():
-        raise SweepError(f"no results store at {results_dir}: run a sweep first, or name its directory")
     if args.reference is not None and len(args.reference) not in (2, 3):
         raise SweepError("--reference takes 2 or 3 numbers: quality gap, overhead[, measured overhead]")
     try:
@@ -205,6 +202,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise SweepError(str(error)) from None
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    require_store(results_dir)
     page = report_from_store(results_dir, args.out, reference=reference, tolerance=tolerance)
     print(f"Report: {page}")
     return 0

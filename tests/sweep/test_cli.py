@@ -32,8 +32,25 @@ def test_plan_narrowed_by_overrides(tmp_path, capsys):
 
 
 def test_status_of_an_empty_store(tmp_path, capsys):
+    StoreWriter(tmp_path).close()
     assert main(["status", f"results_dir={tmp_path}"]) == 0
     assert "no trials" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_a_directory_without_a_store_is_one_line_and_exit_2(tmp_path, command, capsys):
+    missing = tmp_path / "missing"
+    assert main([command, "+sweep=smoke", f"results_dir={missing}"]) == 2
+    assert capsys.readouterr().err == (
+        f"fp4sweep: error: no results store at {missing}: the directory does not exist "
+        "(`fp4sweep run` creates one)\n"
+    )
+    (tmp_path / "trials").write_text("")
+    assert main([command, "+sweep=smoke", f"results_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err == (
+        f"fp4sweep: error: no results store at {tmp_path}: its trials/ is not a directory\n"
+    )
+    assert not (tmp_path / "report").exists()  # no page written
 
 
 def fp4sweep_process(*args: str) -> subprocess.CompletedProcess:
