@@ -19,9 +19,11 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import statistics
 import sys
+import threading
 import time
 import uuid
 from collections import Counter, deque
@@ -284,6 +286,24 @@ def _with_project(pythonpath: str | None) -> str:
 
 
 @contextlib.contextmanager
+def interrupt_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT) held back until the block ends, then raised as KeyboardInterrupt."""
+    previous = signal.getsignal(signal.SIGINT)
+    # Only the main thread receives signals; a handler not set from Python cannot be restored.
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    received: list[int] = []
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
 def _quiet(logger_name: str) -> Iterator[None]:
     """The named logger's warnings suppressed (errors still shown)."""
     logger = logging.getLogger(logger_name)
@@ -394,24 +414,27 @@ def _schedule(
             progress.total = progress.finished + len(in_flight) + feed.remaining()
             progress.update()
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-            results = []
-            for ref in ready:
-                trial = in_flight.pop(ref)
-                try:
-                    outcome = ray.get(ref)
-                except ray.exceptions.RayError as error:  # the worker died past its retries
-                    outcome = lost_outcome(error, placements[trial.task.name].device)
-                row = outcome_row(trial, sweep, outcome)
-                writer.add(row, outcome.curve, outcome.artifacts)
-                if logger is not None:
-                    logger.log(row, outcome.curve)
-                report.counts[outcome.status] += 1
-                report.spans.append((outcome.started_at, outcome.finished_at))
-                progress.counts[outcome.status] += 1
-                results.append((trial, row))
-            writer.maybe_flush()
-            for trial, row in results:
-                feed.finished(trial, row)
+            # A finished trial is stored and counted, or neither: what the run reports when
+            # interrupted is what the store holds.
+            with interrupt_deferred():
+                results = []
+                for ref in ready:
+                    trial = in_flight.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                    except ray.exceptions.RayError as error:  # the worker died past its retries
+                        outcome = lost_outcome(error, placements[trial.task.name].device)
+                    row = outcome_row(trial, sweep, outcome)
+                    writer.add(row, outcome.curve, outcome.artifacts)
+                    if logger is not None:
+                        logger.log(row, outcome.curve)
+                    report.counts[outcome.status] += 1
+                    report.spans.append((outcome.started_at, outcome.finished_at))
+                    progress.counts[outcome.status] += 1
+                    results.append((trial, row))
+                writer.maybe_flush()
+                for trial, row in results:
+                    feed.finished(trial, row)
     except KeyboardInterrupt:
         report.interrupted = True
         # Finished trials reach the store first: Ray 2.60 can abort the process when a

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -219,3 +220,14 @@ def test_a_missing_data_set_is_named_before_ray_starts(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert err.startswith("fp4sweep: error: task 'classification' (size 'tiny'): fashion_mnist (train) not found")
     assert "run `fp4sweep data fetch fashion_mnist`" in err and len(err.splitlines()) == 1
+
+
+def test_ctrl_c_while_a_result_is_stored_waits_for_it():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with runner.interrupt_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the signal is delivered meanwhile
+            done.append("stored and counted")
+    assert done == ["stored and counted"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
