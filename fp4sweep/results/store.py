@@ -40,7 +40,7 @@ import fcntl
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,7 +212,7 @@ class ResultsStore:
             self._curves = _concat(list(tables.values()), CURVE_SCHEMA)
         return self._curves
 
-    def _curve_coverage(self) -> Any:
+    def _curve_coverage(self) -> Callable[[int], bool]:
         """Whether the trials file of a number has its curves: the curves file of that number
         reads (its footer and schema, which is cheap), or a curves base past it does (a
         compaction between its two folders)."""

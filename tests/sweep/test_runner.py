@@ -162,6 +162,24 @@ def test_a_damaged_file_is_named_and_its_trials_run_again(tmp_path, capsys):
     assert (results / "quarantine" / f"trials-{damaged.name}").exists()
 
 
+def test_trials_whose_curves_file_is_gone_are_named_and_run_again(tmp_path, capsys):
+    results = tmp_path / "results"
+    sweep = ["+sweep=mini", "seeds=[0]", f"results_dir={results}"]
+    assert fp4sweep("run", *sweep) == 0
+    next((results / "curves").glob("base-*.parquet")).unlink()
+
+    capsys.readouterr()
+    assert fp4sweep("status", *sweep) == 0
+    captured = capsys.readouterr()
+    assert "its curves file is missing or unreadable" in captured.err
+    assert "regression  0     0         0       2        2" in captured.out
+
+    assert fp4sweep("run", *sweep) == 0
+    assert "2 of 2 trials finished" in capsys.readouterr().out
+    store = ResultsStore(results)
+    assert store.problems == [] and store.curves()["trial_id"].nunique() == 2
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
