@@ -92,7 +92,21 @@ def schema_mismatch(schema: pa.Schema, expected: pa.Schema | None = None) -> str
                 want = column_type(field.name)
             except ValueError as error:
                 return str(error)
-        # A column of nulls only is written as type null by other writers: harmless.
-        if field.type != want and field.type != pa.null():
+        if not _compatible(field.type, want):
             return f"column {field.name!r} is {field.type}, not {want}"
     return None
+
+
+def _compatible(actual: pa.DataType, want: pa.DataType) -> bool:
+    """Whether a column of type ``actual`` holds what the schema's ``want`` means: other writers
+    (pandas) write large strings, integer metrics or other timestamp units, and a column of
+    nulls only as type null; a number stored as text is damage."""
+    if actual == want or pa.types.is_null(actual):
+        return True
+    kinds = (
+        (pa.types.is_string, lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+        (pa.types.is_floating, lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)),
+        (pa.types.is_integer, pa.types.is_integer),
+        (pa.types.is_timestamp, pa.types.is_timestamp),
+    )
+    return any(is_kind(want) and holds(actual) for is_kind, holds in kinds)

@@ -176,7 +176,8 @@ class ResultsStore:
 
     A trial may have several rows (one per finished attempt, e.g. a failed run and its resume);
     the latest counts. A trial whose rows sit in an unreadable file counts as not run, and so
-    does one whose curves file is missing or unreadable.
+    does one whose curves file is missing or unreadable (in a store with a ``curves`` folder:
+    the writer makes one, so a store of trials alone, written otherwise, reads too).
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -216,6 +217,8 @@ class ResultsStore:
         """Whether the trials file of a number has its curves: the curves file of that number
         reads (its footer and schema, which is cheap), or a curves base past it does (a
         compaction between its two folders)."""
+        if not self.curves_dir.is_dir():
+            return lambda seq: True  # trials written by another writer, without curves
         files = _scan(self.curves_dir, _committed(self.trials_dir))
         whole = set()
         for path in files.live:

@@ -273,6 +273,17 @@ def test_a_column_of_the_wrong_type_is_set_aside_like_an_unreadable_file(tmp_pat
     assert (tmp_path / "quarantine" / f"trials-{wrong.name}").exists()
 
 
+def test_types_other_writers_use_for_the_same_values_are_read(tmp_path):
+    # pandas writes large strings and integer-valued metrics as integers; a store of trials
+    # alone (no curves folder) is read as it is.
+    (tmp_path / "trials").mkdir()
+    table = pa.table({"trial_id": pa.array(["t1"], pa.large_string()), "metric.steps": [300],
+                      "status": pa.array([None], pa.null())})
+    pq.write_table(table, tmp_path / "trials" / "part-000000.parquet")
+    reader = ResultsStore(tmp_path)
+    assert reader.trials()["metric.steps"].tolist() == [300] and reader.problems == []
+
+
 def test_trials_whose_curves_file_is_deleted_count_as_not_run(tmp_path):
     with StoreWriter(tmp_path) as writer:
         writer.add(row("t1"), curve=[{"step": 0, "loss": 1.0}])
