@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from fp4sweep.cli import main
@@ -35,6 +37,19 @@ def test_status_of_an_empty_store(tmp_path, capsys):
     StoreWriter(tmp_path).close()
     assert main(["status", f"results_dir={tmp_path}"]) == 0
     assert "no trials" in capsys.readouterr().out
+
+
+def test_status_names_a_file_of_the_wrong_type_without_a_traceback(tmp_path, capsys):
+    StoreWriter(tmp_path).close()
+    wrong = tmp_path / "trials" / "part-000001.parquet"
+    pq.write_table(pa.table({"trial_id": ["t1"], "metric.val_loss": ["0.5"]}), wrong)
+    assert main(["status", f"results_dir={tmp_path}"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"warning: unreadable results file (its trials count as not run): {wrong}: "
+        "ValueError: column 'metric.val_loss' is string, not double\n"
+    )
+    assert "no trials" in captured.out
 
 
 @pytest.mark.parametrize("command", ["status", "report"])
