@@ -14,7 +14,6 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fp4sweep import __version__
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
     from fp4sweep.sweep.plan import Plan
     from fp4sweep.sweep.runner import RunReport
     from fp4sweep.sweep.search import SearchSettings
-    from fp4sweep.sweep.store import ResultsStore
+    from fp4sweep.results.store import ResultsStore
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_TRIALS = 1
@@ -126,7 +125,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     """Show the sweep's trials per task, its axes and what it should cost; run nothing."""
     from fp4sweep.sweep.status import counts_by_task, format_table, mean_trial_seconds
-    from fp4sweep.sweep.store import ResultsStore
+    from fp4sweep.results.store import ResultsStore
 
     started = time.perf_counter()
     tree, settings, search = _settings(args)
@@ -162,13 +161,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Count done / diverged / failed (/ pending, with a sweep) trials per task; list failures."""
+    from fp4sweep.results.store import ResultsStore, require_store
     from fp4sweep.sweep.status import COLUMNS, counts_by_task, format_table
-    from fp4sweep.sweep.store import ResultsStore
 
     tree, settings, search = _settings(args)
     # A search runs what it proposes, not its whole grid: count what the store holds.
     plan = _plan(tree, settings) if settings.has_sweep and search is None else None
-    store = ResultsStore(settings.results_dir)
+    store = ResultsStore(require_store(settings.results_dir))
     latest = store.trials()
     _warn_unreadable(store)
     counts = counts_by_task(plan, latest)
@@ -194,6 +193,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from fp4sweep.analysis import DEFAULT_TOLERANCE, ReferencePoint, report_from_store
     from fp4sweep.analysis.pricing import PricingError
     from fp4sweep.analysis.summary import print_summary
+    from fp4sweep.results.store import require_store
     from fp4sweep.sweep.config import SweepError
 
     # `fp4sweep report path/to/results` names the store directly; otherwise the overrides
@@ -205,8 +205,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         results_dir = paths[0]
     else:
         results_dir = _settings(args)[1].results_dir
-    if not Path(results_dir).is_dir():
-        raise SweepError(f"no results store at {results_dir}: run a sweep first, or name its directory")
     if args.reference is not None and len(args.reference) not in (2, 3):
         raise SweepError("--reference takes 2 or 3 numbers: quality gap, overhead[, measured overhead]")
     try:
@@ -214,6 +212,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise SweepError(str(error)) from None
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    require_store(results_dir)
     pricing = _pricing(args)
     try:
         page = report_from_store(results_dir, args.out, reference, tolerance, pricing)
@@ -345,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides += rest
     from fp4sweep.sweep.config import SweepError
-    from fp4sweep.sweep.store import StoreError
+    from fp4sweep.results.store import StoreError
 
     try:
         return args.function(args)

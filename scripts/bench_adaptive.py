@@ -38,7 +38,7 @@ from fp4sweep.sweep.config import ConfigTree, RaySettings, RunSettings, load_set
 from fp4sweep.sweep.plan import expand
 from fp4sweep.sweep.runner import run_trials, start_ray
 from fp4sweep.sweep.search import SearchSettings, split_search
-from fp4sweep.sweep.store import ResultsStore
+from fp4sweep.results.store import ResultsStore
 
 GRID = [
     "+sweep=adaptive", "task=regression", "size=tiny", "seeds=[0]", "task.sizes.tiny.steps=100",

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from fp4sweep.sweep.config import ConfigTree, load_settings  # noqa: E402
 from fp4sweep.sweep.plan import expand  # noqa: E402
 from fp4sweep.sweep.runner import RunReport, environment, run_trials  # noqa: E402
-from fp4sweep.sweep.store import ResultsStore  # noqa: E402
+from fp4sweep.results.store import ResultsStore  # noqa: E402
 
 MODES = {"packed": [], "one_per_gpu": ["task.resources.gpu.num_gpus=1"], "packed_mps": []}
 MPS_VARIABLES = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")

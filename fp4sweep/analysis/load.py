@@ -1,6 +1,6 @@
 """Reading the trial rows of a results store for a report.
 
-The store's own reader (``fp4sweep.sweep.store``) unifies the schemas of its parts, ignores the
+The store's own reader (``fp4sweep.results.store``) unifies the schemas of its parts, ignores the
 writer's temporary dot-files and lists the files it could not read instead of raising: a report
 must come out of any store a sweep leaves behind. Files the sweep's writer found unreadable and
 moved to ``quarantine/`` are named too: the trials they held count as not run.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fp4sweep.sweep.store import QUARANTINE, ResultsStore
+from fp4sweep.results.store import QUARANTINE, ResultsStore
 
 
 def read_trials(results_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:

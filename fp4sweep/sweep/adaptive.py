@@ -53,11 +53,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fp4sweep.results.quality import diverged, recipe_gap, relative_gap, seed_baseline
 from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError
-from fp4sweep.sweep.ids import content_hash
+from fp4sweep.results.ids import content_hash
 from fp4sweep.sweep.plan import Plan, RecipePlan, TaskPlan, Trial, expand
 from fp4sweep.sweep.runner import RunReport, run_feed
 from fp4sweep.sweep.search import SearchSettings
-from fp4sweep.sweep.store import ResultsStore
+from fp4sweep.results.store import ResultsStore
 
 JOURNAL = "optuna-journal.log"
 OBJECTIVES = ("quality gap", "modelled overhead")
@@ -176,15 +176,25 @@ def _drop_torn_record(path: Path) -> None:
         os.truncate(path, data.rfind(b"\n") + 1)
 
 
-def make_sampler(search: SearchSettings) -> optuna.samplers.BaseSampler:
+def make_sampler(search: SearchSettings, asked: int = 0) -> optuna.samplers.BaseSampler:
+    """The search's sampler, for a study whose journal already holds ``asked`` trials.
+
+    A sampler's random stream starts from its seed: a restarted search would propose what the
+    first run proposed first (answered from the store, but counted against the budget). So the
+    seed of a continued study is derived from the search's seed and how far the study got,
+    which keeps the whole search reproducible from the seed and the journal.
+    """
+    seed = search.seed
+    if seed is not None and asked:
+        seed = int(content_hash([seed, asked]), 16) % 2**32
     if search.sampler == "tpe":
         # Multivariate: the axes interact (a scale format's worth depends on the block size).
         return optuna.samplers.TPESampler(
-            n_startup_trials=search.startup, seed=search.seed, multivariate=True, constant_liar=True
+            n_startup_trials=search.startup, seed=seed, multivariate=True, constant_liar=True
         )
     if search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=search.startup, seed=search.seed)
-    return optuna.samplers.RandomSampler(seed=search.seed)
+        return optuna.samplers.NSGAIISampler(population_size=search.startup, seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def open_study(results_dir: Path, name: str, space_id: str, search: SearchSettings) -> optuna.Study:
@@ -201,6 +211,9 @@ def open_study(results_dir: Path, name: str, space_id: str, search: SearchSettin
         sampler=make_sampler(search),
         load_if_exists=True,
     )
+    asked = len(study.get_trials(deepcopy=False))
+    if asked:
+        study.sampler = make_sampler(search, asked)
     if "search_space" not in study.user_attrs:
         study.set_user_attr("search_space", space_id)
         study.set_user_attr("objectives", list(OBJECTIVES))

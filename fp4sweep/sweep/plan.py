@@ -22,7 +22,7 @@ from fp4sweep.quant import Recipe
 from fp4sweep.quant.axes import canonical, defaults, parse_key, recorded
 from fp4sweep.quant.recipe import preset_axes
 from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError
-from fp4sweep.sweep.ids import canonical_json, joined_json, recipe_id, trial_id_of_json
+from fp4sweep.results.ids import canonical_json, joined_json, recipe_id, trial_id_of_json
 from fp4sweep.tasks import default_module
 
 _TASK_KEYS = {"name", "size", "exclude", "resources", "sizes", "module"}

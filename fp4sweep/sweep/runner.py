@@ -15,10 +15,15 @@ from __future__ import annotations
 import bisect
 import contextlib
 import datetime as dt
+import logging
 import math
 import os
+import re
+import signal
+import socket
 import statistics
 import sys
+import threading
 import time
 import uuid
 from collections import Counter, deque
@@ -29,15 +34,19 @@ from typing import Any, Protocol, TextIO
 
 import fp4sweep
 from fp4sweep.sweep.config import RaySettings, RunSettings, SweepError
-from fp4sweep.sweep.ids import canonical_json
+from fp4sweep.results.ids import canonical_json
 from fp4sweep.sweep.plan import Plan, TaskPlan, Trial
 from fp4sweep.sweep.progress import Progress
-from fp4sweep.sweep.store import SCHEMA_VERSION, ResultsStore, StoreWriter
+from fp4sweep.results.schema import SCHEMA_VERSION
+from fp4sweep.results.store import ResultsStore, StoreWriter
 from fp4sweep.sweep.trial import TrialOutcome, lost_outcome, run_trial, task_config
 from fp4sweep.sweep.wandb_log import make_logger
 from fp4sweep.tasks import load_task
+from fp4sweep.tasks.datasets import DataNotFoundError, check_data
 
 PROJECT_ROOT = Path(fp4sweep.__file__).resolve().parents[1]
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+CONNECT_TIMEOUT_S = 10.0  # how long a run waits for the Ray cluster at ray.address to answer
 
 
 @dataclass
@@ -79,8 +88,9 @@ def trials_to_run(plan: Plan, statuses: dict[str, str], rerun_failed: bool) -> l
     return [t for t in plan.trials if statuses.get(t.trial_id) in wanted]
 
 
-def check_tasks(trials: list[Trial]) -> None:
-    """Import each task module and build each task config once, before anything runs."""
+def check_tasks(trials: list[Trial], data: bool) -> None:
+    """Import each task module and build each task config once, before anything runs; with
+    ``data``, check that the data set each names is in the data directory."""
     seen: set[tuple[str, str, str]] = set()
     for trial in trials:
         task = trial.task
@@ -88,8 +98,10 @@ def check_tasks(trials: list[Trial]) -> None:
             continue
         seen.add((task.module, task.name, task.size))
         try:
-            task_config(trial.spec, load_task(task.module).Config)
-        except ValueError as error:
+            config = task_config(trial.spec, load_task(task.module).Config)
+            if data:
+                check_data(config)
+        except (ValueError, DataNotFoundError) as error:
             raise SweepError(f"task {task.name!r} (size {task.size!r}): {error}") from None
 
 
@@ -191,7 +203,9 @@ def run_feed(
         report.to_run = feed.remaining()
         if not report.to_run:
             return report
-        check_tasks(feed.task_trials)
+        # The data is looked for here when the trials run on this machine; a cluster's nodes
+        # may hold it where the driver does not.
+        check_tasks(feed.task_trials, data=settings.ray.address is None)
         logger = make_logger(settings.logger, settings.results_dir)
         import ray
 
@@ -217,6 +231,8 @@ def start_ray(settings: RaySettings) -> None:
 
     data = str(Path(os.environ.get("FP4SWEEP_DATA", "data")).resolve())
     local = settings.address is None
+    if not local:
+        wait_for_address(settings.address)
     options = dict(include_dashboard=False,
                    log_to_driver=False,  # trial output would break the progress line; failures are stored
                    logging_level="WARNING")
@@ -227,7 +243,10 @@ def start_ray(settings: RaySettings) -> None:
             # trial asks, where it has workers of the plain environment ready from the start.
             # "local" starts a Ray of our own: left out, Ray would join the latest cluster
             # started on this machine (or the one RAY_ADDRESS names), which may be another user's.
-            with environment(FP4SWEEP_DATA=data, PYTHONPATH=_with_project(os.environ.get("PYTHONPATH"))):
+            # Ray warns on every start of a local cluster that it enables token authentication,
+            # its default: news to nobody running a sweep on their own machine.
+            with environment(FP4SWEEP_DATA=data, PYTHONPATH=_with_project(os.environ.get("PYTHONPATH"))), \
+                    _quiet(RAY_AUTH_LOGGER):
                 ray.init(address="local", num_cpus=settings.num_cpus, **options)
         else:
             env_vars = {
@@ -240,9 +259,60 @@ def start_ray(settings: RaySettings) -> None:
         raise SweepError(f"ray.address={settings.address!r}: {error}") from None
 
 
+def wait_for_address(address: str) -> None:
+    """Wait up to ``CONNECT_TIMEOUT_S`` for something to accept connections at a ``host:port``
+    address (``ray://`` too); SweepError if nothing does. Ray itself retries for minutes."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\[\]]+?)\]?:(\d+)", address)
+    if match is None:
+        return  # "auto", or a form Ray resolves itself
+    host, port = match.group(1), int(match.group(2))
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=max(0.1, deadline - time.monotonic())).close()
+            return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise SweepError(
+                    f"ray.address={address!r}: no Ray cluster answered within {CONNECT_TIMEOUT_S:g} s "
+                    f"({error.strerror or error}); start one with `ray start --head`, or check the address"
+                ) from None
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
 def _with_project(pythonpath: str | None) -> str:
     """This checkout first, so that workers run the driver's code (and tests' task modules)."""
     return os.pathsep.join(filter(None, [str(PROJECT_ROOT), pythonpath]))
+
+
+@contextlib.contextmanager
+def interrupt_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT) held back until the block ends, then raised as KeyboardInterrupt."""
+    previous = signal.getsignal(signal.SIGINT)
+    # Only the main thread receives signals; a handler not set from Python cannot be restored.
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    received: list[int] = []
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """The named logger's warnings suppressed (errors still shown)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -278,6 +348,7 @@ def _placement(ray: Any, task: TaskPlan, settings: RunSettings) -> _Placement:
     if use_gpu and not resources.get("num_gpus"):
         raise SweepError(f"conf/task/{task.name}.yaml: resources.gpu needs num_gpus > 0")
     resources.setdefault("num_cpus", 1)
+    _check_fits(ray, task, resources)
     limits = [cluster.get("CPU", 0) / resources["num_cpus"]] if resources["num_cpus"] else []
     if use_gpu:
         limits.append(gpus / resources["num_gpus"])
@@ -289,6 +360,25 @@ def _placement(ray: Any, task: TaskPlan, settings: RunSettings) -> _Placement:
         retry_exceptions=False,  # an exception is a result (run_trial records it), not a retry
     )(run_trial)
     return _Placement(remote, "cuda" if use_gpu else "cpu", max(1, int(resources["num_cpus"])), fits)
+
+
+def _check_fits(ray: Any, task: TaskPlan, resources: dict[str, Any]) -> None:
+    """SweepError if no node of the cluster has what one trial asks for: it would wait forever."""
+    needs = {"CPU": resources.get("num_cpus", 0), "GPU": resources.get("num_gpus", 0),
+             "memory": resources.get("memory", 0), **resources.get("resources", {})}
+    needs = {name: amount for name, amount in needs.items() if amount}
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    if any(all(node.get(name, 0) >= amount for name, amount in needs.items()) for node in nodes):
+        return
+    largest = {name: max((node.get(name, 0) for node in nodes), default=0) for name in needs}
+    raise SweepError(
+        f"task {task.name!r}: a trial asks for {_amounts(needs)}, more than any node of the Ray "
+        f"cluster has (the largest: {_amounts(largest)}); lower task.resources"
+    )
+
+
+def _amounts(resources: dict[str, float]) -> str:
+    return ", ".join(f"{amount:g} {name}" for name, amount in resources.items())
 
 
 def _schedule(
@@ -324,24 +414,27 @@ def _schedule(
             progress.total = progress.finished + len(in_flight) + feed.remaining()
             progress.update()
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-            results = []
-            for ref in ready:
-                trial = in_flight.pop(ref)
-                try:
-                    outcome = ray.get(ref)
-                except ray.exceptions.RayError as error:  # the worker died past its retries
-                    outcome = lost_outcome(error, placements[trial.task.name].device)
-                row = outcome_row(trial, sweep, outcome)
-                writer.add(row, outcome.curve, outcome.artifacts)
-                if logger is not None:
-                    logger.log(row, outcome.curve)
-                report.counts[outcome.status] += 1
-                report.spans.append((outcome.started_at, outcome.finished_at))
-                progress.counts[outcome.status] += 1
-                results.append((trial, row))
-            writer.maybe_flush()
-            for trial, row in results:
-                feed.finished(trial, row)
+            # A finished trial is stored and counted, or neither: what the run reports when
+            # interrupted is what the store holds.
+            with interrupt_deferred():
+                results = []
+                for ref in ready:
+                    trial = in_flight.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                    except ray.exceptions.RayError as error:  # the worker died past its retries
+                        outcome = lost_outcome(error, placements[trial.task.name].device)
+                    row = outcome_row(trial, sweep, outcome)
+                    writer.add(row, outcome.curve, outcome.artifacts)
+                    if logger is not None:
+                        logger.log(row, outcome.curve)
+                    report.counts[outcome.status] += 1
+                    report.spans.append((outcome.started_at, outcome.finished_at))
+                    progress.counts[outcome.status] += 1
+                    results.append((trial, row))
+                writer.maybe_flush()
+                for trial, row in results:
+                    feed.finished(trial, row)
     except KeyboardInterrupt:
         report.interrupted = True
         # Finished trials reach the store first: Ray 2.60 can abort the process when a

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from fp4sweep.sweep.store import STATUSES
+from fp4sweep.results.schema import STATUSES
 
 if TYPE_CHECKING:
     from fp4sweep.sweep.plan import Plan  # imports torch, which status without a sweep needs not

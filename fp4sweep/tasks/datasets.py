@@ -28,6 +28,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,18 +205,31 @@ def _idx_path(directory: Path, split: str, part: str) -> Path | None:
     return None
 
 
-def read_cifar10(directory: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read CIFAR-10's python-pickle batches: ``data_batch_1..5`` (train) or ``test_batch``."""
-    directory = Path(directory)
+def _cifar10_batches(directory: Path, split: str) -> list[Path]:
+    """The batch files of a CIFAR-10 split; DataNotFoundError naming the first one missing."""
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    images, labels = [], []
     for name in names:
-        path = directory / name
-        if not path.exists():
-            raise _missing(f"CIFAR-10 batch {name}", path,
+        if not (directory / name).exists():
+            raise _missing(f"CIFAR-10 batch {name}", directory / name,
                            "download the python version from "
                            "https://www.cs.toronto.edu/~kriz/cifar.html and extract it so that "
                            f"{CIFAR10_DIR}/ is in the data directory")
+    return [directory / name for name in names]
+
+
+def _idx_paths(name: str, split: str, root: Path) -> dict[str, Path]:
+    """The images and labels files of an IDX data set's split; DataNotFoundError if one is missing."""
+    directory = root / name
+    paths = {part: _idx_path(directory, split, part) for part in ("images", "labels")}
+    if None in paths.values():
+        raise _missing(f"{name} ({split})", directory, f"run `{FETCH_COMMAND} {name}`")
+    return paths
+
+
+def read_cifar10(directory: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read CIFAR-10's python-pickle batches: ``data_batch_1..5`` (train) or ``test_batch``."""
+    images, labels = [], []
+    for path in _cifar10_batches(Path(directory), split):
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
         images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
@@ -228,10 +242,7 @@ def _load_images_cached(name: str, split: str, root: Path) -> tuple[np.ndarray, 
     if name == "cifar10":
         images, labels = read_cifar10(root / CIFAR10_DIR, split)
     else:
-        directory = root / name
-        paths = {part: _idx_path(directory, split, part) for part in ("images", "labels")}
-        if None in paths.values():
-            raise _missing(f"{name} ({split})", directory, f"run `{FETCH_COMMAND} {name}`")
+        paths = _idx_paths(name, split, root)
         images = read_idx(paths["images"])[:, None]  # add the channel axis: N, 1, H, W
         labels = read_idx(paths["labels"]).astype(np.int64)
     if len(images) != len(labels):
@@ -280,3 +291,19 @@ def corpus_path(corpus: str, data_dir: str | os.PathLike | None = None) -> Path:
     if not path.is_file():
         raise DataNotFoundError(f"text corpus {corpus!r} is neither 'shakespeare' nor a file")
     return path
+
+
+def check_data(config: Any, data_dir: str | os.PathLike | None = None) -> None:
+    """Raise DataNotFoundError (saying how to get it) if the data set that a task config names,
+    in its ``dataset`` or ``corpus`` field, is not in the data directory. Reads no data: the
+    sweep calls it for each task before anything starts."""
+    root = resolve_data_dir(data_dir).resolve()
+    dataset = getattr(config, "dataset", None)
+    for split in SPLITS if dataset in IMAGE_DATASETS else ():
+        if dataset == "cifar10":
+            _cifar10_batches(root / CIFAR10_DIR, split)
+        else:
+            _idx_paths(dataset, split, root)
+    corpus = getattr(config, "corpus", None)
+    if corpus is not None:
+        corpus_path(corpus, root)

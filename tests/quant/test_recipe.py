@@ -81,7 +81,7 @@ def test_te_nvfp4_built_from_scoped_axes_equals_the_preset():
 
 def test_presets_keep_their_recipe_ids():
     # Stored results are found again by these ids: building presets from axes must not move them.
-    from fp4sweep.sweep.ids import recipe_id
+    from fp4sweep.results.ids import recipe_id
 
     ids = {name: recipe_id(Recipe.preset(name).to_dict()) for name in ("bf16", "mxfp4", "nvfp4", "paper_best")}
     assert ids == {"bf16": "330229459089bd96", "mxfp4": "9978816b5c66d940",

@@ -6,13 +6,15 @@ import os
 import subprocess
 import sys
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from fp4sweep.cli import main
 from fp4sweep.sweep.config import ConfigTree, load_settings
 from fp4sweep.sweep.plan import expand
 from fp4sweep.sweep.runner import PROJECT_ROOT
-from fp4sweep.sweep.store import StoreWriter
+from fp4sweep.results.store import StoreWriter
 
 
 def test_plan_counts_trials_per_task_and_lists_axes(tmp_path, capsys):
@@ -33,8 +35,38 @@ def test_plan_narrowed_by_overrides(tmp_path, capsys):
 
 
 def test_status_of_an_empty_store(tmp_path, capsys):
+    StoreWriter(tmp_path).close()
     assert main(["status", f"results_dir={tmp_path}"]) == 0
     assert "no trials" in capsys.readouterr().out
+
+
+def test_status_names_a_file_of_the_wrong_type_without_a_traceback(tmp_path, capsys):
+    StoreWriter(tmp_path).close()
+    wrong = tmp_path / "trials" / "part-000001.parquet"
+    pq.write_table(pa.table({"trial_id": ["t1"], "metric.val_loss": ["0.5"]}), wrong)
+    assert main(["status", f"results_dir={tmp_path}"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"warning: unreadable results file (its trials count as not run): {wrong}: "
+        "ValueError: column 'metric.val_loss' is string, not double\n"
+    )
+    assert "no trials" in captured.out
+
+
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_a_directory_without_a_store_is_one_line_and_exit_2(tmp_path, command, capsys):
+    missing = tmp_path / "missing"
+    assert main([command, "+sweep=smoke", f"results_dir={missing}"]) == 2
+    assert capsys.readouterr().err == (
+        f"fp4sweep: error: no results store at {missing}: the directory does not exist "
+        "(`fp4sweep run` creates one)\n"
+    )
+    (tmp_path / "trials").write_text("")
+    assert main([command, "+sweep=smoke", f"results_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err == (
+        f"fp4sweep: error: no results store at {tmp_path}: its trials/ is not a directory\n"
+    )
+    assert not (tmp_path / "report").exists()  # no page written
 
 
 def fp4sweep_process(*args: str) -> subprocess.CompletedProcess:

@@ -36,5 +36,6 @@ def test_help_and_version_import_nothing_heavy():
 
 
 def test_status_without_a_sweep_imports_no_torch(tmp_path):
+    (tmp_path / "trials").mkdir()  # an empty store
     printed, modules = imported_after(["status", f"results_dir={tmp_path}"])
     assert "no trials" in printed and "torch" not in modules

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from fp4sweep.sweep.runner import PROJECT_ROOT
-from fp4sweep.sweep.store import ResultsStore
+from fp4sweep.results.store import ResultsStore
 
 TEST_CONF = str(Path(__file__).parent / "conf")
 

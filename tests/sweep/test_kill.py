@@ -18,7 +18,7 @@ import pytest
 
 from fp4sweep.cli import main
 from fp4sweep.sweep.runner import PROJECT_ROOT
-from fp4sweep.sweep.store import ResultsStore
+from fp4sweep.results.store import ResultsStore
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,9 @@ def test_killed_then_interrupted_then_rerun_stores_each_trial_once_with_the_same
     results = tmp_path / "results"
     killed = interrupt_mid_sweep(results, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
-    after_kill = len(set(stored_ids(results)))
+    stored = stored_ids(results)
+    after_kill = len(stored)
+    assert after_kill == len(set(stored))
     assert 0 < after_kill < 6
 
     # Ctrl-C: in-flight trials are cancelled, every finished one is kept.
@@ -93,9 +95,9 @@ def test_killed_then_interrupted_then_rerun_stores_each_trial_once_with_the_same
     assert stopped.returncode == 130, stopped.stderr
     assert "Interrupted: finished trials are stored; the same command continues." in stopped.stdout
     finished = int(stopped.stdout.split(" of ")[0])
-    # Distinct ids: a compaction cut off by the kill leaves its base file beside the parts it
-    # replaces (readers of the store skip those), and this reads every file.
-    assert len(set(stored_ids(results))) == after_kill + finished
+    # What the run says it finished is what it stored, and reading every file shows no row twice.
+    stored = stored_ids(results)
+    assert len(stored) == len(set(stored)) == after_kill + finished
 
     run_to_the_end(results)
     attempts = ResultsStore(results).trials(latest=False)

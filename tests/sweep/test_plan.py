@@ -10,7 +10,7 @@ import pytest
 from fp4sweep.quant import Recipe
 from fp4sweep.quant.recipe import PRESETS
 from fp4sweep.sweep.config import ConfigTree, SweepError, load_settings
-from fp4sweep.sweep.ids import trial_id
+from fp4sweep.results.ids import trial_id
 from fp4sweep.sweep.plan import expand
 
 TEST_CONF = Path(__file__).parent / "conf"

@@ -6,16 +6,20 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from fp4sweep.cli import main
+from fp4sweep.sweep import runner
+from fp4sweep.sweep.config import RaySettings, SweepError
 from fp4sweep.sweep.runner import PROJECT_ROOT
-from fp4sweep.sweep.store import ResultsStore
+from fp4sweep.results.store import ResultsStore
 
 TEST_CONF = str(Path(__file__).parent / "conf")
 COMMON = ["--conf-dir", TEST_CONF, "progress_every=5"]
@@ -118,9 +122,11 @@ def test_local_workers_get_the_data_path_and_this_checkout(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     env = {**os.environ, "FP4SWEEP_DATA": "some-data", "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{elsewhere}"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_MODE", None)
     done = subprocess.run([sys.executable, "-c", WORKER_VIEW], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert "Token authentication" not in done.stderr  # Ray's warning about its default, every run
     seen = json.loads(done.stdout.splitlines()[-1])
     data, path = seen["worker"]
     assert data == str(tmp_path.resolve() / "some-data")
@@ -161,6 +167,24 @@ def test_a_damaged_file_is_named_and_its_trials_run_again(tmp_path, capsys):
     assert (results / "quarantine" / f"trials-{damaged.name}").exists()
 
 
+def test_trials_whose_curves_file_is_gone_are_named_and_run_again(tmp_path, capsys):
+    results = tmp_path / "results"
+    sweep = ["+sweep=mini", "seeds=[0]", f"results_dir={results}"]
+    assert fp4sweep("run", *sweep) == 0
+    next((results / "curves").glob("base-*.parquet")).unlink()
+
+    capsys.readouterr()
+    assert fp4sweep("status", *sweep) == 0
+    captured = capsys.readouterr()
+    assert "its curves file is missing or unreadable" in captured.err
+    assert "regression  0     0         0       2        2" in captured.out
+
+    assert fp4sweep("run", *sweep) == 0
+    assert "2 of 2 trials finished" in capsys.readouterr().out
+    store = ResultsStore(results)
+    assert store.problems == [] and store.curves()["trial_id"].nunique() == 2
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -168,6 +192,9 @@ def test_a_damaged_file_is_named_and_its_trials_run_again(tmp_path, capsys):
         (["+sweep=typo"], "sweep 'typo': unknown key(s) ['sedes']"),
         (["+sweep=mini", "tasks=[regresion]"], "tasks: unknown task 'regresion'; valid: ["),
         (["+sweep=mini", "results_dir=/proc/fp4sweep-results"], "results_dir '/proc/fp4sweep-results' is not writable"),
+        (["+sweep=mini", "task=regression", "task.resources.cpu.num_cpus=1000"],
+         "task 'regression': a trial asks for 1000 CPU, more than any node of the Ray cluster has "
+         "(the largest: 2 CPU); lower task.resources"),
     ],
 )
 def test_bad_input_exits_with_a_message(overrides, message, capsys):
@@ -210,3 +237,37 @@ def test_scoped_axes_run_into_the_store_with_readable_labels_and_no_unset_axes(t
     assert {"axis.transform@wgrad", "axis.rounding@dy", "axis.block_2d@w", "axis.scale"} <= set(axes)
     assert rows.drop(index="bf16")[axes].notna().all().all()  # only the baseline has no axes
     assert (rows["status"] == "done").all()
+
+
+def test_an_address_where_no_ray_answers_is_given_up_after_the_stated_timeout(monkeypatch):
+    monkeypatch.setattr(runner, "CONNECT_TIMEOUT_S", 1.0)
+    started = time.monotonic()
+    with pytest.raises(SweepError, match=r"^ray.address='127.0.0.1:1': no Ray cluster answered within 1 s "):
+        runner.start_ray(RaySettings(address="127.0.0.1:1", num_cpus=None, max_in_flight=None, max_retries=0))
+    assert 1.0 <= time.monotonic() - started < 5
+
+
+def test_a_missing_data_set_is_named_before_ray_starts(tmp_path, monkeypatch, capsys):
+    import ray
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setenv("FP4SWEEP_DATA", str(tmp_path / "no-data"))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_ray)
+    assert fp4sweep("run", "+sweep=mini", "task=classification", f"results_dir={tmp_path / 'results'}") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fp4sweep: error: task 'classification' (size 'tiny'): fashion_mnist (train) not found")
+    assert "run `fp4sweep data fetch fashion_mnist`" in err and len(err.splitlines()) == 1
+
+
+def test_ctrl_c_while_a_result_is_stored_waits_for_it():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with runner.interrupt_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the signal is delivered meanwhile
+            done.append("stored and counted")
+    assert done == ["stored and counted"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from fp4sweep.sweep.store import SCHEMA_VERSION
+from fp4sweep.results.schema import SCHEMA_VERSION
 
 
 def canonical_json(value: Any) -> str:
