@@ -5,8 +5,10 @@ search optimises: a trial's relative loss gap (and accuracy gap) to the baseline
 size and seed; a recipe's gap is the mean over its seeds. A diverged trial has no gap; it is
 counted, per recipe and per technique, never dropped.
 
-A preset (a named recipe such as ``nvfp4``) carries no axis values: its rows have every axis
-column empty and ``is_preset`` set. Effects are fitted on the other, axis-crossed, recipes.
+A preset (a named recipe such as ``nvfp4`` that no combination of the sweep's crossed axes
+builds) has ``is_preset`` set; it carries its axis values where the schema can express them, and
+stores written before that have its axis columns empty. Effects are fitted on the other,
+axis-crossed, recipes.
 """
 
 from __future__ import annotations
@@ -76,7 +78,10 @@ def trial_gaps(trials: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     runs = trials[~trials["is_baseline"].astype(bool)].copy()
     runs["recipe_label"] = readable_labels(runs)
     axes = axis_columns(runs)
-    runs["is_preset"] = runs[axes].isna().all(axis=1) if axes else True
+    # Stores written before presets carried axis values mark none: a row without axes is one.
+    without_axes = runs[axes].isna().all(axis=1) if axes else pd.Series(True, index=runs.index)
+    marked = runs["is_preset"] if "is_preset" in runs.columns else pd.Series(pd.NA, index=runs.index)
+    runs["is_preset"] = marked.astype("boolean").fillna(without_axes).astype(bool)
     for axis in axes:
         runs[axis] = runs[axis].astype(object).where(runs["is_preset"], runs[axis].fillna(UNSET_AXIS))
         runs[axis] = runs[axis].map(lambda value: value if pd.isna(value) else str(value))

@@ -189,11 +189,11 @@ def _front(analysis: Analysis, eligible: pd.DataFrame, name: str, overhead: str)
 def _front_rows(front: pd.DataFrame, recipes: pd.DataFrame, overhead: str) -> pd.DataFrame:
     """The front table: the recipe, its choices on the axes that vary, its quality and costs.
 
-    Presets carry no axis values: their axis cells stay blank.
+    A preset from a store written before presets carried axis values has blank axis cells.
     """
     table = pd.DataFrame({"#": np.arange(1, len(front) + 1), "recipe": front["recipe_label"]})
     for axis in _varying_axes(recipes):
-        table[axis.removeprefix("axis.")] = front[axis].where(~front["is_preset"], "")
+        table[axis.removeprefix("axis.")] = front[axis].fillna("")
     table["loss gap"] = front["loss_gap_mean"]
     table[f"{CONFIDENCE:.0%} CI"] = _interval(front["loss_gap_ci_low"], front["loss_gap_ci_high"])
     if "acc_gap_mean" in front.columns:

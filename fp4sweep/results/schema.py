@@ -28,6 +28,7 @@ FIXED_COLUMNS: dict[str, pa.DataType] = {
     "recipe_id": pa.string(),
     "recipe_label": pa.string(),
     "is_baseline": pa.bool_(),
+    "is_preset": pa.bool_(),
     "status": pa.string(),
     "host": pa.string(),
     "device": pa.string(),

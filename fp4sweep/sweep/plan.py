@@ -50,6 +50,8 @@ class RecipePlan:
     recipe: dict[str, Any]  # Recipe.to_dict()
     axes: dict[str, str] | None  # the option under every key of the plan; None for the baseline
     is_baseline: bool = False
+    # A named preset that no combination of the crossed axes builds: beside the design, not in it.
+    is_preset: bool = False
 
     @property
     def recipe_id(self) -> str:
@@ -193,7 +195,8 @@ def _preset_axes(name: str, is_baseline: bool) -> dict[str, str]:
 def _preset(name: str, values: dict[str, str], keys: list[str], is_baseline: bool) -> RecipePlan:
     recipe = Recipe.from_axes(values)
     # The baseline is the reference every recipe is compared to, not a point of the design.
-    return RecipePlan(name, recipe.to_dict(), None if is_baseline else recorded(values, keys), is_baseline)
+    axes = None if is_baseline else recorded(values, keys)
+    return RecipePlan(name, recipe.to_dict(), axes, is_baseline, is_preset=not is_baseline)
 
 
 def _axes_recipe(combination: dict[str, str], keys: list[str]) -> RecipePlan:

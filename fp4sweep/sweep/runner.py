@@ -151,6 +151,7 @@ def outcome_row(trial: Trial, sweep: str, outcome: TrialOutcome) -> dict[str, An
         "recipe_id": trial.recipe.recipe_id,
         "recipe_label": trial.recipe.label,
         "is_baseline": trial.recipe.is_baseline,
+        "is_preset": trial.recipe.is_preset,
         "status": outcome.status,
         "host": outcome.host,
         "device": outcome.device,
