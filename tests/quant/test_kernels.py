@@ -370,7 +370,8 @@ def test_detailed_of_an_empty_tensor():
 
 
 @pytest.mark.parametrize("estimator,scale_grad", [("clipped_ste", "stop"), ("spline", "amax"),
-                                                  ("power", "stop")])
+                                                  ("spline", "stop"), ("power", "stop"),
+                                                  ("power", "amax")])
 def test_estimators_run_on_the_kernels_with_the_same_gradient_map(estimator, scale_grad):
     x = wide_range(16, 64, seed=9).to(DEVICE)
     grad = wide_range(16, 64, seed=10).to(DEVICE)
