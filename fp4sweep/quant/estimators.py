@@ -158,15 +158,17 @@ def quantize_for_training(
     seed: int,
     estimator: str = "ste",
     scale_grad: str = "stop",
+    tensor_amax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, GradientMap]:
-    """Quantise ``x`` (no autograd) and return the map its gradient takes on the way back."""
+    """Quantise ``x`` (no autograd) and return the map its gradient takes on the way back;
+    ``tensor_amax`` as ``fake_quantize`` takes it."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; valid: {list(ESTIMATORS)}")
     if scale_grad not in SCALE_GRADS:
         raise ValueError(f"unknown scale_grad {scale_grad!r}; valid: {list(SCALE_GRADS)}")
     if estimator == "ste" and scale_grad == "stop":
-        return fake_quantize(x, spec, axis, seed), GradientMap(spec, axis)
-    r = quantize_detailed(x, spec, axis, seed)
+        return fake_quantize(x, spec, axis, seed, tensor_amax), GradientMap(spec, axis)
+    r = quantize_detailed(x, spec, axis, seed, tensor_amax)
     derivative = None if estimator == "ste" else DERIVATIVES[estimator](r, spec.elem_format)
     if scale_grad == "stop":
         return r.output, GradientMap(spec, axis, derivative)

@@ -155,14 +155,32 @@ class _Quantised:
         return self.blocking.merge(full).movedim(-1, self.axis)
 
 
-def _quantise(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int) -> _Quantised:
+def check_tensor_amax(tensor_amax: torch.Tensor | None, spec: QuantSpec) -> None:
+    """A ValueError unless ``tensor_amax`` is None or a 0-d float32 tensor for a spec with
+    tensor scaling (its value, a finite magnitude, is the caller's to keep: checking it would
+    wait for the device)."""
+    if tensor_amax is None:
+        return
+    if not spec.tensor_scale:
+        raise ValueError("a given tensor_amax needs a spec with tensor_scale=True")
+    if tensor_amax.dim() != 0 or tensor_amax.dtype != torch.float32:
+        raise ValueError(
+            f"tensor_amax must be a 0-d float32 tensor, got {tensor_amax.dtype} of shape "
+            f"{tuple(tensor_amax.shape)}"
+        )
+
+
+def _quantise(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
+              tensor_amax: torch.Tensor | None) -> _Quantised:
     axis = check_input(x, spec, axis)
     check_seed(seed)
+    check_tensor_amax(tensor_amax, spec)
     t = apply_transform(x.detach(), spec, axis).movedim(axis, -1)
     blocking = _Blocking(t.shape, spec.block, spec.block_2d)
     blocks = blocking.split(t)
     elem = spec.elem_format
-    scaled = scale_blocks(spec.scale_rule, blocks, elem, spec.scale_format, spec.tensor_scale)
+    scaled = scale_blocks(spec.scale_rule, blocks, elem, spec.scale_format, spec.tensor_scale,
+                          tensor_amax)
     if spec.rounding == "rne":
         q = round_signed(elem, scaled.elements, "nearest")
     else:
@@ -176,34 +194,42 @@ def _output(x: torch.Tensor, spec: QuantSpec, quantised: _Quantised) -> torch.Te
     return invert_transform(dequantized, spec, quantised.axis).to(x.dtype)
 
 
-def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
+def fake_quantize(
+    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0,
+    tensor_amax: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Quantise-dequantise ``x`` along ``axis`` as ``spec`` says; same shape and dtype as ``x``.
 
-    ``seed`` (an int in [0, 2**64)) keys stochastic rounding; "rne" ignores it. CUDA tensors
-    go through the fused kernels, which return the same bits (``kernels.backend`` says when).
+    ``seed`` (an int in [0, 2**64)) keys stochastic rounding; "rne" ignores it.
+    ``tensor_amax`` (0-d float32, on ``x``'s device) replaces the tensor amax of tensor scaling
+    (a delayed scale, ``delayed.py``). CUDA tensors go through the fused kernels, which return
+    the same bits (``kernels.backend`` says when).
     """
     # The kernels record nothing for autograd; only the reference needs no_grad, whose
     # entry and exit would cost a training step's few hundred calls time on the host.
     if kernel_backend.use_kernels(x, spec):
-        return kernel_backend.fake_quantize(x, spec, axis, seed)
+        return kernel_backend.fake_quantize(x, spec, axis, seed, tensor_amax)
     with torch.no_grad():
-        return _output(x, spec, _quantise(x, spec, axis, seed))
+        return _output(x, spec, _quantise(x, spec, axis, seed, tensor_amax))
 
 
 def quantize_detailed(
-    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0
+    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0,
+    tensor_amax: torch.Tensor | None = None,
 ) -> QuantResult:
     """``fake_quantize`` with its intermediate values (see ``QuantResult``); on CUDA tensors
     through the fused kernels, with the same bits (``kernels.backend`` says when)."""
     if kernel_backend.use_kernels(x, spec):
-        output, fields, tensor_scale = kernel_backend.quantize_detailed(x, spec, axis, seed)
+        output, fields, tensor_scale = kernel_backend.quantize_detailed(
+            x, spec, axis, seed, tensor_amax)
         return QuantResult(output=output, tensor_scale=tensor_scale, **fields)
     with torch.no_grad():
-        return _reference_detailed(x, spec, axis, seed)
+        return _reference_detailed(x, spec, axis, seed, tensor_amax)
 
 
-def _reference_detailed(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int) -> QuantResult:
-    quantised = _quantise(x, spec, axis, seed)
+def _reference_detailed(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
+                        tensor_amax: torch.Tensor | None) -> QuantResult:
+    quantised = _quantise(x, spec, axis, seed, tensor_amax)
     layout = quantised.to_x_layout
     scaled, elem = quantised.scaled, spec.elem_format
     magnitude = scaled.elements.abs()

@@ -11,9 +11,10 @@ reducing over its own axis, and each of their two operands may be quantised diff
 ``None`` leaves an operand in the model's precision. ``estimator`` says how the gradient flows
 through the two forward quantisers (the backward ones sit on the gradient path and need no
 derivative); ``scale_grad`` whether it also flows through their block scales (see
-``estimators.py``). Settings that later work may add (a delayed tensor-scale reference, a model
-of the FP4 GEMM's accumulation) would be fields here, next to ``estimator``; stochastic-rounding
-bit width already lives in ``QuantSpec.sr_bits``.
+``estimators.py``). ``amax_policy``, ``amax_window`` and ``amax_margin`` say which tensor amax
+the tensor-scaled operands use: their own ("current") or a delayed one held by the layer
+(``delayed.py``). Fields at their defaults are left out of ``to_dict``, so adding one changes
+no existing recipe's dict (trial ids are hashes of it).
 """
 
 from __future__ import annotations
@@ -35,11 +36,21 @@ GEMM_OPERANDS = {
 }
 ESTIMATORS = ("ste", "clipped_ste", "spline", "power")
 SCALE_GRADS = ("stop", "amax")
+AMAX_POLICIES = ("current", "hold", "max", "most_recent")
+# Fields that to_dict leaves out at their default value.
+_OMITTED_AT_DEFAULT = ("amax_policy", "amax_window", "amax_margin")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Six operand quantisers (``None``: not quantised), a gradient estimator, a scale gradient."""
+    """Six operand quantisers (``None``: not quantised), a gradient estimator, a scale gradient
+    and the tensor-amax policy of the tensor-scaled operands.
+
+    amax_policy: "current", "hold", "max" or "most_recent" (``delayed.py``).
+    amax_window: D, the steps an amax is held ("hold"), or H, the history length ("max");
+        1 for the other policies.
+    amax_margin: m >= 0, the amax used is multiplied by 2**m; 0 for "current".
+    """
 
     fwd_x: QuantSpec | None = None
     fwd_w: QuantSpec | None = None
@@ -49,6 +60,9 @@ class Recipe:
     wgrad_x: QuantSpec | None = None
     estimator: str = "ste"
     scale_grad: str = "stop"
+    amax_policy: str = "current"
+    amax_window: int = 1
+    amax_margin: int = 0
 
     def __post_init__(self) -> None:
         for name in OPERANDS:
@@ -65,6 +79,7 @@ class Recipe:
             raise ValueError(
                 f"Recipe.scale_grad={self.scale_grad!r} is not valid; valid: {list(SCALE_GRADS)}"
             )
+        self._check_amax_policy()
         for gemm, (a, b) in GEMM_OPERANDS.items():
             if _rotation(getattr(self, a)) != _rotation(getattr(self, b)):
                 raise ValueError(
@@ -79,6 +94,34 @@ class Recipe:
                     "act on the forward quantisers, but fwd_x and fwd_w are both None; use "
                     "estimator='ste', scale_grad='stop'"
                 )
+
+    def _check_amax_policy(self) -> None:
+        if self.amax_policy not in AMAX_POLICIES:
+            raise ValueError(
+                f"Recipe.amax_policy={self.amax_policy!r} is not valid; valid: {list(AMAX_POLICIES)}"
+            )
+        for name in ("amax_window", "amax_margin"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"Recipe.{name} must be int, got {type(value).__name__} {value!r}")
+        if self.amax_window < 1:
+            raise ValueError(f"Recipe.amax_window must be >= 1, got {self.amax_window}")
+        if self.amax_policy not in ("hold", "max") and self.amax_window != 1:
+            raise ValueError(
+                f"Recipe.amax_window={self.amax_window} has no meaning for amax_policy="
+                f"{self.amax_policy!r}; use 1 (it counts steps for 'hold' and 'max')"
+            )
+        if self.amax_margin < 0:
+            raise ValueError(f"Recipe.amax_margin must be >= 0, got {self.amax_margin}")
+        if self.amax_policy == "current":
+            if self.amax_margin:
+                raise ValueError("Recipe.amax_margin needs a delayed amax_policy, not 'current'")
+            return
+        if not any(spec is not None and spec.tensor_scale for spec in self.operands().values()):
+            raise ValueError(
+                f"Recipe.amax_policy={self.amax_policy!r} acts on tensor scaling, but no operand "
+                "has tensor_scale=True"
+            )
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -152,6 +195,10 @@ class Recipe:
         }
         values["estimator"] = self.estimator
         values["scale_grad"] = self.scale_grad
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in _OMITTED_AT_DEFAULT:
+            if getattr(self, name) != defaults[name]:
+                values[name] = getattr(self, name)
         return values
 
     @classmethod

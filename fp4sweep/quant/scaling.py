@@ -155,13 +155,22 @@ def _torchao_rule(
 
 
 def scale_blocks(
-    rule: str, t: torch.Tensor, elem: FloatFormat, scale: FloatFormat, tensor_scaling: bool
+    rule: str, t: torch.Tensor, elem: FloatFormat, scale: FloatFormat, tensor_scaling: bool,
+    tensor_amax: torch.Tensor | None = None,
 ) -> ScaledBlocks:
-    """Apply scale rule ``rule`` to float32 ``t`` of shape (..., blocks, block_len)."""
+    """Apply scale rule ``rule`` to float32 ``t`` of shape (..., blocks, block_len).
+
+    With tensor scaling, ``tensor_amax`` (a 0-d float32 tensor) replaces ``A``, the finite amax
+    of ``t``: a delayed scale (``delayed.py``). Where it is below ``t``'s own, the largest
+    blocks' scales saturate at the scale format's max and their elements at ``E``.
+    """
     if rule not in SCALE_RULES:
         raise ValueError(f"unknown scale rule {rule!r}; valid: {list(SCALE_RULES)}")
     amax = t.abs().amax(dim=-1, keepdim=True)  # NaN-propagating: a NaN poisons its block only
-    tensor_amax = finite_amax(t) if tensor_scaling else None
+    if not tensor_scaling:
+        tensor_amax = None
+    elif tensor_amax is None:
+        tensor_amax = finite_amax(t)
     if rule == "nvfp4_torchao":
         return _torchao_rule(t, amax, tensor_amax, elem, scale)
     if tensor_amax is None:

@@ -363,6 +363,26 @@ def test_detailed_kernels_along_the_token_axis(spec):
     check_detailed(wide_range(64, 32, seed=3), spec, axis=0, seed=7)
 
 
+DELAYED_SPECS = [dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16"),
+                 QuantSpec(scale="ue4m3", block=16, scale_rule="nvfp4_torchao", tensor_scale=True),
+                 QuantSpec(scale="ue5m3", scale_rule="nearest", tensor_scale=True)]
+
+
+@pytest.mark.parametrize("spec", DELAYED_SPECS, ids=spec_id)
+@pytest.mark.parametrize("factor", [2.0**-4, 0.3, 1.0, 7.0])
+def test_a_given_tensor_amax_replaces_the_amax_pass(spec, factor):
+    # Below the tensor's own amax (a stale scale: blocks saturate) and above it.
+    x = wide_range(8, 64, seed=4).to(DEVICE)
+    with backend.use_backend("reference"):
+        own = quantize_detailed(x, spec, -1, 5)
+        tensor_amax = own.block_amax.max() * factor
+        expected = quantize_detailed(x, spec, -1, 5, tensor_amax)
+    kernel = launch.quantize_detailed(x, spec, -1, 5, tensor_amax)
+    assert_same_details(kernel, expected)
+    assert_same_bits(launch.fake_quantize(x, spec, -1, 5, tensor_amax), expected.output)
+    assert torch.equal(expected.output, own.output) == (factor == 1)
+
+
 def test_detailed_of_an_empty_tensor():
     output, fields, tensor_scale = launch.quantize_detailed(torch.empty(0, 32, device=DEVICE), NVFP4)
     assert output.shape == (0, 32) and fields["saturated"].dtype == torch.bool

@@ -95,9 +95,9 @@ def test_weight_is_quantised_again_unless_both_axes_agree(recipe):
 def test_backward_reuses_the_forward_weight_where_it_may(monkeypatch, recipe_name, backward_calls):
     calls = []
 
-    def counting(t, spec, axis, seed):
+    def counting(t, spec, axis, seed, tensor_amax):
         calls.append(spec)
-        return fake_quantize(t, spec, axis, seed)
+        return fake_quantize(t, spec, axis, seed, tensor_amax)
 
     monkeypatch.setattr(layers, "fake_quantize", counting)
     layer = QuantLinear(64, 32, recipe=Recipe.preset(recipe_name))

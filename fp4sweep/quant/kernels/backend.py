@@ -90,17 +90,19 @@ def use_kernels(x: torch.Tensor, spec: QuantSpec) -> bool:
     return supports(spec)
 
 
-def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
+                  tensor_amax: torch.Tensor | None = None) -> torch.Tensor:
     """``launch.fake_quantize``, imported on first use (it imports Triton)."""
     from fp4sweep.quant.kernels.launch import fake_quantize as kernel_fake_quantize
 
-    return kernel_fake_quantize(x, spec, axis, seed)
+    return kernel_fake_quantize(x, spec, axis, seed, tensor_amax)
 
 
 def quantize_detailed(
-    x: torch.Tensor, spec: QuantSpec, axis: int, seed: int
+    x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
+    tensor_amax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """``launch.quantize_detailed``, imported on first use (it imports Triton)."""
     from fp4sweep.quant.kernels.launch import quantize_detailed as kernel_quantize_detailed
 
-    return kernel_quantize_detailed(x, spec, axis, seed)
+    return kernel_quantize_detailed(x, spec, axis, seed, tensor_amax)

@@ -24,7 +24,7 @@ import triton.testing
 
 from fp4sweep.quant.formats import FloatFormat
 from fp4sweep.quant.kernels import quantiser
-from fp4sweep.quant.quantize import check_input
+from fp4sweep.quant.quantize import check_input, check_tensor_amax
 from fp4sweep.quant.rng import STREAM_ROUNDING, slot_bits, stream_key
 from fp4sweep.quant.scaling import SCALE_RULES, tensor_target
 from fp4sweep.quant.spec import QuantSpec
@@ -322,11 +322,13 @@ def clear_plans() -> None:
     _plans.clear()
 
 
-def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
-         detailed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int, detailed: bool,
+         tensor_amax: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The output like ``x`` and, if ``detailed``, the float32 details buffer (see
-    ``quantiser.fake_quantize_kernel``); ``x`` made contiguous first."""
+    ``quantiser.fake_quantize_kernel``); ``x`` made contiguous first. A given ``tensor_amax``
+    is the quantiser's input in place of the amax pass's."""
     key = stream_key(seed, STREAM_ROUNDING)  # also checks the seed
+    check_tensor_amax(tensor_amax, spec)
     x = x.detach().contiguous()
     out = torch.empty_like(x)
     details = None
@@ -342,7 +344,10 @@ def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
         plan = _plans[plan_key] = _Plan.build(x, out, details, spec, normalised_axis)
     signs = x if plan.signs is None else plan.signs
     amax_bits = x
-    if plan.tensor_amax is not None:
+    if tensor_amax is not None:
+        # A magnitude's float32 bits, as the amax pass leaves them.
+        amax_bits = tensor_amax.to(x.device).reshape(1).view(torch.int32)
+    elif plan.tensor_amax is not None:
         # Zeroed on the device, max-ed into by the amax kernel, read by the quantiser: no sync.
         amax_bits = torch.zeros(1, dtype=torch.int32, device=x.device)
         plan.tensor_amax(x, signs, amax_bits)
@@ -352,18 +357,20 @@ def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
     return out, details
 
 
-def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0,
+                  tensor_amax: torch.Tensor | None = None) -> torch.Tensor:
     """The reference's ``fake_quantize`` as fused kernels; same arguments, same bits."""
-    return _run(x, spec, axis, seed, detailed=False)[0]
+    return _run(x, spec, axis, seed, False, tensor_amax)[0]
 
 
 def quantize_detailed(
-    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0
+    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0,
+    tensor_amax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """The reference's ``quantize_detailed`` as fused kernels: the output, the per-element
     fields of ``QuantResult`` by name (float32 tensors shaped like ``x``, ``saturated`` bool)
     and the 0-d tensor scale; the same bits."""
-    out, details = _run(x, spec, axis, seed, detailed=True)
+    out, details = _run(x, spec, axis, seed, True, tensor_amax)
     if x.numel() == 0:
         fields = {name: torch.empty(x.shape, dtype=torch.float32, device=x.device)
                   for name in quantiser.DETAIL_FIELDS}
