@@ -21,13 +21,16 @@ forward's quantised weight is kept for the input gradient instead of quantising 
 
 Stochastic rounding needs a fresh, reproducible seed per layer, operand and step: each layer
 holds ``layer_seed`` (from ``quantize_model``'s seed and the layer's qualified name) and a step
-counter that advances on every forward in training mode. A recipe with a delayed tensor amax
+counter that advances on every forward in training mode. With ``sign_policy="per_step"`` the
+random Hadamard signs of each GEMM are redrawn every step from the same layer seed and step
+(``step_recipe``). A recipe with a delayed tensor amax
 gives each layer a ``DelayedAmax`` submodule (``delayed``, None otherwise) whose buffers hold
 the operands' amax histories.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 import zlib
@@ -41,7 +44,7 @@ from fp4sweep.quant.delayed import DelayedAmax
 from fp4sweep.quant.estimators import quantize_for_training
 from fp4sweep.quant.kernels import backend as kernel_backend
 from fp4sweep.quant.quantize import fake_quantize
-from fp4sweep.quant.recipe import OPERANDS, Recipe
+from fp4sweep.quant.recipe import GEMM_OPERANDS, OPERANDS, Recipe
 from fp4sweep.quant.spec import QuantSpec
 
 MASK64 = 2**64 - 1
@@ -70,6 +73,22 @@ def layer_seed(seed: int, name: str) -> int:
 def operand_seeds(layer_seed: int, step: int) -> dict[str, int]:
     """One stochastic-rounding seed per operand for one step of one layer."""
     return {name: derive_seed(layer_seed, step, i) for i, name in enumerate(OPERANDS)}
+
+
+def step_recipe(recipe: Recipe, layer_seed: int, step: int) -> Recipe:
+    """The recipe a layer runs at ``step``: ``recipe`` itself, or with ``sign_policy`` "per_step"
+    each GEMM's random-sign operands given the signs' seed ``derive_seed(layer_seed, step, 6 + g)``
+    (g = 0, 1, 2 for fwd, dgrad, wgrad: unrelated to the operands' rounding seeds)."""
+    if recipe.sign_policy == "fixed":
+        return recipe
+    changes = {}
+    for g, names in enumerate(GEMM_OPERANDS.values()):
+        seed = derive_seed(layer_seed, step, len(OPERANDS) + g)
+        for name in names:
+            spec = getattr(recipe, name)
+            if spec is not None and spec.random_signs:
+                changes[name] = dataclasses.replace(spec, transform_seed=seed)
+    return dataclasses.replace(recipe, **changes)
 
 
 def _tensor_amax(delayed: DelayedAmax | None, operand: str, t: torch.Tensor,
@@ -283,11 +302,14 @@ class _QuantizedLayer:
         self._init_delayed(source.weight.device)  # its state on the weight's device, not meta
         return self.train(source.training)
 
-    def _next_seeds(self) -> dict[str, int]:
+    def _next_step(self) -> tuple[Recipe, dict[str, int]]:
+        """This step's recipe (``step_recipe``) and rounding seeds; advances the step counter
+        in training mode."""
+        recipe = step_recipe(self.recipe, self.layer_seed, self.step)
         seeds = operand_seeds(self.layer_seed, self.step)
         if self.training:
             self.step += 1
-        return seeds
+        return recipe, seeds
 
 
 class QuantLinear(_QuantizedLayer, nn.Linear):
@@ -321,8 +343,7 @@ class QuantLinear(_QuantizedLayer, nn.Linear):
         if not self.recipe.quantizes_anything:
             return F.linear(x, self.weight, self.bias)
         rows = x.reshape(-1, self.in_features)
-        y = quantized_gemm(rows, self.weight, self.bias, self.recipe, self._next_seeds(),
-                           self.delayed)
+        y = quantized_gemm(rows, self.weight, self.bias, *self._next_step(), self.delayed)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -382,7 +403,7 @@ class QuantConv2d(_QuantizedLayer, nn.Conv2d):
         batch = x.shape[0]
         rows, out_h, out_w = unfold_rows(x, self.kernel_size, self.dilation, self.stride)
         weight = self.weight.reshape(self.out_channels, -1)
-        y = quantized_gemm(rows, weight, self.bias, self.recipe, self._next_seeds(), self.delayed)
+        y = quantized_gemm(rows, weight, self.bias, *self._next_step(), self.delayed)
         y = y.reshape(batch, out_h * out_w, self.out_channels).transpose(1, 2)
         y = y.reshape(batch, self.out_channels, out_h, out_w)
         return y.squeeze(0) if unbatched else y

@@ -13,7 +13,11 @@ through the two forward quantisers (the backward ones sit on the gradient path a
 derivative); ``scale_grad`` whether it also flows through their block scales (see
 ``estimators.py``). ``amax_policy``, ``amax_window`` and ``amax_margin`` say which tensor amax
 the tensor-scaled operands use: their own ("current") or a delayed one held by the layer
-(``delayed.py``). Fields at their defaults are left out of ``to_dict``, so adding one changes
+(``delayed.py``). ``sign_policy`` says when random Hadamard signs (``rhadamardK``) are drawn:
+once for the run from the specs' ``transform_seed`` ("fixed"), or afresh at every step
+("per_step", TransformerEngine's and Quartet's practice): the layer draws each GEMM's signs from
+its seed and the step, shared by the GEMM's two operands (``layers.step_recipe``). A transform
+without signs is ``hadamardK``. Fields at their defaults are left out of ``to_dict``, so adding one changes
 no existing recipe's dict (trial ids are hashes of it).
 """
 
@@ -37,8 +41,9 @@ GEMM_OPERANDS = {
 ESTIMATORS = ("ste", "clipped_ste", "spline", "power")
 SCALE_GRADS = ("stop", "amax")
 AMAX_POLICIES = ("current", "hold", "max", "most_recent")
+SIGN_POLICIES = ("fixed", "per_step")
 # Fields that to_dict leaves out at their default value.
-_OMITTED_AT_DEFAULT = ("amax_policy", "amax_window", "amax_margin")
+_OMITTED_AT_DEFAULT = ("amax_policy", "amax_window", "amax_margin", "sign_policy")
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class Recipe:
     amax_window: D, the steps an amax is held ("hold"), or H, the history length ("max");
         1 for the other policies.
     amax_margin: m >= 0, the amax used is multiplied by 2**m; 0 for "current".
+    sign_policy: "fixed" or "per_step": when random Hadamard signs are drawn.
     """
 
     fwd_x: QuantSpec | None = None
@@ -63,6 +69,7 @@ class Recipe:
     amax_policy: str = "current"
     amax_window: int = 1
     amax_margin: int = 0
+    sign_policy: str = "fixed"
 
     def __post_init__(self) -> None:
         for name in OPERANDS:
@@ -80,6 +87,17 @@ class Recipe:
                 f"Recipe.scale_grad={self.scale_grad!r} is not valid; valid: {list(SCALE_GRADS)}"
             )
         self._check_amax_policy()
+        if self.sign_policy not in SIGN_POLICIES:
+            raise ValueError(
+                f"Recipe.sign_policy={self.sign_policy!r} is not valid; valid: {list(SIGN_POLICIES)}"
+            )
+        if self.sign_policy != "fixed" and not any(
+            spec is not None and spec.random_signs for spec in self.operands().values()
+        ):
+            raise ValueError(
+                f"Recipe.sign_policy={self.sign_policy!r} redraws random Hadamard signs, but no "
+                "operand has an 'rhadamardK' transform"
+            )
         for gemm, (a, b) in GEMM_OPERANDS.items():
             if _rotation(getattr(self, a)) != _rotation(getattr(self, b)):
                 raise ValueError(

@@ -383,6 +383,16 @@ def test_a_given_tensor_amax_replaces_the_amax_pass(spec, factor):
     assert torch.equal(expected.output, own.output) == (factor == 1)
 
 
+def test_signs_redrawn_every_step_share_one_plan():
+    x = wide_range(4, 64, seed=6).to(DEVICE)
+    spec = dataclasses.replace(NVFP4, transform="rhadamard16")
+    launch.clear_plans()
+    for transform_seed in (11, 12, 2**63 + 5):
+        redrawn = dataclasses.replace(spec, transform_seed=transform_seed)
+        assert_same_bits(launch.fake_quantize(x, redrawn, -1, 3), reference(x, redrawn, -1, 3))
+    assert len(launch._plans) == 1
+
+
 def test_detailed_of_an_empty_tensor():
     output, fields, tensor_scale = launch.quantize_detailed(torch.empty(0, 32, device=DEVICE), NVFP4)
     assert output.shape == (0, 32) and fields["saturated"].dtype == torch.bool

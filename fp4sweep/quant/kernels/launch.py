@@ -6,15 +6,19 @@ Hadamard signs and the stochastic-rounding key, so those agree by construction.
 
 A training step quantises hundreds of tensors of a few shapes, so the host's share of a call
 must be small. Everything that the seed and the tensor's values do not change (checks, tile
-geometry, the tuned tile shape, the kernel's compile-time arguments, the compiled kernel itself
-and the Hadamard signs on the device) is worked out on a shape's first call and kept in a
-``_Plan``; later calls allocate the output, look the plan up and launch, without a host sync.
+geometry, the tuned tile shape, the kernel's compile-time arguments and the compiled kernel
+itself) is worked out on a shape's first call and kept in a ``_Plan``; later calls allocate the
+output, look the plan up and launch, without a host sync. The random Hadamard signs are an
+argument of each call (kept on the device per seed), so that signs redrawn every step
+(``Recipe.sign_policy``) share one plan.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -283,7 +287,6 @@ class KernelArguments:
 class _Plan:
     """Everything about a call that the seed and the tensor's values do not change."""
 
-    signs: torch.Tensor | None  # the random Hadamard signs, on the tensor's device
     tensor_amax: Launcher | None  # with tensor scaling
     quantise: Launcher
 
@@ -300,9 +303,7 @@ class _Plan:
             )
         arguments = KernelArguments.of(x, spec, axis, details is not None)
         geometry = arguments.geometry
-        signs = (hadamard_signs(spec.hadamard_size, spec.transform_seed).to(x.device)
-                 if spec.random_signs else None)
-        signs_or_x = x if signs is None else signs
+        signs_or_x = _signs(spec, x)
         tensor_amax, amax_bits = None, x
         if arguments.tensor_amax is not None:
             amax_bits = torch.zeros(1, dtype=torch.int32, device=x.device)
@@ -311,10 +312,27 @@ class _Plan:
         quantise = _fastest(quantiser.fake_quantize_kernel,
                             (x, out, signs_or_x, amax_bits, x if details is None else details, 0),
                             arguments.quantise, geometry, x.numel(), tuned=details is None)
-        return cls(signs, tensor_amax, quantise)
+        return cls(tensor_amax, quantise)
 
 
 _plans: dict[tuple, _Plan] = {}
+
+
+@functools.lru_cache(maxsize=256)
+def _without_signs_seed(spec: QuantSpec) -> QuantSpec:
+    """``spec`` as a plan's key: the signs' seed is a per-call argument, not part of the plan."""
+    return dataclasses.replace(spec, transform_seed=0)
+
+
+@functools.lru_cache(maxsize=64)
+def _device_signs(size: int, seed: int, device: torch.device) -> torch.Tensor:
+    return hadamard_signs(size, seed).to(device)
+
+
+def _signs(spec: QuantSpec, x: torch.Tensor) -> torch.Tensor:
+    """The kernels' signs argument: the random Hadamard signs on ``x``'s device (``x`` itself,
+    unread, without them)."""
+    return _device_signs(spec.hadamard_size, spec.transform_seed, x.device) if spec.random_signs else x
 
 
 def clear_plans() -> None:
@@ -335,14 +353,15 @@ def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int, detailed: bool,
     if detailed:
         details = torch.empty(len(quantiser.DETAIL_FIELDS) * x.numel() + 1,
                               dtype=torch.float32, device=x.device)
-    plan_key = (spec, x.shape, axis, x.dtype, x.device, x.data_ptr() % ALIGNMENT == 0, detailed)
+    plan_key = (_without_signs_seed(spec), x.shape, axis, x.dtype, x.device,
+                x.data_ptr() % ALIGNMENT == 0, detailed)
     plan = _plans.get(plan_key)
     if plan is None:
         normalised_axis = check_input(x, spec, axis)
         if x.numel() == 0:
             return out, details
         plan = _plans[plan_key] = _Plan.build(x, out, details, spec, normalised_axis)
-    signs = x if plan.signs is None else plan.signs
+    signs = _signs(spec, x)
     amax_bits = x
     if tensor_amax is not None:
         # A magnitude's float32 bits, as the amax pass leaves them.
