@@ -7,7 +7,9 @@ scale format, ``S_top = min(S.max, 2**64)``.
 
 Tensor scaling (two-level scaling, any scale format) multiplies the tensor by the global encode
 scale ``g = min(fl(fl(S_top * E) / A), FLT_MAX)`` so that the largest block scale lands on the
-top of the scale format's range; ``g = 1`` when tensor scaling is off, when ``A == 0`` or when
+top of the scale format's range (or on a lower target ``S_top``, the spec's
+``tensor_target_scale``: 256 as TransformerEngine's 4-over-6 recipe and Quartet II use, which
+leaves the block scales headroom above it); ``g = 1`` when tensor scaling is off, when ``A == 0`` or when
 ``g`` underflows to 0. ``S_top`` caps the target at 2**64 so that ``g`` and ``1/g`` stay normal
 float32 numbers for wide scale formats (E8M0's max 2**127 times E would overflow float32);
 this cap changes nothing for UE4M3, UE5M3 or any scale format with at most 7 exponent bits.
@@ -96,14 +98,18 @@ def _f32(value: float, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.float32, device=like.device)
 
 
-def tensor_target(elem: FloatFormat, scale: FloatFormat, like: torch.Tensor) -> torch.Tensor:
-    """fl(S_top * E): where tensor scaling puts the tensor amax."""
-    return _f32(min(scale.max, TENSOR_TARGET_CAP), like) * _f32(elem.max, like)
+def tensor_target(elem: FloatFormat, scale: FloatFormat, like: torch.Tensor,
+                  target_scale: int = 0) -> torch.Tensor:
+    """fl(S_top * E): where tensor scaling puts the tensor amax; ``S_top`` is ``target_scale``,
+    or with 0 the scale format's max (capped at 2**64)."""
+    top = target_scale or min(scale.max, TENSOR_TARGET_CAP)
+    return _f32(top, like) * _f32(elem.max, like)
 
 
-def global_encode_scale(amax: torch.Tensor, elem: FloatFormat, scale: FloatFormat) -> torch.Tensor:
+def global_encode_scale(amax: torch.Tensor, elem: FloatFormat, scale: FloatFormat,
+                        target_scale: int = 0) -> torch.Tensor:
     """The tensor's encode scale ``g`` (0-d float32), as TransformerEngine computes it."""
-    g = torch.clamp(tensor_target(elem, scale, amax) / amax, max=FLT_MAX)
+    g = torch.clamp(tensor_target(elem, scale, amax, target_scale) / amax, max=FLT_MAX)
     return torch.where((amax == 0) | (g == 0), _f32(1.0, amax), g)
 
 
@@ -140,13 +146,13 @@ def _nvfp4_rule(
 
 def _torchao_rule(
     t: torch.Tensor, amax: torch.Tensor, tensor_amax: torch.Tensor | None,
-    elem: FloatFormat, scale: FloatFormat,
+    elem: FloatFormat, scale: FloatFormat, target_scale: int,
 ) -> ScaledBlocks:
     one = _f32(1.0, t)
     if tensor_amax is None:
         p = one
     else:
-        p = tensor_amax / tensor_target(elem, scale, t)
+        p = tensor_amax / tensor_target(elem, scale, t, target_scale)
         p = torch.where(p == 0, one, p)
     ideal = torch.clamp((amax / _f32(elem.max, t)) / p, min=scale.min_normal, max=scale.max)
     s = round_magnitude(scale, ideal, "nearest")
@@ -156,9 +162,11 @@ def _torchao_rule(
 
 def scale_blocks(
     rule: str, t: torch.Tensor, elem: FloatFormat, scale: FloatFormat, tensor_scaling: bool,
-    tensor_amax: torch.Tensor | None = None,
+    tensor_amax: torch.Tensor | None = None, target_scale: int = 0,
 ) -> ScaledBlocks:
     """Apply scale rule ``rule`` to float32 ``t`` of shape (..., blocks, block_len).
+
+    ``target_scale``: the block scale that tensor scaling targets (0: the format's max).
 
     With tensor scaling, ``tensor_amax`` (a 0-d float32 tensor) replaces ``A``, the finite amax
     of ``t``: a delayed scale (``delayed.py``). Where it is below ``t``'s own, the largest
@@ -172,11 +180,11 @@ def scale_blocks(
     elif tensor_amax is None:
         tensor_amax = finite_amax(t)
     if rule == "nvfp4_torchao":
-        return _torchao_rule(t, amax, tensor_amax, elem, scale)
+        return _torchao_rule(t, amax, tensor_amax, elem, scale, target_scale)
     if tensor_amax is None:
         g = _f32(1.0, t)
     else:
-        g = global_encode_scale(tensor_amax, elem, scale)
+        g = global_encode_scale(tensor_amax, elem, scale, target_scale)
     if rule == "nvfp4":
         return _nvfp4_rule(t, amax, g, elem, scale)
     return _amax_rule(rule, t, amax, g, elem, scale)

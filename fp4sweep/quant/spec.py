@@ -21,6 +21,7 @@ TRANSFORMS = ("none",) + tuple(
 BLOCK_RANGE = (8, 128)
 SR_BITS_RANGE = (1, 24)
 _TRANSFORM_NAME = re.compile(r"(r?)hadamard(\d+)")
+_OMITTED_AT_DEFAULT = ("tensor_target_scale",)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class QuantSpec:
         share one rotation (independent of the stochastic-rounding seed).
     tensor_scale: two-level scaling: a per-tensor fp32 scale so that block scales use their
         format's whole range.
+    tensor_target_scale: with tensor scaling, the block scale that the tensor amax's block is
+        given: 0 (default) for the scale format's max (448 for UE4M3: TransformerEngine's
+        NVFP4), or a positive integer up to it, such as 256 (TransformerEngine's 4-over-6
+        recipe, Quartet II), which leaves the block scales headroom (``scaling.py``).
     """
 
     elem: str = "e2m1"
@@ -64,6 +69,7 @@ class QuantSpec:
     transform: str = "none"
     transform_seed: int = 0
     tensor_scale: bool = False
+    tensor_target_scale: int = 0
 
     def __post_init__(self) -> None:
         _check_type("elem", self.elem, str)
@@ -90,6 +96,16 @@ class QuantSpec:
         if self.transform_seed < 0:
             raise ValueError(f"QuantSpec.transform_seed must be >= 0, got {self.transform_seed}")
         _check_type("tensor_scale", self.tensor_scale, bool)
+        _check_type("tensor_target_scale", self.tensor_target_scale, int)
+        if self.tensor_target_scale:
+            top = min(self.scale_format.max, 2.0**64)
+            if not self.tensor_scale:
+                raise ValueError("QuantSpec.tensor_target_scale needs tensor_scale=True")
+            if not 0 < self.tensor_target_scale <= top:
+                raise ValueError(
+                    f"QuantSpec.tensor_target_scale must be 0 (the scale format's max) or in "
+                    f"1..{top:g}, got {self.tensor_target_scale}"
+                )
         if self.scale_rule in NARROW_SCALE_RULES and self.scale_format.exp_bits > 5:
             raise ValueError(
                 f"QuantSpec.scale_rule={self.scale_rule!r} needs a scale format with at most 5 "
@@ -129,8 +145,14 @@ class QuantSpec:
             ) from None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-serialisable fields; ``from_dict(to_dict(s)) == s``."""
-        return dataclasses.asdict(self)
+        """Plain, JSON-serialisable fields; ``from_dict(to_dict(s)) == s``. Fields added after
+        the first release are left out at their defaults, so that existing specs (and the trial
+        ids hashed from them) keep their dicts."""
+        values = dataclasses.asdict(self)
+        for name in _OMITTED_AT_DEFAULT:
+            if values[name] == _DEFAULTS[name]:
+                del values[name]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> QuantSpec:
@@ -141,6 +163,8 @@ class QuantSpec:
             raise ValueError(f"unknown QuantSpec field(s) {unknown}; valid: {names}")
         return cls(**values)
 
+
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(QuantSpec)}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # OCP MX v1.0 MXFP4: E2M1 elements, E8M0 scale per 32, OCP floor rule, nearest-even.

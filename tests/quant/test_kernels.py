@@ -352,6 +352,15 @@ DETAILED_SPECS = [
 ]
 
 
+@pytest.mark.parametrize("spec", [
+    dataclasses.replace(NVFP4, tensor_target_scale=256),
+    *(QuantSpec(scale="ue4m3", block=16, scale_rule=rule, tensor_scale=True, tensor_target_scale=256)
+      for rule in ("nearest", "nvfp4_torchao")),
+], ids=spec_id)
+def test_a_lower_tensor_target_in_the_kernels(spec):
+    check_detailed(edge_values(8, 128), spec, seed=5)
+
+
 @pytest.mark.parametrize("spec", DETAILED_SPECS, ids=spec_id)
 def test_detailed_kernels_match_the_reference_field_for_field(spec):
     check_detailed(edge_values(8, 96 if spec.block == 24 else 128), spec, seed=5)

@@ -226,8 +226,9 @@ def _fastest(kernel, per_call: tuple, arguments: dict, geometry: _Geometry, nume
     return candidates[times.index(min(times))]
 
 
-def _tensor_target(elem: FloatFormat, scale: FloatFormat) -> float:
-    return tensor_target(elem, scale, torch.empty(0)).item()
+def _tensor_target(spec: QuantSpec) -> float:
+    return tensor_target(spec.elem_format, spec.scale_format, torch.empty(0),
+                         spec.tensor_target_scale).item()
 
 
 def _transform_constants(spec: QuantSpec) -> dict:
@@ -246,7 +247,7 @@ def _quantiser_constants(spec: QuantSpec, detailed: bool) -> dict:
     elem, scale = spec.elem_format, spec.scale_format
     return dict(
         _transform_constants(spec), RULE=SCALE_RULES.index(spec.scale_rule),
-        TENSOR_SCALE=spec.tensor_scale, TARGET=_tensor_target(elem, scale),
+        TENSOR_SCALE=spec.tensor_scale, TARGET=_tensor_target(spec),
         S_MIN_POSITIVE=scale.min_positive, S_MIN_NORMAL=scale.min_normal,
         S_BIAS=scale.bias, E_EMAX=elem.emax, SR=spec.rounding == "sr", SR_BITS=spec.sr_bits,
         SR_SLOT=slot_bits(spec.sr_bits),
