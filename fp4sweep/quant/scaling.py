@@ -39,6 +39,16 @@ Each rule yields, per block: the scale ``s`` (a value of ``S``), the scaled elem
       s = round_nearest_even(S, clamp(fl(fl(a / E) / p), S.min_normal, S.max))
       d = fl(p * s);   v = fl(t / d)
 
+Pre-scale before stochastic rounding (the spec's ``prescale``, a factor ``c``): after the rule,
+``v' = fl(v * c)`` is rounded and ``d' = fl(d / c)`` decodes it, so the grid keeps ``1/c`` of
+headroom above the block's largest element. ``c = 16/17`` (as float32): the 17/16 margin of
+NVIDIA's and Quartet II's gradient quantisers, which keeps a block scale rounded down by up to
+1/16 (UE4M3) from clipping; ``c = 3/4``: Tseng et al.'s (arXiv 2502.20586) scaling of MXFP4
+operands before stochastic rounding, which keeps the OCP floor rule's elements (up to 8) at
+most 6. Where these sources apply the factor (to the scale before its rounding, or to the
+operand before the block scale) this definition applies it to the scaled elements, after the
+block scale: a choice of ours that keeps the block scales those of the rule.
+
 Zero or underflowing scales: a scale that rounds below the format's smallest positive value
 becomes that smallest positive value (2**-127 for E8M0, 2**-9 for UE4M3, 2**-17 for UE5M3), so
 nothing is ever divided by zero and an all-zero block quantises to zeros. TransformerEngine
@@ -55,6 +65,7 @@ non-finite value first spreads over its Hadamard run.)
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +76,8 @@ from fp4sweep.quant.rounding import round_magnitude
 FLT_MAX = torch.finfo(torch.float32).max
 TENSOR_TARGET_CAP = 2.0**64
 SCALE_RULES = ("floor", "ceil", "nearest", "nvfp4", "nvfp4_torchao")
+# Pre-scale name -> its factor c, a float32 value.
+PRESCALES = {"1": 1.0, "16/17": torch.tensor(16 / 17, dtype=torch.float32).item(), "3/4": 0.75}
 
 
 @dataclass(frozen=True)
@@ -162,11 +175,12 @@ def _torchao_rule(
 
 def scale_blocks(
     rule: str, t: torch.Tensor, elem: FloatFormat, scale: FloatFormat, tensor_scaling: bool,
-    tensor_amax: torch.Tensor | None = None, target_scale: int = 0,
+    tensor_amax: torch.Tensor | None = None, target_scale: int = 0, prescale: str = "1",
 ) -> ScaledBlocks:
     """Apply scale rule ``rule`` to float32 ``t`` of shape (..., blocks, block_len).
 
-    ``target_scale``: the block scale that tensor scaling targets (0: the format's max).
+    ``target_scale``: the block scale that tensor scaling targets (0: the format's max);
+    ``prescale``: a name in ``PRESCALES``.
 
     With tensor scaling, ``tensor_amax`` (a 0-d float32 tensor) replaces ``A``, the finite amax
     of ``t``: a delayed scale (``delayed.py``). Where it is below ``t``'s own, the largest
@@ -174,6 +188,17 @@ def scale_blocks(
     """
     if rule not in SCALE_RULES:
         raise ValueError(f"unknown scale rule {rule!r}; valid: {list(SCALE_RULES)}")
+    scaled = _scale_rule(rule, t, elem, scale, tensor_scaling, tensor_amax, target_scale)
+    if prescale == "1":
+        return scaled
+    c = _f32(PRESCALES[prescale], t)
+    return dataclasses.replace(scaled, elements=scaled.elements * c, decode=scaled.decode / c)
+
+
+def _scale_rule(
+    rule: str, t: torch.Tensor, elem: FloatFormat, scale: FloatFormat, tensor_scaling: bool,
+    tensor_amax: torch.Tensor | None, target_scale: int,
+) -> ScaledBlocks:
     amax = t.abs().amax(dim=-1, keepdim=True)  # NaN-propagating: a NaN poisons its block only
     if not tensor_scaling:
         tensor_amax = None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fp4sweep.quant.formats import ELEMENT_FORMATS, FloatFormat, element_format, scale_format
-from fp4sweep.quant.scaling import SCALE_RULES
+from fp4sweep.quant.scaling import PRESCALES, SCALE_RULES
 
 # The NVFP4 conventions multiply block scales by the tensor's decode scale; with a scale format
 # as wide as float32 (E8M0, fp32) that product underflows, so they are defined for narrow ones.
@@ -21,7 +21,7 @@ TRANSFORMS = ("none",) + tuple(
 BLOCK_RANGE = (8, 128)
 SR_BITS_RANGE = (1, 24)
 _TRANSFORM_NAME = re.compile(r"(r?)hadamard(\d+)")
-_OMITTED_AT_DEFAULT = ("tensor_target_scale",)
+_OMITTED_AT_DEFAULT = ("tensor_target_scale", "prescale")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,9 @@ class QuantSpec:
         given: 0 (default) for the scale format's max (448 for UE4M3: TransformerEngine's
         NVFP4), or a positive integer up to it, such as 256 (TransformerEngine's 4-over-6
         recipe, Quartet II), which leaves the block scales headroom (``scaling.py``).
+    prescale: with stochastic rounding, the factor the scaled elements are multiplied by before
+        rounding (and the decode scale divided by): "1" (default), "16/17" (NVIDIA's and
+        Quartet II's 17/16 margin) or "3/4" (Tseng et al.); ``scaling.py`` defines it.
     """
 
     elem: str = "e2m1"
@@ -70,6 +73,7 @@ class QuantSpec:
     transform_seed: int = 0
     tensor_scale: bool = False
     tensor_target_scale: int = 0
+    prescale: str = "1"
 
     def __post_init__(self) -> None:
         _check_type("elem", self.elem, str)
@@ -106,6 +110,14 @@ class QuantSpec:
                     f"QuantSpec.tensor_target_scale must be 0 (the scale format's max) or in "
                     f"1..{top:g}, got {self.tensor_target_scale}"
                 )
+        _check_type("prescale", self.prescale, str)
+        if self.prescale not in PRESCALES:
+            _invalid("prescale", self.prescale, PRESCALES)
+        if self.prescale != "1" and self.rounding != "sr":
+            raise ValueError(
+                f"QuantSpec.prescale={self.prescale!r} acts before stochastic rounding; it needs "
+                f"rounding='sr', got {self.rounding!r}"
+            )
         if self.scale_rule in NARROW_SCALE_RULES and self.scale_format.exp_bits > 5:
             raise ValueError(
                 f"QuantSpec.scale_rule={self.scale_rule!r} needs a scale format with at most 5 "

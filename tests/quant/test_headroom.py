@@ -36,3 +36,40 @@ def test_target_checks_and_dict():
         QuantSpec(scale="ue4m3", tensor_target_scale=256)
     with pytest.raises(ValueError, match=r"in 1\.\.448, got 512"):
         dataclasses.replace(NVFP4, tensor_target_scale=512)
+
+
+MX_SR = QuantSpec(elem="e2m1", scale="e8m0", block=8, scale_rule="floor", rounding="sr")
+
+
+def test_three_quarters_keeps_the_floor_rules_largest_elements_unclipped():
+    # floor: scale 2**(floor(log2 7) - 2) = 1, so 7 is an element beyond E2M1's 6
+    x = torch.tensor([[7.0, 1.0] + [0.0] * 6]).repeat(4096, 1)
+    clipped = quantize_detailed(x, MX_SR, seed=1)
+    assert clipped.saturated[:, 0].all() and clipped.output[:, 0].unique().tolist() == [6.0]
+    r = quantize_detailed(x, dataclasses.replace(MX_SR, prescale="3/4"), seed=1)
+    decode = torch.tensor(1.0) / torch.tensor(0.75)  # fl(1 / (3/4))
+    assert r.scaled[0, :2].tolist() == [5.25, 0.75] and r.scale[0, 0] == decode
+    assert not r.saturated.any()
+    # 5.25 rounds to 4 or 6, 0.75 to 0.5 or 1: each unbiased once decoded
+    assert set(r.output[:, 0].unique().tolist()) == {(4 * decode).item(), (6 * decode).item()}
+    assert r.output[:, 0].mean().item() == pytest.approx(7.0, rel=0.01)
+    assert r.output[:, 1].mean().item() == pytest.approx(1.0, rel=0.02)
+
+
+def test_seventeen_sixteenths_margin_on_nvfp4():
+    spec = dataclasses.replace(NVFP4, rounding="sr", prescale="16/17")
+    x = torch.randn(64, 32)
+    plain, margin = quantize_detailed(x, dataclasses.replace(spec, prescale="1")), quantize_detailed(x, spec)
+    c = torch.tensor(16 / 17, dtype=torch.float32)
+    assert torch.equal(margin.block_scale, plain.block_scale)  # the rule's scales are kept
+    assert torch.equal(margin.scaled, plain.scaled * c) and torch.equal(margin.scale, plain.scale / c)
+    # a UE4M3 scale rounded to nearest is at most 1/16 below the ideal: no element clips
+    assert plain.saturated.any() and not margin.saturated.any()
+
+
+def test_prescale_needs_stochastic_rounding():
+    assert "prescale" not in MX_SR.to_dict()
+    with pytest.raises(ValueError, match="needs rounding='sr'"):
+        QuantSpec(prescale="3/4")
+    with pytest.raises(ValueError, match=r"prescale='2'.*'16/17'"):
+        dataclasses.replace(MX_SR, prescale="2")

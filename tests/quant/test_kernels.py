@@ -356,8 +356,10 @@ DETAILED_SPECS = [
     dataclasses.replace(NVFP4, tensor_target_scale=256),
     *(QuantSpec(scale="ue4m3", block=16, scale_rule=rule, tensor_scale=True, tensor_target_scale=256)
       for rule in ("nearest", "nvfp4_torchao")),
+    dataclasses.replace(NVFP4, rounding="sr", prescale="16/17", transform="rhadamard16"),
+    dataclasses.replace(MXFP4, rounding="sr", prescale="3/4"),
 ], ids=spec_id)
-def test_a_lower_tensor_target_in_the_kernels(spec):
+def test_scale_headroom_in_the_kernels(spec):
     check_detailed(edge_values(8, 128), spec, seed=5)
 
 

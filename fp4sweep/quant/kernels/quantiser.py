@@ -256,6 +256,7 @@ def fake_quantize_kernel(
     HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
     RANDOM_SIGNS: tl.constexpr,
     RULE: tl.constexpr, TENSOR_SCALE: tl.constexpr, TARGET: tl.constexpr,
+    PRESCALE: tl.constexpr,
     S_EMIN: tl.constexpr, S_MAN: tl.constexpr, S_BIAS: tl.constexpr, S_MAX: tl.constexpr,
     S_MIN_POSITIVE: tl.constexpr, S_MIN_NORMAL: tl.constexpr,
     E_EMIN: tl.constexpr, E_MAN: tl.constexpr, E_MAX: tl.constexpr, E_EMAX: tl.constexpr,
@@ -313,6 +314,12 @@ def fake_quantize_kernel(
                                        BLOCK_2D)
         else:
             v = tl.math.div_rn(t * g, _per_element(s, ROWS, COLS, BLOCK, PADDED, BLOCK_2D))
+
+    if PRESCALE != 1.0:
+        # ``scaling``'s pre-scale c: v' = fl(v * c), d' = fl(d / c).
+        c = tl.full([], PRESCALE, tl.float32)
+        v = v * c
+        d = tl.math.div_rn(d, c)
 
     # Element rounding (``rounding.round_signed``) and dequantisation.
     magnitude = tl.abs(v)
