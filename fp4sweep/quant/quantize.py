@@ -180,7 +180,8 @@ def _quantise(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
     blocks = blocking.split(t)
     elem = spec.elem_format
     scaled = scale_blocks(spec.scale_rule, blocks, elem, spec.scale_format, spec.tensor_scale,
-                          tensor_amax, spec.tensor_target_scale, spec.prescale)
+                          tensor_amax, spec.tensor_target_scale, spec.prescale,
+                          spec.scale_select)
     if spec.rounding == "rne":
         q = round_signed(elem, scaled.elements, "nearest")
     else:

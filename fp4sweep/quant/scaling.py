@@ -39,6 +39,17 @@ Each rule yields, per block: the scale ``s`` (a value of ``S``), the scaled elem
       s = round_nearest_even(S, clamp(fl(fl(a / E) / p), S.min_normal, S.max))
       d = fl(p * s);   v = fl(t / d)
 
+Scale selection "4 over 6" (the spec's ``scale_select``; Four Over Six, arXiv 2512.02010, and
+TransformerEngine's ``nvfp4_4over6``), for the nvfp4 rule on 1-D blocks of a power-of-two
+length: each block is scaled twice, with ``E`` (its amax to 6) and with 4 in place of ``E``
+(its amax to 4, where E2M1's grid is finer relative to the amax), both candidates are rounded
+to nearest, and the one whose dequantised block is closer to ``t`` is kept: by squared error
+("4over6_mse") or absolute error ("4over6_mae"), summed over the block as a pairwise tree
+(elements 2i and 2i+1, then their sums likewise), a fixed order that a kernel can repeat; a tie
+(or a NaN block) keeps the amax-to-6 scale. The kept candidate's ``v`` is then rounded as the
+spec says (also stochastically). The tree order, the tie rule and nearest rounding for the
+comparison are our choices where the sources leave them open.
+
 Pre-scale before stochastic rounding (the spec's ``prescale``, a factor ``c``): after the rule,
 ``v' = fl(v * c)`` is rounded and ``d' = fl(d / c)`` decodes it, so the grid keeps ``1/c`` of
 headroom above the block's largest element. ``c = 16/17`` (as float32): the 17/16 margin of
@@ -71,11 +82,13 @@ from dataclasses import dataclass
 import torch
 
 from fp4sweep.quant.formats import FloatFormat
-from fp4sweep.quant.rounding import round_magnitude
+from fp4sweep.quant.rounding import round_magnitude, round_signed
 
 FLT_MAX = torch.finfo(torch.float32).max
 TENSOR_TARGET_CAP = 2.0**64
 SCALE_RULES = ("floor", "ceil", "nearest", "nvfp4", "nvfp4_torchao")
+SCALE_SELECTS = ("max", "4over6_mse", "4over6_mae")
+FOUR_OVER_SIX_MAX = 4.0  # the second candidate's target for the block amax
 # Pre-scale name -> its factor c, a float32 value.
 PRESCALES = {"1": 1.0, "16/17": torch.tensor(16 / 17, dtype=torch.float32).item(), "3/4": 0.75}
 
@@ -147,10 +160,12 @@ def _amax_rule(
 
 
 def _nvfp4_rule(
-    t: torch.Tensor, amax: torch.Tensor, g: torch.Tensor, elem: FloatFormat, scale: FloatFormat
+    t: torch.Tensor, amax: torch.Tensor, g: torch.Tensor, elem: FloatFormat, scale: FloatFormat,
+    target: float,
 ) -> ScaledBlocks:
+    """The nvfp4 rule with the block amax aimed at ``target`` (the element max, or 4)."""
     one = _f32(1.0, t)
-    ideal = torch.clamp(amax * (g * (one / _f32(elem.max, t))), max=FLT_MAX)
+    ideal = torch.clamp(amax * (g * (one / _f32(target, t))), max=FLT_MAX)
     s = _at_least_smallest(scale, round_magnitude(scale, ideal, "nearest"))
     d = s * (one / g)
     encode = torch.clamp(one / d, max=FLT_MAX)
@@ -176,11 +191,12 @@ def _torchao_rule(
 def scale_blocks(
     rule: str, t: torch.Tensor, elem: FloatFormat, scale: FloatFormat, tensor_scaling: bool,
     tensor_amax: torch.Tensor | None = None, target_scale: int = 0, prescale: str = "1",
+    select: str = "max",
 ) -> ScaledBlocks:
     """Apply scale rule ``rule`` to float32 ``t`` of shape (..., blocks, block_len).
 
     ``target_scale``: the block scale that tensor scaling targets (0: the format's max);
-    ``prescale``: a name in ``PRESCALES``.
+    ``prescale``: a name in ``PRESCALES``; ``select``: one of ``SCALE_SELECTS``.
 
     With tensor scaling, ``tensor_amax`` (a 0-d float32 tensor) replaces ``A``, the finite amax
     of ``t``: a delayed scale (``delayed.py``). Where it is below ``t``'s own, the largest
@@ -188,7 +204,7 @@ def scale_blocks(
     """
     if rule not in SCALE_RULES:
         raise ValueError(f"unknown scale rule {rule!r}; valid: {list(SCALE_RULES)}")
-    scaled = _scale_rule(rule, t, elem, scale, tensor_scaling, tensor_amax, target_scale)
+    scaled = _scale_rule(rule, t, elem, scale, tensor_scaling, tensor_amax, target_scale, select)
     if prescale == "1":
         return scaled
     c = _f32(PRESCALES[prescale], t)
@@ -197,7 +213,7 @@ def scale_blocks(
 
 def _scale_rule(
     rule: str, t: torch.Tensor, elem: FloatFormat, scale: FloatFormat, tensor_scaling: bool,
-    tensor_amax: torch.Tensor | None, target_scale: int,
+    tensor_amax: torch.Tensor | None, target_scale: int, select: str,
 ) -> ScaledBlocks:
     amax = t.abs().amax(dim=-1, keepdim=True)  # NaN-propagating: a NaN poisons its block only
     if not tensor_scaling:
@@ -211,5 +227,26 @@ def _scale_rule(
     else:
         g = global_encode_scale(tensor_amax, elem, scale, target_scale)
     if rule == "nvfp4":
-        return _nvfp4_rule(t, amax, g, elem, scale)
+        six = _nvfp4_rule(t, amax, g, elem, scale, elem.max)
+        if select == "max":
+            return six
+        four = _nvfp4_rule(t, amax, g, elem, scale, FOUR_OVER_SIX_MAX)
+        squared = select == "4over6_mse"
+        keep_four = _block_error(t, four, elem, squared) < _block_error(t, six, elem, squared)
+        return ScaledBlocks(
+            elements=torch.where(keep_four, four.elements, six.elements),
+            scale=torch.where(keep_four, four.scale, six.scale),
+            decode=torch.where(keep_four, four.decode, six.decode),
+            tensor_scale=g,
+        )
     return _amax_rule(rule, t, amax, g, elem, scale)
+
+
+def _block_error(t: torch.Tensor, scaled: ScaledBlocks, elem: FloatFormat, squared: bool) -> torch.Tensor:
+    """Each block's error after rounding ``scaled`` to nearest: the sum of squared (or absolute)
+    differences from ``t``, added as a pairwise tree (shape (..., blocks, 1))."""
+    error = round_signed(elem, scaled.elements, "nearest") * scaled.decode - t
+    error = error * error if squared else error.abs()
+    while error.shape[-1] > 1:
+        error = error[..., 0::2] + error[..., 1::2]
+    return error

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fp4sweep.quant.formats import ELEMENT_FORMATS, FloatFormat, element_format, scale_format
-from fp4sweep.quant.scaling import PRESCALES, SCALE_RULES
+from fp4sweep.quant.scaling import PRESCALES, SCALE_RULES, SCALE_SELECTS
 
 # The NVFP4 conventions multiply block scales by the tensor's decode scale; with a scale format
 # as wide as float32 (E8M0, fp32) that product underflows, so they are defined for narrow ones.
@@ -21,7 +21,7 @@ TRANSFORMS = ("none",) + tuple(
 BLOCK_RANGE = (8, 128)
 SR_BITS_RANGE = (1, 24)
 _TRANSFORM_NAME = re.compile(r"(r?)hadamard(\d+)")
-_OMITTED_AT_DEFAULT = ("tensor_target_scale", "prescale")
+_OMITTED_AT_DEFAULT = ("tensor_target_scale", "prescale", "scale_select")
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,10 @@ class QuantSpec:
     prescale: with stochastic rounding, the factor the scaled elements are multiplied by before
         rounding (and the decode scale divided by): "1" (default), "16/17" (NVIDIA's and
         Quartet II's 17/16 margin) or "3/4" (Tseng et al.); ``scaling.py`` defines it.
+    scale_select: "max" (default: each block's amax to the element max) or "4over6_mse" /
+        "4over6_mae" (Four Over Six: per block, the amax to 6 or to 4, whichever quantises
+        the block with the lower squared / absolute error); for the "nvfp4" rule on 1-D
+        blocks of a power-of-two length (``scaling.py``).
     """
 
     elem: str = "e2m1"
@@ -74,6 +78,7 @@ class QuantSpec:
     tensor_scale: bool = False
     tensor_target_scale: int = 0
     prescale: str = "1"
+    scale_select: str = "max"
 
     def __post_init__(self) -> None:
         _check_type("elem", self.elem, str)
@@ -117,6 +122,17 @@ class QuantSpec:
             raise ValueError(
                 f"QuantSpec.prescale={self.prescale!r} acts before stochastic rounding; it needs "
                 f"rounding='sr', got {self.rounding!r}"
+            )
+        _check_type("scale_select", self.scale_select, str)
+        if self.scale_select not in SCALE_SELECTS:
+            _invalid("scale_select", self.scale_select, SCALE_SELECTS)
+        if self.scale_select != "max" and (
+            self.scale_rule != "nvfp4" or self.block_2d or self.block & (self.block - 1)
+        ):
+            raise ValueError(
+                f"QuantSpec.scale_select={self.scale_select!r} needs scale_rule='nvfp4' and 1-D "
+                f"blocks of a power-of-two length, got scale_rule={self.scale_rule!r}, "
+                f"block={self.block}, block_2d={self.block_2d}"
             )
         if self.scale_rule in NARROW_SCALE_RULES and self.scale_format.exp_bits > 5:
             raise ValueError(

@@ -358,9 +358,15 @@ DETAILED_SPECS = [
       for rule in ("nearest", "nvfp4_torchao")),
     dataclasses.replace(NVFP4, rounding="sr", prescale="16/17", transform="rhadamard16"),
     dataclasses.replace(MXFP4, rounding="sr", prescale="3/4"),
+    dataclasses.replace(NVFP4, scale_select="4over6_mse"),
+    dataclasses.replace(NVFP4, scale_select="4over6_mae", rounding="sr", transform="rhadamard16",
+                        tensor_target_scale=256),
+    QuantSpec(scale="ue4m3", block=32, scale_rule="nvfp4", scale_select="4over6_mse"),
 ], ids=spec_id)
-def test_scale_headroom_in_the_kernels(spec):
+def test_scale_headroom_and_selection_in_the_kernels(spec):
     check_detailed(edge_values(8, 128), spec, seed=5)
+    # Gaussian blocks, along the strided axis too: 4 over 6 picks either scale often here
+    check_detailed(torch.randn(64, 32, generator=torch.Generator().manual_seed(3)), spec, 0, 5)
 
 
 @pytest.mark.parametrize("spec", DETAILED_SPECS, ids=spec_id)

@@ -30,7 +30,7 @@ from fp4sweep.quant.formats import FloatFormat
 from fp4sweep.quant.kernels import quantiser
 from fp4sweep.quant.quantize import check_input, check_tensor_amax
 from fp4sweep.quant.rng import STREAM_ROUNDING, slot_bits, stream_key
-from fp4sweep.quant.scaling import PRESCALES, SCALE_RULES, tensor_target
+from fp4sweep.quant.scaling import PRESCALES, SCALE_RULES, SCALE_SELECTS, tensor_target
 from fp4sweep.quant.spec import QuantSpec
 from fp4sweep.quant.transforms import hadamard_signs
 
@@ -248,7 +248,8 @@ def _quantiser_constants(spec: QuantSpec, detailed: bool) -> dict:
     return dict(
         _transform_constants(spec), RULE=SCALE_RULES.index(spec.scale_rule),
         TENSOR_SCALE=spec.tensor_scale, TARGET=_tensor_target(spec),
-        PRESCALE=PRESCALES[spec.prescale],
+        PRESCALE=PRESCALES[spec.prescale], SELECT=SCALE_SELECTS.index(spec.scale_select),
+        LOG_BLOCK=spec.block.bit_length() - 1,
         S_MIN_POSITIVE=scale.min_positive, S_MIN_NORMAL=scale.min_normal,
         S_BIAS=scale.bias, E_EMAX=elem.emax, SR=spec.rounding == "sr", SR_BITS=spec.sr_bits,
         SR_SLOT=slot_bits(spec.sr_bits),

@@ -28,6 +28,8 @@ from fp4sweep.quant.kernels.device import (
 
 # Scale rules, numbered in ``scaling.SCALE_RULES`` order.
 FLOOR, CEIL, NEAREST_RULE, NVFP4, NVFP4_TORCHAO = (tl.constexpr(i) for i in range(5))
+# ``scaling.SCALE_SELECTS``, by index.
+SELECT_MAX, SELECT_MSE, SELECT_MAE = (tl.constexpr(i) for i in range(3))
 
 # Tile load shapes (see ``_tile``). Triton spreads a tile's lanes over its contiguous dimension
 # first; splitting off a vector dimension keeps whole runs of the axis in one thread's
@@ -223,6 +225,40 @@ def _per_element(block_values, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl
 
 
 @triton.jit
+def _nvfp4_candidate(t, amax, g, TARGET_MAX: tl.constexpr, min_positive, ROWS: tl.constexpr,
+                     COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
+                     BLOCK_2D: tl.constexpr, S_EMIN: tl.constexpr, S_MAN: tl.constexpr,
+                     S_BIAS: tl.constexpr, S_MAX: tl.constexpr):
+    """``scaling._nvfp4_rule`` with the block amax aimed at TARGET_MAX: (s, d, v)."""
+    one = tl.full([], 1.0, tl.float32)
+    target = tl.full([], TARGET_MAX, tl.float32)
+    ideal = tl.minimum(amax * (g * tl.math.div_rn(one, target)), FLT_MAX,
+                       propagate_nan=tl.PropagateNan.ALL)
+    s = round_magnitude(ideal, ideal, NEAREST, S_EMIN, S_MAN, S_BIAS, S_MAX)
+    s = tl.maximum(s, min_positive, propagate_nan=tl.PropagateNan.ALL)
+    d = s * tl.math.div_rn(one, g)
+    encode = tl.minimum(tl.math.div_rn(one, d), FLT_MAX, propagate_nan=tl.PropagateNan.ALL)
+    return s, d, t * _per_element(encode, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
+
+
+@triton.jit
+def _block_error(t, d, v, SELECT: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+                 BLOCK: tl.constexpr, LOG_BLOCK: tl.constexpr, E_EMIN: tl.constexpr, E_MAN: tl.constexpr,
+                 E_EMAX: tl.constexpr, E_MAX: tl.constexpr):
+    """``scaling._block_error`` of 1-D blocks: [ROWS, COLS // BLOCK], summed as its pairwise
+    tree (elements 2i and 2i + 1 first: one addition each, so the order is the reference's)."""
+    q = copy_sign(round_element(tl.abs(v), v, False, E_EMIN, E_MAN, E_EMAX, E_MAX), v)
+    error = q * _per_element(d, ROWS, COLS, BLOCK, False, False) - t
+    if SELECT == SELECT_MSE:
+        error = error * error
+    else:
+        error = tl.abs(error)
+    for level in tl.static_range(LOG_BLOCK):
+        error = tl.sum(tl.reshape(error, [ROWS, COLS >> (level + 1), 2]), axis=2)
+    return error
+
+
+@triton.jit
 def _tensor_scale(amax_bits_ptr, RULE: tl.constexpr, TARGET: tl.constexpr):
     """``scaling.global_encode_scale`` (g), or torchao's per-tensor decode scale p for
     NVFP4_TORCHAO, from the finite tensor amax A; TARGET = fl(S_top * E)."""
@@ -256,7 +292,7 @@ def fake_quantize_kernel(
     HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
     RANDOM_SIGNS: tl.constexpr,
     RULE: tl.constexpr, TENSOR_SCALE: tl.constexpr, TARGET: tl.constexpr,
-    PRESCALE: tl.constexpr,
+    PRESCALE: tl.constexpr, SELECT: tl.constexpr, LOG_BLOCK: tl.constexpr,
     S_EMIN: tl.constexpr, S_MAN: tl.constexpr, S_BIAS: tl.constexpr, S_MAX: tl.constexpr,
     S_MIN_POSITIVE: tl.constexpr, S_MIN_NORMAL: tl.constexpr,
     E_EMIN: tl.constexpr, E_MAN: tl.constexpr, E_MAX: tl.constexpr, E_EMAX: tl.constexpr,
@@ -282,13 +318,19 @@ def fake_quantize_kernel(
     else:
         g = one
     if RULE == NVFP4:
-        ideal = tl.minimum(amax * (g * tl.math.div_rn(one, E_MAX)), FLT_MAX,
-                           propagate_nan=tl.PropagateNan.ALL)
-        s = round_magnitude(ideal, ideal, NEAREST, S_EMIN, S_MAN, S_BIAS, S_MAX)
-        s = tl.maximum(s, min_positive, propagate_nan=tl.PropagateNan.ALL)
-        d = s * tl.math.div_rn(one, g)
-        encode = tl.minimum(tl.math.div_rn(one, d), FLT_MAX, propagate_nan=tl.PropagateNan.ALL)
-        v = t * _per_element(encode, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
+        s, d, v = _nvfp4_candidate(t, amax, g, E_MAX, min_positive, ROWS, COLS, BLOCK, PADDED,
+                                   BLOCK_2D, S_EMIN, S_MAN, S_BIAS, S_MAX)
+        if SELECT != SELECT_MAX:
+            # ``scaling``'s 4 over 6: the amax-to-4 candidate where it quantises the block closer.
+            s4, d4, v4 = _nvfp4_candidate(t, amax, g, 4.0, min_positive, ROWS, COLS, BLOCK,
+                                          PADDED, BLOCK_2D, S_EMIN, S_MAN, S_BIAS, S_MAX)
+            keep_four = (_block_error(t, d4, v4, SELECT, ROWS, COLS, BLOCK, LOG_BLOCK, E_EMIN, E_MAN, E_EMAX,
+                                      E_MAX)
+                         < _block_error(t, d, v, SELECT, ROWS, COLS, BLOCK, LOG_BLOCK, E_EMIN, E_MAN, E_EMAX,
+                                        E_MAX))
+            s = tl.where(keep_four, s4, s)
+            d = tl.where(keep_four, d4, d)
+            v = tl.where(_per_element(keep_four, ROWS, COLS, BLOCK, PADDED, BLOCK_2D), v4, v)
     elif RULE == NVFP4_TORCHAO:
         # g holds torchao's decode scale p here.
         ideal = tl.math.div_rn(tl.math.div_rn(amax, E_MAX), g)
