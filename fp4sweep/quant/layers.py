@@ -23,9 +23,8 @@ Stochastic rounding needs a fresh, reproducible seed per layer, operand and step
 holds ``layer_seed`` (from ``quantize_model``'s seed and the layer's qualified name) and a step
 counter that advances on every forward in training mode. With ``sign_policy="per_step"`` the
 random Hadamard signs of each GEMM are redrawn every step from the same layer seed and step
-(``step_recipe``). A recipe with a delayed tensor amax
-gives each layer a ``DelayedAmax`` submodule (``delayed``, None otherwise) whose buffers hold
-the operands' amax histories.
+(``step_recipe``). A recipe with a delayed tensor amax gives each layer a ``DelayedAmax``
+submodule (``delayed``, None otherwise) whose buffers hold the operands' amax histories.
 """
 
 from __future__ import annotations
