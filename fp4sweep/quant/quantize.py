@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from fp4sweep.quant.kernels import backend as kernel_backend
-from fp4sweep.quant.rng import check_seed, uniform
+from fp4sweep.quant.rng import STREAM_SCALES, check_seed, uniform
 from fp4sweep.quant.rounding import grid_step, round_signed
 from fp4sweep.quant.scaling import ScaledBlocks, scale_blocks
 from fp4sweep.quant.spec import QuantSpec
@@ -179,9 +179,14 @@ def _quantise(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
     blocking = _Blocking(t.shape, spec.block, spec.block_2d)
     blocks = blocking.split(t)
     elem = spec.elem_format
+    scale_u = None
+    if spec.scale_rounding == "sr":
+        # Each block's counter: the row-major index of its first element, its least.
+        first = _element_counters(x, axis, blocking)[..., :1]
+        scale_u = uniform(first, seed, 24, STREAM_SCALES)
     scaled = scale_blocks(spec.scale_rule, blocks, elem, spec.scale_format, spec.tensor_scale,
                           tensor_amax, spec.tensor_target_scale, spec.prescale,
-                          spec.scale_select)
+                          spec.scale_select, scale_u)
     if spec.rounding == "rne":
         q = round_signed(elem, scaled.elements, "nearest")
     else:

@@ -50,6 +50,14 @@ to nearest, and the one whose dequantised block is closer to ``t`` is kept: by s
 spec says (also stochastically). The tree order, the tie rule and nearest rounding for the
 comparison are our choices where the sources leave them open.
 
+Stochastic rounding of the block scale (the spec's ``scale_rounding="sr"``, which the
+design-space paper offers beside element SR): for the rules that round the scale to nearest
+(nearest, nvfp4, nvfp4_torchao), the ideal scale is rounded stochastically instead, up with
+probability its position between its two neighbours in the scale format (24 random bits,
+unbiased), with ``u`` from the counter-based stream (``rng.STREAM_SCALES``) whose counter is
+the row-major index in ``x`` of the block's first element. A scale rounded down lets the
+block's largest elements exceed ``E``: they saturate, as with any rounded-down scale.
+
 Pre-scale before stochastic rounding (the spec's ``prescale``, a factor ``c``): after the rule,
 ``v' = fl(v * c)`` is rounded and ``d' = fl(d / c)`` decodes it, so the grid keeps ``1/c`` of
 headroom above the block's largest element. ``c = 16/17`` (as float32): the 17/16 margin of
@@ -88,6 +96,8 @@ FLT_MAX = torch.finfo(torch.float32).max
 TENSOR_TARGET_CAP = 2.0**64
 SCALE_RULES = ("floor", "ceil", "nearest", "nvfp4", "nvfp4_torchao")
 SCALE_SELECTS = ("max", "4over6_mse", "4over6_mae")
+# The rules whose scale is rounded to nearest, which stochastic scale rounding replaces.
+NEAREST_SCALE_RULES = ("nearest", "nvfp4", "nvfp4_torchao")
 FOUR_OVER_SIX_MAX = 4.0  # the second candidate's target for the block amax
 # Pre-scale name -> its factor c, a float32 value.
 PRESCALES = {"1": 1.0, "16/17": torch.tensor(16 / 17, dtype=torch.float32).item(), "3/4": 0.75}
@@ -144,9 +154,16 @@ def _at_least_smallest(scale: FloatFormat, s: torch.Tensor) -> torch.Tensor:
     return torch.maximum(s, _f32(scale.min_positive, s))
 
 
+def _round_scale(scale: FloatFormat, ideal: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+    """``ideal`` rounded to nearest-even in the scale format, or stochastically with ``u``."""
+    if u is None:
+        return round_magnitude(scale, ideal, "nearest")
+    return round_magnitude(scale, ideal, "stochastic", u)
+
+
 def _amax_rule(
     rule: str, t: torch.Tensor, amax: torch.Tensor, g: torch.Tensor,
-    elem: FloatFormat, scale: FloatFormat,
+    elem: FloatFormat, scale: FloatFormat, u: torch.Tensor | None,
 ) -> ScaledBlocks:
     a_g = amax * g
     if rule == "floor":
@@ -154,19 +171,19 @@ def _amax_rule(
     elif rule == "ceil":
         s = round_magnitude(scale, a_g / _f32(elem.max, t), "up")
     else:
-        s = round_magnitude(scale, a_g / _f32(elem.max, t), "nearest")
+        s = _round_scale(scale, a_g / _f32(elem.max, t), u)
     s = _at_least_smallest(scale, s)
     return ScaledBlocks(elements=(t * g) / s, scale=s, decode=s / g, tensor_scale=g)
 
 
 def _nvfp4_rule(
     t: torch.Tensor, amax: torch.Tensor, g: torch.Tensor, elem: FloatFormat, scale: FloatFormat,
-    target: float,
+    target: float, u: torch.Tensor | None = None,
 ) -> ScaledBlocks:
     """The nvfp4 rule with the block amax aimed at ``target`` (the element max, or 4)."""
     one = _f32(1.0, t)
     ideal = torch.clamp(amax * (g * (one / _f32(target, t))), max=FLT_MAX)
-    s = _at_least_smallest(scale, round_magnitude(scale, ideal, "nearest"))
+    s = _at_least_smallest(scale, _round_scale(scale, ideal, u))
     d = s * (one / g)
     encode = torch.clamp(one / d, max=FLT_MAX)
     return ScaledBlocks(elements=t * encode, scale=s, decode=d, tensor_scale=g)
@@ -174,7 +191,7 @@ def _nvfp4_rule(
 
 def _torchao_rule(
     t: torch.Tensor, amax: torch.Tensor, tensor_amax: torch.Tensor | None,
-    elem: FloatFormat, scale: FloatFormat, target_scale: int,
+    elem: FloatFormat, scale: FloatFormat, target_scale: int, u: torch.Tensor | None,
 ) -> ScaledBlocks:
     one = _f32(1.0, t)
     if tensor_amax is None:
@@ -183,7 +200,7 @@ def _torchao_rule(
         p = tensor_amax / tensor_target(elem, scale, t, target_scale)
         p = torch.where(p == 0, one, p)
     ideal = torch.clamp((amax / _f32(elem.max, t)) / p, min=scale.min_normal, max=scale.max)
-    s = round_magnitude(scale, ideal, "nearest")
+    s = _round_scale(scale, ideal, u)
     d = p * s
     return ScaledBlocks(elements=t / d, scale=s, decode=d, tensor_scale=one / p)
 
@@ -191,12 +208,13 @@ def _torchao_rule(
 def scale_blocks(
     rule: str, t: torch.Tensor, elem: FloatFormat, scale: FloatFormat, tensor_scaling: bool,
     tensor_amax: torch.Tensor | None = None, target_scale: int = 0, prescale: str = "1",
-    select: str = "max",
+    select: str = "max", scale_u: torch.Tensor | None = None,
 ) -> ScaledBlocks:
     """Apply scale rule ``rule`` to float32 ``t`` of shape (..., blocks, block_len).
 
     ``target_scale``: the block scale that tensor scaling targets (0: the format's max);
-    ``prescale``: a name in ``PRESCALES``; ``select``: one of ``SCALE_SELECTS``.
+    ``prescale``: a name in ``PRESCALES``; ``select``: one of ``SCALE_SELECTS``; ``scale_u``:
+    uniform numbers per block (shape (..., blocks, 1)) to round the scale stochastically with.
 
     With tensor scaling, ``tensor_amax`` (a 0-d float32 tensor) replaces ``A``, the finite amax
     of ``t``: a delayed scale (``delayed.py``). Where it is below ``t``'s own, the largest
@@ -204,7 +222,8 @@ def scale_blocks(
     """
     if rule not in SCALE_RULES:
         raise ValueError(f"unknown scale rule {rule!r}; valid: {list(SCALE_RULES)}")
-    scaled = _scale_rule(rule, t, elem, scale, tensor_scaling, tensor_amax, target_scale, select)
+    scaled = _scale_rule(rule, t, elem, scale, tensor_scaling, tensor_amax, target_scale, select,
+                         scale_u)
     if prescale == "1":
         return scaled
     c = _f32(PRESCALES[prescale], t)
@@ -213,7 +232,7 @@ def scale_blocks(
 
 def _scale_rule(
     rule: str, t: torch.Tensor, elem: FloatFormat, scale: FloatFormat, tensor_scaling: bool,
-    tensor_amax: torch.Tensor | None, target_scale: int, select: str,
+    tensor_amax: torch.Tensor | None, target_scale: int, select: str, u: torch.Tensor | None,
 ) -> ScaledBlocks:
     amax = t.abs().amax(dim=-1, keepdim=True)  # NaN-propagating: a NaN poisons its block only
     if not tensor_scaling:
@@ -221,13 +240,13 @@ def _scale_rule(
     elif tensor_amax is None:
         tensor_amax = finite_amax(t)
     if rule == "nvfp4_torchao":
-        return _torchao_rule(t, amax, tensor_amax, elem, scale, target_scale)
+        return _torchao_rule(t, amax, tensor_amax, elem, scale, target_scale, u)
     if tensor_amax is None:
         g = _f32(1.0, t)
     else:
         g = global_encode_scale(tensor_amax, elem, scale, target_scale)
     if rule == "nvfp4":
-        six = _nvfp4_rule(t, amax, g, elem, scale, elem.max)
+        six = _nvfp4_rule(t, amax, g, elem, scale, elem.max, u)
         if select == "max":
             return six
         four = _nvfp4_rule(t, amax, g, elem, scale, FOUR_OVER_SIX_MAX)
@@ -239,7 +258,7 @@ def _scale_rule(
             decode=torch.where(keep_four, four.decode, six.decode),
             tensor_scale=g,
         )
-    return _amax_rule(rule, t, amax, g, elem, scale)
+    return _amax_rule(rule, t, amax, g, elem, scale, u)
 
 
 def _block_error(t: torch.Tensor, scaled: ScaledBlocks, elem: FloatFormat, squared: bool) -> torch.Tensor:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fp4sweep.quant.formats import ELEMENT_FORMATS, FloatFormat, element_format, scale_format
-from fp4sweep.quant.scaling import PRESCALES, SCALE_RULES, SCALE_SELECTS
+from fp4sweep.quant.scaling import NEAREST_SCALE_RULES, PRESCALES, SCALE_RULES, SCALE_SELECTS
 
 # The NVFP4 conventions multiply block scales by the tensor's decode scale; with a scale format
 # as wide as float32 (E8M0, fp32) that product underflows, so they are defined for narrow ones.
@@ -21,7 +21,7 @@ TRANSFORMS = ("none",) + tuple(
 BLOCK_RANGE = (8, 128)
 SR_BITS_RANGE = (1, 24)
 _TRANSFORM_NAME = re.compile(r"(r?)hadamard(\d+)")
-_OMITTED_AT_DEFAULT = ("tensor_target_scale", "prescale", "scale_select")
+_OMITTED_AT_DEFAULT = ("tensor_target_scale", "prescale", "scale_select", "scale_rounding")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class QuantSpec:
         "4over6_mae" (Four Over Six: per block, the amax to 6 or to 4, whichever quantises
         the block with the lower squared / absolute error); for the "nvfp4" rule on 1-D
         blocks of a power-of-two length (``scaling.py``).
+    scale_rounding: "nearest" (default) or "sr": the block scale rounded stochastically (rules
+        "nearest", "nvfp4", "nvfp4_torchao"; blocks of a power-of-two length; ``scaling.py``).
     """
 
     elem: str = "e2m1"
@@ -79,6 +81,7 @@ class QuantSpec:
     tensor_target_scale: int = 0
     prescale: str = "1"
     scale_select: str = "max"
+    scale_rounding: str = "nearest"
 
     def __post_init__(self) -> None:
         _check_type("elem", self.elem, str)
@@ -133,6 +136,19 @@ class QuantSpec:
                 f"QuantSpec.scale_select={self.scale_select!r} needs scale_rule='nvfp4' and 1-D "
                 f"blocks of a power-of-two length, got scale_rule={self.scale_rule!r}, "
                 f"block={self.block}, block_2d={self.block_2d}"
+            )
+        _check_type("scale_rounding", self.scale_rounding, str)
+        if self.scale_rounding not in ("nearest", "sr"):
+            _invalid("scale_rounding", self.scale_rounding, ("nearest", "sr"))
+        if self.scale_rounding == "sr" and (
+            self.scale_rule not in NEAREST_SCALE_RULES or self.scale_select != "max"
+            or self.block & (self.block - 1)
+        ):
+            raise ValueError(
+                f"QuantSpec.scale_rounding='sr' replaces a nearest scale rounding: it needs "
+                f"scale_rule in {list(NEAREST_SCALE_RULES)}, scale_select='max' and a "
+                f"power-of-two block, got scale_rule={self.scale_rule!r}, scale_select="
+                f"{self.scale_select!r}, block={self.block}"
             )
         if self.scale_rule in NARROW_SCALE_RULES and self.scale_format.exp_bits > 5:
             raise ValueError(

@@ -362,8 +362,13 @@ DETAILED_SPECS = [
     dataclasses.replace(NVFP4, scale_select="4over6_mae", rounding="sr", transform="rhadamard16",
                         tensor_target_scale=256),
     QuantSpec(scale="ue4m3", block=32, scale_rule="nvfp4", scale_select="4over6_mse"),
+    dataclasses.replace(NVFP4, scale_rounding="sr", rounding="sr", transform="rhadamard16"),
+    dataclasses.replace(NVFP4, scale_rounding="sr", block_2d=True, block=8),
+    QuantSpec(scale="ue5m3", scale_rule="nearest", scale_rounding="sr"),
+    QuantSpec(scale="ue4m3", block=16, scale_rule="nvfp4_torchao", tensor_scale=True,
+              scale_rounding="sr"),
 ], ids=spec_id)
-def test_scale_headroom_and_selection_in_the_kernels(spec):
+def test_scale_headroom_selection_and_rounding_in_the_kernels(spec):
     check_detailed(edge_values(8, 128), spec, seed=5)
     # Gaussian blocks, along the strided axis too: 4 over 6 picks either scale often here
     check_detailed(torch.randn(64, 32, generator=torch.Generator().manual_seed(3)), spec, 0, 5)

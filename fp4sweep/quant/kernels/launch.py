@@ -29,7 +29,7 @@ import triton.testing
 from fp4sweep.quant.formats import FloatFormat
 from fp4sweep.quant.kernels import quantiser
 from fp4sweep.quant.quantize import check_input, check_tensor_amax
-from fp4sweep.quant.rng import STREAM_ROUNDING, slot_bits, stream_key
+from fp4sweep.quant.rng import STREAM_ROUNDING, STREAM_SCALES, slot_bits, stream_key
 from fp4sweep.quant.scaling import PRESCALES, SCALE_RULES, SCALE_SELECTS, tensor_target
 from fp4sweep.quant.spec import QuantSpec
 from fp4sweep.quant.transforms import hadamard_signs
@@ -249,7 +249,7 @@ def _quantiser_constants(spec: QuantSpec, detailed: bool) -> dict:
         _transform_constants(spec), RULE=SCALE_RULES.index(spec.scale_rule),
         TENSOR_SCALE=spec.tensor_scale, TARGET=_tensor_target(spec),
         PRESCALE=PRESCALES[spec.prescale], SELECT=SCALE_SELECTS.index(spec.scale_select),
-        LOG_BLOCK=spec.block.bit_length() - 1,
+        LOG_BLOCK=spec.block.bit_length() - 1, SCALE_SR=spec.scale_rounding == "sr",
         S_MIN_POSITIVE=scale.min_positive, S_MIN_NORMAL=scale.min_normal,
         S_BIAS=scale.bias, E_EMAX=elem.emax, SR=spec.rounding == "sr", SR_BITS=spec.sr_bits,
         SR_SLOT=slot_bits(spec.sr_bits),
@@ -313,7 +313,8 @@ class _Plan:
             tensor_amax = _fastest(quantiser.tensor_amax_kernel, (x, signs_or_x, amax_bits),
                                    arguments.tensor_amax, geometry, x.numel())
         quantise = _fastest(quantiser.fake_quantize_kernel,
-                            (x, out, signs_or_x, amax_bits, x if details is None else details, 0),
+                            (x, out, signs_or_x, amax_bits, x if details is None else details, 0,
+                             0),
                             arguments.quantise, geometry, x.numel(), tuned=details is None)
         return cls(tensor_amax, quantise)
 
@@ -349,6 +350,7 @@ def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int, detailed: bool,
     ``quantiser.fake_quantize_kernel``); ``x`` made contiguous first. A given ``tensor_amax``
     is the quantiser's input in place of the amax pass's."""
     key = stream_key(seed, STREAM_ROUNDING)  # also checks the seed
+    scale_key = stream_key(seed, STREAM_SCALES)
     check_tensor_amax(tensor_amax, spec)
     x = x.detach().contiguous()
     out = torch.empty_like(x)
@@ -373,9 +375,10 @@ def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int, detailed: bool,
         # Zeroed on the device, max-ed into by the amax kernel, read by the quantiser: no sync.
         amax_bits = torch.zeros(1, dtype=torch.int32, device=x.device)
         plan.tensor_amax(x, signs, amax_bits)
-    # The kernel takes the key as an int32.
+    # The kernel takes the keys as int32.
     plan.quantise(x, out, signs, amax_bits, x if details is None else details,
-                  key - 2**32 if key >= 2**31 else key)
+                  key - 2**32 if key >= 2**31 else key,
+                  scale_key - 2**32 if scale_key >= 2**31 else scale_key)
     return out, details
 
 
