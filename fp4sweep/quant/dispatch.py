@@ -97,27 +97,31 @@ def use_kernels(x: torch.Tensor, spec: QuantSpec, backend: str | None = None) ->
 
 
 def fake_quantize(
-    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0, backend: str | None = None
+    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0,
+    tensor_amax: torch.Tensor | None = None, backend: str | None = None,
 ) -> torch.Tensor:
     """Quantise-dequantise ``x`` along ``axis`` as ``spec`` says; same shape and dtype as ``x``.
 
-    ``seed`` (an int in [0, 2**64)) keys stochastic rounding; "rne" ignores it. ``backend``
-    picks the implementation (see the module docstring); every backend returns the same bits.
+    ``seed`` (an int in [0, 2**64)) keys stochastic rounding; "rne" ignores it. ``tensor_amax``
+    (0-d float32, on ``x``'s device) replaces the tensor amax of tensor scaling (a delayed scale,
+    ``delayed.py``). ``backend`` picks the implementation (see the module docstring); every
+    backend returns the same bits.
     """
     if use_kernels(x, spec, backend):
         from fp4sweep.quant.kernels import launch
 
-        return launch.fake_quantize(x, spec, axis, seed)
-    return reference.fake_quantize(x, spec, axis, seed)
+        return launch.fake_quantize(x, spec, axis, seed, tensor_amax)
+    return reference.fake_quantize(x, spec, axis, seed, tensor_amax)
 
 
 def quantize_detailed(
-    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0, backend: str | None = None
+    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0,
+    tensor_amax: torch.Tensor | None = None, backend: str | None = None,
 ) -> QuantResult:
     """``fake_quantize`` with its intermediate values (see ``reference.QuantResult``)."""
     if use_kernels(x, spec, backend):
         from fp4sweep.quant.kernels import launch
 
-        output, fields, tensor_scale = launch.quantize_detailed(x, spec, axis, seed)
+        output, fields, tensor_scale = launch.quantize_detailed(x, spec, axis, seed, tensor_amax)
         return QuantResult(output=output, tensor_scale=tensor_scale, **fields)
-    return reference.quantize_detailed(x, spec, axis, seed)
+    return reference.quantize_detailed(x, spec, axis, seed, tensor_amax)

@@ -8,14 +8,26 @@ a surrogate ``D(t)``, per element of the transformed basis:
 - "ste": straight-through, ``D = 1``.
 - "clipped_ste": ``D = 1``, but 0 where the element saturated (``|t / s|`` beyond the element
   format's max): the gradient of the clipping that saturation is.
-- "spline": ``Q`` replaced, inside each grid interval ``[lo, lo + d]``, by the linear spline
-  that stays flat near both grid points and rises linearly across the middle band
-  ``[a, b] = lo + d * (1 -+ SPLINE_BAND) / 2``; its derivative is ``1 / SPLINE_BAND`` inside
-  the band and 0 outside it, clipped to 0 beyond the element format's range. The band of a
-  third of the interval gives a top slope of 3, the power estimator's clamp.
-- "power" (Wang et al. 2025, arXiv 2501.17116): with ``u`` the position of ``|t|`` within its
-  interval of width ``d``, ``D = clamp(|2u/d - 1| ** (1/k - 1) / k, max=3)``, ``k = 5``; also
-  0 beyond the range.
+- "spline": ``Q`` replaced by a continuous piecewise-linear relaxation ``Q~`` on the element
+  grid, and ``D = Q~'`` clipped at 1. Its knots are the grid points ``g`` and the rounding
+  boundaries ``m`` (the interval midpoints); ``Q~(g) = g`` at a grid point, and at a boundary
+  ``Q~(m)`` lies halfway between ``m`` and the grid point that ties-to-even rounds ``m`` to,
+  a quarter interval from that "even" end. Each interval ``[lo, lo + d]`` thus has two pieces:
+  the half next to its even end rises by ``d / 4`` over ``d / 2`` (slope 1/2), the other by
+  ``3d / 4`` (slope 3/2, clipped to 1). So ``D`` is 1/2 or 1 inside the element range and 0
+  only beyond it (saturated elements). Exactly at a knot (a kink), the piece to its right is
+  taken (half-open pieces); the top grid point, with no interval above it in range, takes the
+  flat piece's 1/2. What is the design-space paper's (Hu et al. 2025, arXiv 2509.17791):
+  piecewise linear on the grid's intervals, gradient clipped at 1.0, ties-to-even rounding,
+  Wang et al.'s estimator as its baseline. What is our choice, where its text cannot be
+  read: the knot values at the boundaries (halfway towards the tie's grid point). A spline
+  through the staircase's own values at these knots would have slopes 0 and 2, a gradient
+  that vanishes on half of every interval; through ``Q~(m) = m`` it would be STE.
+- "power" (Wang et al. 2025, arXiv 2501.17116): ``Q`` replaced inside each interval of width
+  ``d`` by ``lo + d/2 * (1 + sign(2u/d - 1) * |2u/d - 1| ** (1/k))``, ``u = |t| - lo``, ``k = 5``,
+  whose derivative ``D = |2u/d - 1| ** (1/k - 1) / k`` is unbounded at the interval's midpoint;
+  it is clipped at 1 as the design-space paper clips its relaxations' gradients (the bound is
+  our choice for this estimator), and is 0 beyond the range.
 
 Gradient through the scale ("scale_grad"). With "stop", ``s`` is a constant. With "amax", the
 effective scale is taken to follow its block's absolute maximum ``a = max_j |t_j|``: ``s = c * a``
@@ -43,14 +55,19 @@ from typing import Callable
 import torch
 
 from fp4sweep.quant.dispatch import fake_quantize, quantize_detailed
+from fp4sweep.quant.formats import FloatFormat
 from fp4sweep.quant.reference import QuantResult
 from fp4sweep.quant.recipe import ESTIMATORS, SCALE_GRADS
+from fp4sweep.quant.rounding import grid_step, round_magnitude
 from fp4sweep.quant.spec import QuantSpec
 from fp4sweep.quant.transforms import apply_transform, invert_transform
 
-SPLINE_BAND = 1 / 3
+# The relaxations' gradient bound (the design-space paper's); the spline's slopes on the half
+# interval next to its ties-to-even grid point and on the other half, before the bound;
+# Wang et al.'s power.
+GRADIENT_CLIP = 1.0
+SPLINE_SLOPES = (0.5, 1.5)
 POWER_K = 5.0
-POWER_MAX = 3.0
 
 
 def interval_position(r: QuantResult) -> torch.Tensor:
@@ -66,24 +83,31 @@ def interval_position(r: QuantResult) -> torch.Tensor:
     return position.clamp(0.0, 1.0)
 
 
-def _clipped_ste(r: QuantResult) -> torch.Tensor:
+def _clipped_ste(r: QuantResult, elem: FloatFormat) -> torch.Tensor:
     return ~r.saturated
 
 
-def _spline(r: QuantResult) -> torch.Tensor:
-    in_band = (interval_position(r) - 0.5).abs() <= SPLINE_BAND / 2
-    return torch.where(in_band & ~r.saturated, 1 / SPLINE_BAND, 0.0)
-
-
-def _power(r: QuantResult) -> torch.Tensor:
-    distance = (2 * interval_position(r) - 1).abs()
-    slope = (distance.pow(1 / POWER_K - 1) / POWER_K).clamp(max=POWER_MAX)
+def _spline(r: QuantResult, elem: FloatFormat) -> torch.Tensor:
+    # In element units, where the grid and its ties are exact: [lo, lo + d) holds |v|.
+    magnitude = r.scaled.abs()
+    lo = round_magnitude(elem, magnitude, "down")
+    half = grid_step(elem, magnitude) * 0.5
+    ties_down = round_magnitude(elem, lo + half, "nearest") == lo
+    in_lower_half = magnitude - lo < half
+    flat, steep = (min(slope, GRADIENT_CLIP) for slope in SPLINE_SLOPES)
+    slope = torch.where(in_lower_half == ties_down, flat, steep)
     return torch.where(r.saturated, 0.0, slope)
 
 
-# Each estimator's derivative D of the quantiser (bool or float32, transformed basis); STE's is
-# the constant 1 and needs no tensor.
-DERIVATIVES: dict[str, Callable[[QuantResult], torch.Tensor]] = {
+def _power(r: QuantResult, elem: FloatFormat) -> torch.Tensor:
+    distance = (2 * interval_position(r) - 1).abs()
+    slope = (distance.pow(1 / POWER_K - 1) / POWER_K).clamp(max=GRADIENT_CLIP)
+    return torch.where(r.saturated, 0.0, slope)
+
+
+# Each estimator's derivative D of the quantiser (bool or float32, transformed basis) from a
+# quantisation and its element format; STE's is the constant 1 and needs no tensor.
+DERIVATIVES: dict[str, Callable[[QuantResult, FloatFormat], torch.Tensor]] = {
     "clipped_ste": _clipped_ste,
     "spline": _spline,
     "power": _power,
@@ -135,16 +159,18 @@ def quantize_for_training(
     seed: int,
     estimator: str = "ste",
     scale_grad: str = "stop",
+    tensor_amax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, GradientMap]:
-    """Quantise ``x`` (no autograd) and return the map its gradient takes on the way back."""
+    """Quantise ``x`` (no autograd) and return the map its gradient takes on the way back;
+    ``tensor_amax`` as ``fake_quantize`` takes it."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; valid: {list(ESTIMATORS)}")
     if scale_grad not in SCALE_GRADS:
         raise ValueError(f"unknown scale_grad {scale_grad!r}; valid: {list(SCALE_GRADS)}")
     if estimator == "ste" and scale_grad == "stop":
-        return fake_quantize(x, spec, axis, seed), GradientMap(spec, axis)
-    r = quantize_detailed(x, spec, axis, seed)
-    derivative = None if estimator == "ste" else DERIVATIVES[estimator](r)
+        return fake_quantize(x, spec, axis, seed, tensor_amax), GradientMap(spec, axis)
+    r = quantize_detailed(x, spec, axis, seed, tensor_amax)
+    derivative = None if estimator == "ste" else DERIVATIVES[estimator](r, spec.elem_format)
     if scale_grad == "stop":
         return r.output, GradientMap(spec, axis, derivative)
     residual, argmax_weight = _scale_gradient_terms(r, derivative, spec, axis)

@@ -21,11 +21,15 @@ forward's quantised weight is kept for the input gradient instead of quantising 
 
 Stochastic rounding needs a fresh, reproducible seed per layer, operand and step: each layer
 holds ``layer_seed`` (from ``quantize_model``'s seed and the layer's qualified name) and a step
-counter that advances on every forward in training mode.
+counter that advances on every forward in training mode. With ``sign_policy="per_step"`` the
+random Hadamard signs of each GEMM are redrawn every step from the same layer seed and step
+(``step_recipe``). A recipe with a delayed tensor amax gives each layer a ``DelayedAmax``
+submodule (``delayed``, None otherwise) whose buffers hold the operands' amax histories.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 import zlib
@@ -36,9 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fp4sweep.quant import dispatch
+from fp4sweep.quant.delayed import DelayedAmax
 from fp4sweep.quant.dispatch import fake_quantize
 from fp4sweep.quant.estimators import quantize_for_training
-from fp4sweep.quant.recipe import OPERANDS, Recipe
+from fp4sweep.quant.recipe import GEMM_OPERANDS, OPERANDS, Recipe
 from fp4sweep.quant.spec import QuantSpec
 
 MASK64 = 2**64 - 1
@@ -69,8 +74,35 @@ def operand_seeds(layer_seed: int, step: int) -> dict[str, int]:
     return {name: derive_seed(layer_seed, step, i) for i, name in enumerate(OPERANDS)}
 
 
-def _quantize(t: torch.Tensor, spec: QuantSpec | None, axis: int, seed: int) -> torch.Tensor:
-    return t if spec is None else fake_quantize(t, spec, axis, seed)
+def step_recipe(recipe: Recipe, layer_seed: int, step: int) -> Recipe:
+    """The recipe a layer runs at ``step``: ``recipe`` itself, or with ``sign_policy`` "per_step"
+    each GEMM's random-sign operands given the signs' seed ``derive_seed(layer_seed, step, 6 + g)``
+    (g = 0, 1, 2 for fwd, dgrad, wgrad: unrelated to the operands' rounding seeds)."""
+    if recipe.sign_policy == "fixed":
+        return recipe
+    changes = {}
+    for g, names in enumerate(GEMM_OPERANDS.values()):
+        seed = derive_seed(layer_seed, step, len(OPERANDS) + g)
+        for name in names:
+            spec = getattr(recipe, name)
+            if spec is not None and spec.random_signs:
+                changes[name] = dataclasses.replace(spec, transform_seed=seed)
+    return dataclasses.replace(recipe, **changes)
+
+
+def _tensor_amax(delayed: DelayedAmax | None, operand: str, t: torch.Tensor,
+                 spec: QuantSpec | None, axis: int) -> torch.Tensor | None:
+    """The delayed tensor amax of a tensor-scaled operand; None: the quantiser's own."""
+    if delayed is None or spec is None or not spec.tensor_scale:
+        return None
+    return delayed.tensor_amax(operand, t, spec, axis)
+
+
+def _quantize(t: torch.Tensor, spec: QuantSpec | None, axis: int, seed: int,
+              delayed: DelayedAmax | None, operand: str) -> torch.Tensor:
+    if spec is None:
+        return t
+    return fake_quantize(t, spec, axis, seed, _tensor_amax(delayed, operand, t, spec, axis))
 
 
 def _axis_multiple(*specs: QuantSpec | None) -> int:
@@ -120,40 +152,44 @@ def _pad_rows(t: torch.Tensor, multiple: int) -> torch.Tensor:
 
 class _QuantizedGemm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, recipe, seeds):  # type: ignore[override]
-        def forward_operand(t, spec, seed):
+    def forward(ctx, x, weight, bias, recipe, seeds, delayed):  # type: ignore[override]
+        def forward_operand(t, name):
+            spec = getattr(recipe, name)
             if spec is None:
                 return t, None
-            return quantize_for_training(t, spec, 1, seed, recipe.estimator, recipe.scale_grad)
+            return quantize_for_training(t, spec, 1, seeds[name], recipe.estimator,
+                                         recipe.scale_grad, _tensor_amax(delayed, name, t, spec, 1))
 
-        x_q, ctx.x_map = forward_operand(x, recipe.fwd_x, seeds["fwd_x"])
-        w_q, ctx.w_map = forward_operand(weight, recipe.fwd_w, seeds["fwd_w"])
+        x_q, ctx.x_map = forward_operand(x, "fwd_x")
+        w_q, ctx.w_map = forward_operand(weight, "fwd_w")
         # The input gradient needs only the weight's dgrad_w quantisation.
         ctx.weight_is_quantised = weight_quantised_once(recipe)
         ctx.save_for_backward(x, w_q if ctx.weight_is_quantised else weight)
-        ctx.recipe, ctx.seeds = recipe, seeds
+        ctx.recipe, ctx.seeds, ctx.delayed = recipe, seeds, delayed
         return F.linear(x_q, w_q, bias)
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
         x, weight = ctx.saved_tensors
-        recipe, seeds = ctx.recipe, ctx.seeds
+        recipe, seeds, delayed = ctx.recipe, ctx.seeds, ctx.delayed
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dy_q = _quantize(dy, recipe.dgrad_dy, 1, seeds["dgrad_dy"])
+            dy_q = _quantize(dy, recipe.dgrad_dy, 1, seeds["dgrad_dy"], delayed, "dgrad_dy")
             w_q = (weight if ctx.weight_is_quantised
-                   else _quantize(weight, recipe.dgrad_w, 0, seeds["dgrad_w"]))
+                   else _quantize(weight, recipe.dgrad_w, 0, seeds["dgrad_w"], delayed, "dgrad_w"))
             dx = dy_q @ w_q
             dx = dx if ctx.x_map is None else ctx.x_map(dx)
         if ctx.needs_input_grad[1]:
             multiple = _axis_multiple(recipe.wgrad_dy, recipe.wgrad_x)
-            dy_q = _quantize(_pad_rows(dy, multiple), recipe.wgrad_dy, 0, seeds["wgrad_dy"])
-            x_q = _quantize(_pad_rows(x, multiple), recipe.wgrad_x, 0, seeds["wgrad_x"])
+            dy_q = _quantize(_pad_rows(dy, multiple), recipe.wgrad_dy, 0, seeds["wgrad_dy"],
+                             delayed, "wgrad_dy")
+            x_q = _quantize(_pad_rows(x, multiple), recipe.wgrad_x, 0, seeds["wgrad_x"],
+                            delayed, "wgrad_x")
             dw = dy_q.T @ x_q
             dw = dw if ctx.w_map is None else ctx.w_map(dw)
         if ctx.needs_input_grad[2]:
             db = dy.sum(0)
-        return dx, dw, db, None, None
+        return dx, dw, db, None, None, None
 
 
 def quantized_gemm(
@@ -162,8 +198,10 @@ def quantized_gemm(
     bias: torch.Tensor | None,
     recipe: Recipe,
     seeds: dict[str, int],
+    delayed: DelayedAmax | None = None,
 ) -> torch.Tensor:
-    """``x @ weight.T + bias`` for 2-d ``x`` (m, k), with the recipe's six quantisers."""
+    """``x @ weight.T + bias`` for 2-d ``x`` (m, k), with the recipe's six quantisers and, for
+    a delayed tensor amax, the layer's state ``delayed``."""
     device = x.device.type
     if torch.is_autocast_enabled(device):
         # Quantise what the GEMM would see under autocast: the operands in the autocast dtype.
@@ -171,7 +209,7 @@ def quantized_gemm(
         x, weight = x.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
     with torch.autocast(device, enabled=False):
-        return _QuantizedGemm.apply(x, weight, bias, recipe, seeds)
+        return _QuantizedGemm.apply(x, weight, bias, recipe, seeds, delayed)
 
 
 def _windows(
@@ -241,6 +279,7 @@ class _QuantizedLayer:
     recipe: Recipe
     layer_seed: int
     step: int
+    delayed: DelayedAmax | None
     training: bool
     weight: nn.Parameter
     bias: nn.Parameter | None
@@ -250,17 +289,26 @@ class _QuantizedLayer:
             raise ValueError(f"recipe must be a Recipe, got {type(recipe).__name__}")
         check_recipe_fits(recipe, k, n)
         self.recipe, self.layer_seed, self.step = recipe, seed, 0
+        self._init_delayed(self.weight.device)
+
+    def _init_delayed(self, device: torch.device) -> None:
+        delayed = self.recipe.amax_policy != "current"
+        self.delayed = DelayedAmax(self.recipe, device) if delayed else None
 
     def _share_parameters(self, source: nn.Module):
         """Take ``source``'s weight and bias (the same Parameter objects) and training mode."""
         self.weight, self.bias = source.weight, source.bias
+        self._init_delayed(source.weight.device)  # its state on the weight's device, not meta
         return self.train(source.training)
 
-    def _next_seeds(self) -> dict[str, int]:
+    def _next_step(self) -> tuple[Recipe, dict[str, int]]:
+        """This step's recipe (``step_recipe``) and rounding seeds; advances the step counter
+        in training mode."""
+        recipe = step_recipe(self.recipe, self.layer_seed, self.step)
         seeds = operand_seeds(self.layer_seed, self.step)
         if self.training:
             self.step += 1
-        return seeds
+        return recipe, seeds
 
 
 class QuantLinear(_QuantizedLayer, nn.Linear):
@@ -294,7 +342,7 @@ class QuantLinear(_QuantizedLayer, nn.Linear):
         if not self.recipe.quantizes_anything:
             return F.linear(x, self.weight, self.bias)
         rows = x.reshape(-1, self.in_features)
-        y = quantized_gemm(rows, self.weight, self.bias, self.recipe, self._next_seeds())
+        y = quantized_gemm(rows, self.weight, self.bias, *self._next_step(), self.delayed)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -354,7 +402,7 @@ class QuantConv2d(_QuantizedLayer, nn.Conv2d):
         batch = x.shape[0]
         rows, out_h, out_w = unfold_rows(x, self.kernel_size, self.dilation, self.stride)
         weight = self.weight.reshape(self.out_channels, -1)
-        y = quantized_gemm(rows, weight, self.bias, self.recipe, self._next_seeds())
+        y = quantized_gemm(rows, weight, self.bias, *self._next_step(), self.delayed)
         y = y.reshape(batch, out_h * out_w, self.out_channels).transpose(1, 2)
         y = y.reshape(batch, self.out_channels, out_h, out_w)
         return y.squeeze(0) if unbatched else y

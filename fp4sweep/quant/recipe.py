@@ -5,8 +5,15 @@
 through the two forward quantisers (the backward ones sit on the gradient path and need no
 derivative); ``scale_grad`` whether it also flows through their block scales (see
 ``estimators.py``); ``high_precision`` is the layer policy (``layer_policy.py``) that the task
-applies when it quantises its model. Recipes are built from axis values (``from_axes``, the
-schema in ``axes.py``) or by name (``preset``).
+applies when it quantises its model. ``amax_policy``, ``amax_window`` and ``amax_margin`` say
+which tensor amax the tensor-scaled operands use: their own ("current") or a delayed one held by
+the layer (``delayed.py``). ``sign_policy`` says when random Hadamard signs (``rhadamardK``) are
+drawn: once for the run from the specs' ``transform_seed`` ("fixed"), or afresh at every step
+("per_step", TransformerEngine's and Quartet's practice): the layer draws each GEMM's signs from
+its seed and the step, shared by the GEMM's two operands (``layers.step_recipe``). A transform
+without signs is ``hadamardK``. Recipes are built from axis values (``from_axes``, the schema in
+``axes.py``) or by name (``preset``). Fields at their defaults are left out of ``to_dict``, so
+adding one changes no existing recipe's dict (trial ids are hashes of it).
 """
 
 from __future__ import annotations
@@ -26,11 +33,23 @@ __all__ = ["BACKWARD_OPERANDS", "FORWARD_OPERANDS", "GEMM_OPERANDS", "OPERANDS",
 ESTIMATORS = tuple(AXES["estimator"].options)
 SCALE_GRADS = tuple(AXES["scale_grad"].options)
 NO_POLICY = "none"
+AMAX_POLICIES = ("current", "hold", "max", "most_recent")
+SIGN_POLICIES = ("fixed", "per_step")
+# Fields that to_dict leaves out at their default value.
+_OMITTED_AT_DEFAULT = ("high_precision", "amax_policy", "amax_window", "amax_margin", "sign_policy")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Six operand quantisers (``None``: not quantised), a gradient estimator, a scale gradient."""
+    """Six operand quantisers (``None``: not quantised), a gradient estimator, a scale gradient
+    and the tensor-amax policy of the tensor-scaled operands.
+
+    amax_policy: "current", "hold", "max" or "most_recent" (``delayed.py``).
+    amax_window: D, the steps an amax is held ("hold"), or H, the history length ("max");
+        1 for the other policies.
+    amax_margin: m >= 0, the amax used is multiplied by 2**m; 0 for "current".
+    sign_policy: "fixed" or "per_step": when random Hadamard signs are drawn.
+    """
 
     fwd_x: QuantSpec | None = None
     fwd_w: QuantSpec | None = None
@@ -41,6 +60,10 @@ class Recipe:
     estimator: str = "ste"
     scale_grad: str = "stop"
     high_precision: str = NO_POLICY
+    amax_policy: str = "current"
+    amax_window: int = 1
+    amax_margin: int = 0
+    sign_policy: str = "fixed"
 
     def __post_init__(self) -> None:
         for name in OPERANDS:
@@ -61,6 +84,18 @@ class Recipe:
             parse_policy(self.high_precision)
         except ValueError as error:
             raise ValueError(f"Recipe.high_precision: {error}") from None
+        self._check_amax_policy()
+        if self.sign_policy not in SIGN_POLICIES:
+            raise ValueError(
+                f"Recipe.sign_policy={self.sign_policy!r} is not valid; valid: {list(SIGN_POLICIES)}"
+            )
+        if self.sign_policy != "fixed" and not any(
+            spec is not None and spec.random_signs for spec in self.operands().values()
+        ):
+            raise ValueError(
+                f"Recipe.sign_policy={self.sign_policy!r} redraws random Hadamard signs, but no "
+                "operand has an 'rhadamardK' transform"
+            )
         for gemm, (a, b) in GEMM_OPERANDS.items():
             if _rotation(getattr(self, a)) != _rotation(getattr(self, b)):
                 raise ValueError(
@@ -75,6 +110,34 @@ class Recipe:
                     "act on the forward quantisers, but fwd_x and fwd_w are both None; use "
                     "estimator='ste', scale_grad='stop'"
                 )
+
+    def _check_amax_policy(self) -> None:
+        if self.amax_policy not in AMAX_POLICIES:
+            raise ValueError(
+                f"Recipe.amax_policy={self.amax_policy!r} is not valid; valid: {list(AMAX_POLICIES)}"
+            )
+        for name in ("amax_window", "amax_margin"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"Recipe.{name} must be int, got {type(value).__name__} {value!r}")
+        if self.amax_window < 1:
+            raise ValueError(f"Recipe.amax_window must be >= 1, got {self.amax_window}")
+        if self.amax_policy not in ("hold", "max") and self.amax_window != 1:
+            raise ValueError(
+                f"Recipe.amax_window={self.amax_window} has no meaning for amax_policy="
+                f"{self.amax_policy!r}; use 1 (it counts steps for 'hold' and 'max')"
+            )
+        if self.amax_margin < 0:
+            raise ValueError(f"Recipe.amax_margin must be >= 0, got {self.amax_margin}")
+        if self.amax_policy == "current":
+            if self.amax_margin:
+                raise ValueError("Recipe.amax_margin needs a delayed amax_policy, not 'current'")
+            return
+        if not any(spec is not None and spec.tensor_scale for spec in self.operands().values()):
+            raise ValueError(
+                f"Recipe.amax_policy={self.amax_policy!r} acts on tensor scaling, but no operand "
+                "has tensor_scale=True"
+            )
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -110,9 +173,10 @@ class Recipe:
         }
         values["estimator"] = self.estimator
         values["scale_grad"] = self.scale_grad
-        # Left out when there is no policy, so that such recipes keep the ids they always had.
-        if self.high_precision != NO_POLICY:
-            values["high_precision"] = self.high_precision
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in _OMITTED_AT_DEFAULT:
+            if getattr(self, name) != defaults[name]:
+                values[name] = getattr(self, name)
         return values
 
     @classmethod

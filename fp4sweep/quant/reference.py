@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fp4sweep.quant.rng import check_seed, uniform
+from fp4sweep.quant.rng import STREAM_SCALES, check_seed, uniform
 from fp4sweep.quant.rounding import grid_step, round_signed
 from fp4sweep.quant.scaling import ScaledBlocks, scale_blocks
 from fp4sweep.quant.spec import QuantSpec
@@ -157,14 +157,38 @@ class _Quantised:
         return self.blocking.merge(full).movedim(-1, self.axis)
 
 
-def _quantise(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int) -> _Quantised:
+def check_tensor_amax(tensor_amax: torch.Tensor | None, spec: QuantSpec) -> None:
+    """A ValueError unless ``tensor_amax`` is None or a 0-d float32 tensor for a spec with
+    tensor scaling (its value, a finite magnitude, is the caller's to keep: checking it would
+    wait for the device)."""
+    if tensor_amax is None:
+        return
+    if not spec.tensor_scale:
+        raise ValueError("a given tensor_amax needs a spec with tensor_scale=True")
+    if tensor_amax.dim() != 0 or tensor_amax.dtype != torch.float32:
+        raise ValueError(
+            f"tensor_amax must be a 0-d float32 tensor, got {tensor_amax.dtype} of shape "
+            f"{tuple(tensor_amax.shape)}"
+        )
+
+
+def _quantise(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
+              tensor_amax: torch.Tensor | None) -> _Quantised:
     axis = check_input(x, spec, axis)
     check_seed(seed)
+    check_tensor_amax(tensor_amax, spec)
     t = apply_transform(x.detach(), spec, axis).movedim(axis, -1)
     blocking = _Blocking(t.shape, spec.block, spec.block_2d)
     blocks = blocking.split(t)
     elem = spec.elem_format
-    scaled = scale_blocks(spec.scale_rule, blocks, elem, spec.scale_format, spec.tensor_scale)
+    scale_u = None
+    if spec.scale_rounding == "sr":
+        # Each block's counter: the row-major index of its first element, its least.
+        first = _element_counters(x, axis, blocking)[..., :1]
+        scale_u = uniform(first, seed, 24, STREAM_SCALES)
+    scaled = scale_blocks(spec.scale_rule, blocks, elem, spec.scale_format, spec.tensor_scale,
+                          tensor_amax, spec.tensor_target_scale, spec.prescale,
+                          spec.scale_select, scale_u)
     if spec.rounding == "rne":
         q = round_signed(elem, scaled.elements, "nearest")
     else:
@@ -178,25 +202,32 @@ def _output(x: torch.Tensor, spec: QuantSpec, quantised: _Quantised) -> torch.Te
     return invert_transform(dequantized, spec, quantised.axis).to(x.dtype)
 
 
-def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
+def fake_quantize(
+    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0,
+    tensor_amax: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Quantise-dequantise ``x`` along ``axis`` as ``spec`` says; same shape and dtype as ``x``.
 
     ``seed`` (an int in [0, 2**64)) keys stochastic rounding; "rne" ignores it.
+    ``tensor_amax`` (0-d float32, on ``x``'s device) replaces the tensor amax of tensor scaling
+    (a delayed scale, ``delayed.py``).
     """
     with torch.no_grad():
-        return _output(x, spec, _quantise(x, spec, axis, seed))
+        return _output(x, spec, _quantise(x, spec, axis, seed, tensor_amax))
 
 
 def quantize_detailed(
-    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0
+    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0,
+    tensor_amax: torch.Tensor | None = None,
 ) -> QuantResult:
     """``fake_quantize`` with its intermediate values (see ``QuantResult``)."""
     with torch.no_grad():
-        return _detailed(x, spec, axis, seed)
+        return _detailed(x, spec, axis, seed, tensor_amax)
 
 
-def _detailed(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int) -> QuantResult:
-    quantised = _quantise(x, spec, axis, seed)
+def _detailed(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
+              tensor_amax: torch.Tensor | None) -> QuantResult:
+    quantised = _quantise(x, spec, axis, seed, tensor_amax)
     layout = quantised.to_x_layout
     scaled, elem = quantised.scaled, spec.elem_format
     magnitude = scaled.elements.abs()

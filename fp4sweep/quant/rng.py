@@ -10,7 +10,8 @@ held in int64 tensors in [0, 2**32) and every product is masked back to 32 bits.
     key  = fmix32(fmix32(seed_lo ^ stream) ^ seed_hi)      (host side, once per call)
     bits = fmix32(fmix32(counter_lo ^ key) ^ counter_hi ^ ROUND2)
 
-``stream`` separates independent uses of one seed (stochastic rounding, Hadamard signs).
+``stream`` separates independent uses of one seed (stochastic rounding of elements and of block
+scales, Hadamard signs).
 
 Uniform numbers of few bits share a word, as FP4 hardware's stochastic conversion takes one
 32-bit word of random bits for four values (PTX ``cvt.rs ... e2m1x4``): a number of at most 8
@@ -27,6 +28,7 @@ import torch
 MASK32 = 0xFFFFFFFF
 STREAM_ROUNDING = 0x9E3779B9
 STREAM_SIGNS = 0x632BE5AB
+STREAM_SCALES = 0x2545F491
 ROUND2 = 0x7FEB352D
 _FMIX_C1 = 0x85EBCA6B
 _FMIX_C2 = 0xC2B2AE35

@@ -7,7 +7,9 @@ scale format, ``S_top = min(S.max, 2**64)``.
 
 Tensor scaling (two-level scaling, any scale format) multiplies the tensor by the global encode
 scale ``g = min(fl(fl(S_top * E) / A), FLT_MAX)`` so that the largest block scale lands on the
-top of the scale format's range; ``g = 1`` when tensor scaling is off, when ``A == 0`` or when
+top of the scale format's range (or on a lower target ``S_top``, the spec's
+``tensor_target_scale``: 256 as TransformerEngine's 4-over-6 recipe and Quartet II use, which
+leaves the block scales headroom above it); ``g = 1`` when tensor scaling is off, when ``A == 0`` or when
 ``g`` underflows to 0. ``S_top`` caps the target at 2**64 so that ``g`` and ``1/g`` stay normal
 float32 numbers for wide scale formats (E8M0's max 2**127 times E would overflow float32);
 this cap changes nothing for UE4M3, UE5M3 or any scale format with at most 7 exponent bits.
@@ -37,6 +39,35 @@ Each rule yields, per block: the scale ``s`` (a value of ``S``), the scaled elem
       s = round_nearest_even(S, clamp(fl(fl(a / E) / p), S.min_normal, S.max))
       d = fl(p * s);   v = fl(t / d)
 
+Scale selection "4 over 6" (the spec's ``scale_select``; Four Over Six, arXiv 2512.02010, and
+TransformerEngine's ``nvfp4_4over6``), for the nvfp4 rule on 1-D blocks of a power-of-two
+length: each block is scaled twice, with ``E`` (its amax to 6) and with 4 in place of ``E``
+(its amax to 4, where E2M1's grid is finer relative to the amax), both candidates are rounded
+to nearest, and the one whose dequantised block is closer to ``t`` is kept: by squared error
+("4over6_mse") or absolute error ("4over6_mae"), summed over the block as a pairwise tree
+(elements 2i and 2i+1, then their sums likewise), a fixed order that a kernel can repeat; a tie
+(or a NaN block) keeps the amax-to-6 scale. The kept candidate's ``v`` is then rounded as the
+spec says (also stochastically). The tree order, the tie rule and nearest rounding for the
+comparison are our choices where the sources leave them open.
+
+Stochastic rounding of the block scale (the spec's ``scale_rounding="sr"``, which the
+design-space paper offers beside element SR): for the rules that round the scale to nearest
+(nearest, nvfp4, nvfp4_torchao), the ideal scale is rounded stochastically instead, up with
+probability its position between its two neighbours in the scale format (24 random bits,
+unbiased), with ``u`` from the counter-based stream (``rng.STREAM_SCALES``) whose counter is
+the row-major index in ``x`` of the block's first element. A scale rounded down lets the
+block's largest elements exceed ``E``: they saturate, as with any rounded-down scale.
+
+Pre-scale before stochastic rounding (the spec's ``prescale``, a factor ``c``): after the rule,
+``v' = fl(v * c)`` is rounded and ``d' = fl(d / c)`` decodes it, so the grid keeps ``1/c`` of
+headroom above the block's largest element. ``c = 16/17`` (as float32): the 17/16 margin of
+NVIDIA's and Quartet II's gradient quantisers, which keeps a block scale rounded down by up to
+1/16 (UE4M3) from clipping; ``c = 3/4``: Tseng et al.'s (arXiv 2502.20586) scaling of MXFP4
+operands before stochastic rounding, which keeps the OCP floor rule's elements (up to 8) at
+most 6. Where these sources apply the factor (to the scale before its rounding, or to the
+operand before the block scale) this definition applies it to the scaled elements, after the
+block scale: a choice of ours that keeps the block scales those of the rule.
+
 Zero or underflowing scales: a scale that rounds below the format's smallest positive value
 becomes that smallest positive value (2**-127 for E8M0, 2**-9 for UE4M3, 2**-17 for UE5M3), so
 nothing is ever divided by zero and an all-zero block quantises to zeros. TransformerEngine
@@ -53,16 +84,23 @@ non-finite value first spreads over its Hadamard run.)
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from fp4sweep.quant.formats import FloatFormat
-from fp4sweep.quant.rounding import round_magnitude
+from fp4sweep.quant.rounding import round_magnitude, round_signed
 
 FLT_MAX = torch.finfo(torch.float32).max
 TENSOR_TARGET_CAP = 2.0**64
 SCALE_RULES = ("floor", "ceil", "nearest", "nvfp4", "nvfp4_torchao")
+SCALE_SELECTS = ("max", "4over6_mse", "4over6_mae")
+# The rules whose scale is rounded to nearest, which stochastic scale rounding replaces.
+NEAREST_SCALE_RULES = ("nearest", "nvfp4", "nvfp4_torchao")
+FOUR_OVER_SIX_MAX = 4.0  # the second candidate's target for the block amax
+# Pre-scale name -> its factor c, a float32 value.
+PRESCALES = {"1": 1.0, "16/17": torch.tensor(16 / 17, dtype=torch.float32).item(), "3/4": 0.75}
 
 
 @dataclass(frozen=True)
@@ -96,14 +134,18 @@ def _f32(value: float, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.float32, device=like.device)
 
 
-def tensor_target(elem: FloatFormat, scale: FloatFormat, like: torch.Tensor) -> torch.Tensor:
-    """fl(S_top * E): where tensor scaling puts the tensor amax."""
-    return _f32(min(scale.max, TENSOR_TARGET_CAP), like) * _f32(elem.max, like)
+def tensor_target(elem: FloatFormat, scale: FloatFormat, like: torch.Tensor,
+                  target_scale: int = 0) -> torch.Tensor:
+    """fl(S_top * E): where tensor scaling puts the tensor amax; ``S_top`` is ``target_scale``,
+    or with 0 the scale format's max (capped at 2**64)."""
+    top = target_scale or min(scale.max, TENSOR_TARGET_CAP)
+    return _f32(top, like) * _f32(elem.max, like)
 
 
-def global_encode_scale(amax: torch.Tensor, elem: FloatFormat, scale: FloatFormat) -> torch.Tensor:
+def global_encode_scale(amax: torch.Tensor, elem: FloatFormat, scale: FloatFormat,
+                        target_scale: int = 0) -> torch.Tensor:
     """The tensor's encode scale ``g`` (0-d float32), as TransformerEngine computes it."""
-    g = torch.clamp(tensor_target(elem, scale, amax) / amax, max=FLT_MAX)
+    g = torch.clamp(tensor_target(elem, scale, amax, target_scale) / amax, max=FLT_MAX)
     return torch.where((amax == 0) | (g == 0), _f32(1.0, amax), g)
 
 
@@ -112,9 +154,16 @@ def _at_least_smallest(scale: FloatFormat, s: torch.Tensor) -> torch.Tensor:
     return torch.maximum(s, _f32(scale.min_positive, s))
 
 
+def _round_scale(scale: FloatFormat, ideal: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+    """``ideal`` rounded to nearest-even in the scale format, or stochastically with ``u``."""
+    if u is None:
+        return round_magnitude(scale, ideal, "nearest")
+    return round_magnitude(scale, ideal, "stochastic", u)
+
+
 def _amax_rule(
     rule: str, t: torch.Tensor, amax: torch.Tensor, g: torch.Tensor,
-    elem: FloatFormat, scale: FloatFormat,
+    elem: FloatFormat, scale: FloatFormat, u: torch.Tensor | None,
 ) -> ScaledBlocks:
     a_g = amax * g
     if rule == "floor":
@@ -122,17 +171,19 @@ def _amax_rule(
     elif rule == "ceil":
         s = round_magnitude(scale, a_g / _f32(elem.max, t), "up")
     else:
-        s = round_magnitude(scale, a_g / _f32(elem.max, t), "nearest")
+        s = _round_scale(scale, a_g / _f32(elem.max, t), u)
     s = _at_least_smallest(scale, s)
     return ScaledBlocks(elements=(t * g) / s, scale=s, decode=s / g, tensor_scale=g)
 
 
 def _nvfp4_rule(
-    t: torch.Tensor, amax: torch.Tensor, g: torch.Tensor, elem: FloatFormat, scale: FloatFormat
+    t: torch.Tensor, amax: torch.Tensor, g: torch.Tensor, elem: FloatFormat, scale: FloatFormat,
+    target: float, u: torch.Tensor | None = None,
 ) -> ScaledBlocks:
+    """The nvfp4 rule with the block amax aimed at ``target`` (the element max, or 4)."""
     one = _f32(1.0, t)
-    ideal = torch.clamp(amax * (g * (one / _f32(elem.max, t))), max=FLT_MAX)
-    s = _at_least_smallest(scale, round_magnitude(scale, ideal, "nearest"))
+    ideal = torch.clamp(amax * (g * (one / _f32(target, t))), max=FLT_MAX)
+    s = _at_least_smallest(scale, _round_scale(scale, ideal, u))
     d = s * (one / g)
     encode = torch.clamp(one / d, max=FLT_MAX)
     return ScaledBlocks(elements=t * encode, scale=s, decode=d, tensor_scale=g)
@@ -140,34 +191,81 @@ def _nvfp4_rule(
 
 def _torchao_rule(
     t: torch.Tensor, amax: torch.Tensor, tensor_amax: torch.Tensor | None,
-    elem: FloatFormat, scale: FloatFormat,
+    elem: FloatFormat, scale: FloatFormat, target_scale: int, u: torch.Tensor | None,
 ) -> ScaledBlocks:
     one = _f32(1.0, t)
     if tensor_amax is None:
         p = one
     else:
-        p = tensor_amax / tensor_target(elem, scale, t)
+        p = tensor_amax / tensor_target(elem, scale, t, target_scale)
         p = torch.where(p == 0, one, p)
     ideal = torch.clamp((amax / _f32(elem.max, t)) / p, min=scale.min_normal, max=scale.max)
-    s = round_magnitude(scale, ideal, "nearest")
+    s = _round_scale(scale, ideal, u)
     d = p * s
     return ScaledBlocks(elements=t / d, scale=s, decode=d, tensor_scale=one / p)
 
 
 def scale_blocks(
-    rule: str, t: torch.Tensor, elem: FloatFormat, scale: FloatFormat, tensor_scaling: bool
+    rule: str, t: torch.Tensor, elem: FloatFormat, scale: FloatFormat, tensor_scaling: bool,
+    tensor_amax: torch.Tensor | None = None, target_scale: int = 0, prescale: str = "1",
+    select: str = "max", scale_u: torch.Tensor | None = None,
 ) -> ScaledBlocks:
-    """Apply scale rule ``rule`` to float32 ``t`` of shape (..., blocks, block_len)."""
+    """Apply scale rule ``rule`` to float32 ``t`` of shape (..., blocks, block_len).
+
+    ``target_scale``: the block scale that tensor scaling targets (0: the format's max);
+    ``prescale``: a name in ``PRESCALES``; ``select``: one of ``SCALE_SELECTS``; ``scale_u``:
+    uniform numbers per block (shape (..., blocks, 1)) to round the scale stochastically with.
+
+    With tensor scaling, ``tensor_amax`` (a 0-d float32 tensor) replaces ``A``, the finite amax
+    of ``t``: a delayed scale (``delayed.py``). Where it is below ``t``'s own, the largest
+    blocks' scales saturate at the scale format's max and their elements at ``E``.
+    """
     if rule not in SCALE_RULES:
         raise ValueError(f"unknown scale rule {rule!r}; valid: {list(SCALE_RULES)}")
+    scaled = _scale_rule(rule, t, elem, scale, tensor_scaling, tensor_amax, target_scale, select,
+                         scale_u)
+    if prescale == "1":
+        return scaled
+    c = _f32(PRESCALES[prescale], t)
+    return dataclasses.replace(scaled, elements=scaled.elements * c, decode=scaled.decode / c)
+
+
+def _scale_rule(
+    rule: str, t: torch.Tensor, elem: FloatFormat, scale: FloatFormat, tensor_scaling: bool,
+    tensor_amax: torch.Tensor | None, target_scale: int, select: str, u: torch.Tensor | None,
+) -> ScaledBlocks:
     amax = t.abs().amax(dim=-1, keepdim=True)  # NaN-propagating: a NaN poisons its block only
-    tensor_amax = finite_amax(t) if tensor_scaling else None
+    if not tensor_scaling:
+        tensor_amax = None
+    elif tensor_amax is None:
+        tensor_amax = finite_amax(t)
     if rule == "nvfp4_torchao":
-        return _torchao_rule(t, amax, tensor_amax, elem, scale)
+        return _torchao_rule(t, amax, tensor_amax, elem, scale, target_scale, u)
     if tensor_amax is None:
         g = _f32(1.0, t)
     else:
-        g = global_encode_scale(tensor_amax, elem, scale)
+        g = global_encode_scale(tensor_amax, elem, scale, target_scale)
     if rule == "nvfp4":
-        return _nvfp4_rule(t, amax, g, elem, scale)
-    return _amax_rule(rule, t, amax, g, elem, scale)
+        six = _nvfp4_rule(t, amax, g, elem, scale, elem.max, u)
+        if select == "max":
+            return six
+        four = _nvfp4_rule(t, amax, g, elem, scale, FOUR_OVER_SIX_MAX)
+        squared = select == "4over6_mse"
+        keep_four = _block_error(t, four, elem, squared) < _block_error(t, six, elem, squared)
+        return ScaledBlocks(
+            elements=torch.where(keep_four, four.elements, six.elements),
+            scale=torch.where(keep_four, four.scale, six.scale),
+            decode=torch.where(keep_four, four.decode, six.decode),
+            tensor_scale=g,
+        )
+    return _amax_rule(rule, t, amax, g, elem, scale, u)
+
+
+def _block_error(t: torch.Tensor, scaled: ScaledBlocks, elem: FloatFormat, squared: bool) -> torch.Tensor:
+    """Each block's error after rounding ``scaled`` to nearest: the sum of squared (or absolute)
+    differences from ``t``, added as a pairwise tree (shape (..., blocks, 1))."""
+    error = round_signed(elem, scaled.elements, "nearest") * scaled.decode - t
+    error = error * error if squared else error.abs()
+    while error.shape[-1] > 1:
+        error = error[..., 0::2] + error[..., 1::2]
+    return error

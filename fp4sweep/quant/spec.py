@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fp4sweep.quant.formats import ELEMENT_FORMATS, FloatFormat, element_format, scale_format
-from fp4sweep.quant.scaling import SCALE_RULES
+from fp4sweep.quant.scaling import NEAREST_SCALE_RULES, PRESCALES, SCALE_RULES, SCALE_SELECTS
 
 # The NVFP4 conventions multiply block scales by the tensor's decode scale; with a scale format
 # as wide as float32 (E8M0, fp32) that product underflows, so they are defined for narrow ones.
@@ -21,6 +21,7 @@ TRANSFORMS = ("none",) + tuple(
 BLOCK_RANGE = (8, 128)
 SR_BITS_RANGE = (1, 24)
 _TRANSFORM_NAME = re.compile(r"(r?)hadamard(\d+)")
+_OMITTED_AT_DEFAULT = ("tensor_target_scale", "prescale", "scale_select", "scale_rounding")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,19 @@ class QuantSpec:
         share one rotation (independent of the stochastic-rounding seed).
     tensor_scale: two-level scaling: a per-tensor fp32 scale so that block scales use their
         format's whole range.
+    tensor_target_scale: with tensor scaling, the block scale that the tensor amax's block is
+        given: 0 (default) for the scale format's max (448 for UE4M3: TransformerEngine's
+        NVFP4), or a positive integer up to it, such as 256 (TransformerEngine's 4-over-6
+        recipe, Quartet II), which leaves the block scales headroom (``scaling.py``).
+    prescale: with stochastic rounding, the factor the scaled elements are multiplied by before
+        rounding (and the decode scale divided by): "1" (default), "16/17" (NVIDIA's and
+        Quartet II's 17/16 margin) or "3/4" (Tseng et al.); ``scaling.py`` defines it.
+    scale_select: "max" (default: each block's amax to the element max) or "4over6_mse" /
+        "4over6_mae" (Four Over Six: per block, the amax to 6 or to 4, whichever quantises
+        the block with the lower squared / absolute error); for the "nvfp4" rule on 1-D
+        blocks of a power-of-two length (``scaling.py``).
+    scale_rounding: "nearest" (default) or "sr": the block scale rounded stochastically (rules
+        "nearest", "nvfp4", "nvfp4_torchao"; blocks of a power-of-two length; ``scaling.py``).
     """
 
     elem: str = "e2m1"
@@ -64,6 +78,10 @@ class QuantSpec:
     transform: str = "none"
     transform_seed: int = 0
     tensor_scale: bool = False
+    tensor_target_scale: int = 0
+    prescale: str = "1"
+    scale_select: str = "max"
+    scale_rounding: str = "nearest"
 
     def __post_init__(self) -> None:
         _check_type("elem", self.elem, str)
@@ -90,6 +108,48 @@ class QuantSpec:
         if self.transform_seed < 0:
             raise ValueError(f"QuantSpec.transform_seed must be >= 0, got {self.transform_seed}")
         _check_type("tensor_scale", self.tensor_scale, bool)
+        _check_type("tensor_target_scale", self.tensor_target_scale, int)
+        if self.tensor_target_scale:
+            top = min(self.scale_format.max, 2.0**64)
+            if not self.tensor_scale:
+                raise ValueError("QuantSpec.tensor_target_scale needs tensor_scale=True")
+            if not 0 < self.tensor_target_scale <= top:
+                raise ValueError(
+                    f"QuantSpec.tensor_target_scale must be 0 (the scale format's max) or in "
+                    f"1..{top:g}, got {self.tensor_target_scale}"
+                )
+        _check_type("prescale", self.prescale, str)
+        if self.prescale not in PRESCALES:
+            _invalid("prescale", self.prescale, PRESCALES)
+        if self.prescale != "1" and self.rounding != "sr":
+            raise ValueError(
+                f"QuantSpec.prescale={self.prescale!r} acts before stochastic rounding; it needs "
+                f"rounding='sr', got {self.rounding!r}"
+            )
+        _check_type("scale_select", self.scale_select, str)
+        if self.scale_select not in SCALE_SELECTS:
+            _invalid("scale_select", self.scale_select, SCALE_SELECTS)
+        if self.scale_select != "max" and (
+            self.scale_rule != "nvfp4" or self.block_2d or self.block & (self.block - 1)
+        ):
+            raise ValueError(
+                f"QuantSpec.scale_select={self.scale_select!r} needs scale_rule='nvfp4' and 1-D "
+                f"blocks of a power-of-two length, got scale_rule={self.scale_rule!r}, "
+                f"block={self.block}, block_2d={self.block_2d}"
+            )
+        _check_type("scale_rounding", self.scale_rounding, str)
+        if self.scale_rounding not in ("nearest", "sr"):
+            _invalid("scale_rounding", self.scale_rounding, ("nearest", "sr"))
+        if self.scale_rounding == "sr" and (
+            self.scale_rule not in NEAREST_SCALE_RULES or self.scale_select != "max"
+            or self.block & (self.block - 1)
+        ):
+            raise ValueError(
+                f"QuantSpec.scale_rounding='sr' replaces a nearest scale rounding: it needs "
+                f"scale_rule in {list(NEAREST_SCALE_RULES)}, scale_select='max' and a "
+                f"power-of-two block, got scale_rule={self.scale_rule!r}, scale_select="
+                f"{self.scale_select!r}, block={self.block}"
+            )
         if self.scale_rule in NARROW_SCALE_RULES and self.scale_format.exp_bits > 5:
             raise ValueError(
                 f"QuantSpec.scale_rule={self.scale_rule!r} needs a scale format with at most 5 "
@@ -129,8 +189,14 @@ class QuantSpec:
             ) from None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-serialisable fields; ``from_dict(to_dict(s)) == s``."""
-        return dataclasses.asdict(self)
+        """Plain, JSON-serialisable fields; ``from_dict(to_dict(s)) == s``. Fields added after
+        the first release are left out at their defaults, so that existing specs (and the trial
+        ids hashed from them) keep their dicts."""
+        values = dataclasses.asdict(self)
+        for name in _OMITTED_AT_DEFAULT:
+            if values[name] == _DEFAULTS[name]:
+                del values[name]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> QuantSpec:
@@ -141,6 +207,8 @@ class QuantSpec:
             raise ValueError(f"unknown QuantSpec field(s) {unknown}; valid: {names}")
         return cls(**values)
 
+
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(QuantSpec)}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # OCP MX v1.0 MXFP4: E2M1 elements, E8M0 scale per 32, OCP floor rule, nearest-even.

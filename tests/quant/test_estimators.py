@@ -3,12 +3,14 @@ scale gradient against torch autograd of a surrogate built from the definitions.
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy.linalg import hadamard
 
 from fp4sweep.quant import QuantSpec, fake_quantize, quantize, quantize_detailed
 from fp4sweep.quant.estimators import DERIVATIVES, quantize_for_training
+from fp4sweep.quant.formats import element_format
 
 # One block of 8 with amax 7: OCP floor gives scale 2**(floor(log2 7) - 2) = 1, so the scaled
 # values are the inputs and 7 saturates (E2M1's max is 6).
@@ -19,15 +21,17 @@ POSITIONS = [None, 0.5, 0.5, 0.4, 0.5, 0.1, 0.3, 0.75]
 
 
 def power(position):
-    distance = abs(2 * position - 1)  # 0 at the interval's midpoint, where the slope is clamped
-    return 3.0 if distance == 0 else min(distance ** (1 / 5 - 1) / 5, 3.0)
+    distance = abs(2 * position - 1)  # 0 at the interval's midpoint, where the slope is clipped
+    return 1.0 if distance == 0 else min(distance ** (1 / 5 - 1) / 5, 1.0)
 
 
 EXPECTED = {
     "ste": [1.0] * 8,
     "clipped_ste": [0.0] + [1.0] * 7,
-    # the spline's slope is 3 in the middle third of the interval, 0 elsewhere and when saturated
-    "spline": [0.0, 3.0, 3.0, 3.0, 3.0, 0.0, 0.0, 0.0],
+    # The spline: 1/2 on the half interval next to the grid point its midpoint ties to (0, 1, 2,
+    # 4 are E2M1's even codes), 1 on the other half (3/2 clipped), 0 when saturated. 0.25 and
+    # 2.5 sit on a boundary and take the piece to their right.
+    "spline": [0.0, 1.0, 0.5, 0.5, 1.0, 1.0, 0.5, 1.0],
     "power": [0.0] + [power(p) for p in POSITIONS[1:]],
 }
 
@@ -51,9 +55,41 @@ def test_position_also_holds_for_stochastic_rounding():
     spec = QuantSpec(elem="e2m1", scale="e8m0", block=8, rounding="sr")
     x = torch.tensor([VALUES] * 64)  # 64 draws of the same row
     r = quantize_detailed(x, spec, -1, seed=3)
-    derivative = DERIVATIVES["power"](r)
+    derivative = DERIVATIVES["power"](r, spec.elem_format)
     assert len({tuple(row) for row in r.dequantized.tolist()}) > 1  # the draws differ
     torch.testing.assert_close(derivative, derivative[:1].expand_as(derivative))
+
+
+def relaxation_knots(elem):
+    """The spline's knots and values built from the format's codes: Q~(g) = g at each grid
+    point, and at each interval's midpoint m, halfway between m and the even-coded end."""
+    grid = sorted({abs(v) for v in element_format(elem).code_values if math.isfinite(v)})
+    knots, values = [grid[0]], [grid[0]]
+    for code, (lo, hi) in enumerate(zip(grid, grid[1:])):
+        middle = (lo + hi) / 2
+        even_end = lo if code % 2 == 0 else hi
+        knots += [middle, hi]
+        values += [(middle + even_end) / 2, hi]
+    return np.array(knots), np.array(values)
+
+
+@pytest.mark.parametrize("elem", ["e2m1", "int4", "e2m3", "e3m2"])
+def test_spline_is_the_clipped_slope_of_its_relaxation(elem):
+    knots, values = relaxation_knots(elem)
+    generator = np.random.default_rng(0)
+    v = generator.uniform(0, knots[-1], 4096)
+    v = v[np.abs(v[:, None] - knots).min(axis=1) > 1e-3]  # away from the kinks
+    h = 1e-5
+    expected = np.minimum((np.interp(v + h, knots, values) - np.interp(v - h, knots, values)) / (2 * h), 1.0)
+    # one block per value, scaled by 1 (fp32 "nearest" with the format's max as the amax)
+    x = torch.zeros(len(v), 8)
+    x[:, 0], x[:, 1] = torch.tensor(v, dtype=torch.float32), element_format(elem).max
+    spec = QuantSpec(elem=elem, scale="fp32", block=8, scale_rule="nearest")
+    r = quantize_detailed(x, spec)
+    assert torch.equal(r.scaled, x)
+    derivative = DERIVATIVES["spline"](r, spec.elem_format)[:, 0].double().numpy()
+    np.testing.assert_allclose(derivative, expected, atol=1e-3)
+    assert set(np.unique(derivative)) == {0.5, 1.0}  # never zero inside the range
 
 
 def orthonormal_hadamard(k):
@@ -67,7 +103,7 @@ def test_gradient_is_mapped_through_the_transform(estimator):
     x = torch.randn(4, 32) * torch.logspace(-1, 1, 32)
     g = torch.randn(4, 32)
     h = orthonormal_hadamard(16)
-    derivative = DERIVATIVES[estimator](quantize_detailed(x, spec)).float().reshape(4, 2, 16)
+    derivative = DERIVATIVES[estimator](quantize_detailed(x, spec), spec.elem_format).float().reshape(4, 2, 16)
     expected = (((g.reshape(4, 2, 16) @ h) * derivative) @ h).reshape(4, 32)
     x.requires_grad_(True)
     quantize(x, spec, -1, 0, estimator).backward(g)
@@ -87,7 +123,7 @@ def surrogate_gradient(x, spec, estimator, g):
     element and the derivative D, and s(t) = c * amax_block(t) with c = s / amax held fixed."""
     r = quantize_detailed(x, spec)
     derivative = (
-        torch.ones_like(r.transformed) if estimator == "ste" else DERIVATIVES[estimator](r).float()
+        torch.ones_like(r.transformed) if estimator == "ste" else DERIVATIVES[estimator](r, spec.elem_format).float()
     )
     k = spec.hadamard_size
     h = orthonormal_hadamard(k) if k else None

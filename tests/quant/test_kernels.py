@@ -363,6 +363,28 @@ DETAILED_SPECS = [
 ]
 
 
+@pytest.mark.parametrize("spec", [
+    dataclasses.replace(NVFP4, tensor_target_scale=256),
+    *(QuantSpec(scale="ue4m3", block=16, scale_rule=rule, tensor_scale=True, tensor_target_scale=256)
+      for rule in ("nearest", "nvfp4_torchao")),
+    dataclasses.replace(NVFP4, rounding="sr", prescale="16/17", transform="rhadamard16"),
+    dataclasses.replace(MXFP4, rounding="sr", prescale="3/4"),
+    dataclasses.replace(NVFP4, scale_select="4over6_mse"),
+    dataclasses.replace(NVFP4, scale_select="4over6_mae", rounding="sr", transform="rhadamard16",
+                        tensor_target_scale=256),
+    QuantSpec(scale="ue4m3", block=32, scale_rule="nvfp4", scale_select="4over6_mse"),
+    dataclasses.replace(NVFP4, scale_rounding="sr", rounding="sr", transform="rhadamard16"),
+    dataclasses.replace(NVFP4, scale_rounding="sr", block_2d=True, block=8),
+    QuantSpec(scale="ue5m3", scale_rule="nearest", scale_rounding="sr"),
+    QuantSpec(scale="ue4m3", block=16, scale_rule="nvfp4_torchao", tensor_scale=True,
+              scale_rounding="sr"),
+], ids=spec_id)
+def test_scale_headroom_selection_and_rounding_in_the_kernels(spec):
+    check_detailed(edge_values(8, 128), spec, seed=5)
+    # Gaussian blocks, along the strided axis too: 4 over 6 picks either scale often here
+    check_detailed(torch.randn(64, 32, generator=torch.Generator().manual_seed(3)), spec, 0, 5)
+
+
 @pytest.mark.parametrize("spec", DETAILED_SPECS, ids=spec_id)
 def test_detailed_kernels_match_the_reference_field_for_field(spec):
     check_detailed(edge_values(8, 96 if spec.block == 24 else 128), spec, seed=5)
@@ -374,6 +396,36 @@ def test_detailed_kernels_along_the_token_axis(spec):
     check_detailed(wide_range(64, 32, seed=3), spec, axis=0, seed=7)
 
 
+DELAYED_SPECS = [dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard16"),
+                 QuantSpec(scale="ue4m3", block=16, scale_rule="nvfp4_torchao", tensor_scale=True),
+                 QuantSpec(scale="ue5m3", scale_rule="nearest", tensor_scale=True)]
+
+
+@pytest.mark.parametrize("spec", DELAYED_SPECS, ids=spec_id)
+@pytest.mark.parametrize("factor", [2.0**-4, 0.3, 1.0, 7.0])
+def test_a_given_tensor_amax_replaces_the_amax_pass(spec, factor):
+    # Below the tensor's own amax (a stale scale: blocks saturate) and above it.
+    x = wide_range(8, 64, seed=4).to(DEVICE)
+    with backend.use_backend("reference"):
+        own = quantize_detailed(x, spec, -1, 5)
+        tensor_amax = own.block_amax.max() * factor
+        expected = quantize_detailed(x, spec, -1, 5, tensor_amax)
+    kernel = launch.quantize_detailed(x, spec, -1, 5, tensor_amax)
+    assert_same_details(kernel, expected)
+    assert_same_bits(launch.fake_quantize(x, spec, -1, 5, tensor_amax), expected.output)
+    assert torch.equal(expected.output, own.output) == (factor == 1)
+
+
+def test_signs_redrawn_every_step_share_one_plan():
+    x = wide_range(4, 64, seed=6).to(DEVICE)
+    spec = dataclasses.replace(NVFP4, transform="rhadamard16")
+    launch.clear_plans()
+    for transform_seed in (11, 12, 2**63 + 5):
+        redrawn = dataclasses.replace(spec, transform_seed=transform_seed)
+        assert_same_bits(launch.fake_quantize(x, redrawn, -1, 3), reference(x, redrawn, -1, 3))
+    assert len(launch._plans) == 1
+
+
 def test_detailed_of_an_empty_tensor():
     output, fields, tensor_scale = launch.quantize_detailed(torch.empty(0, 32, device=DEVICE), NVFP4)
     assert output.shape == (0, 32) and fields["saturated"].dtype == torch.bool
@@ -381,7 +433,8 @@ def test_detailed_of_an_empty_tensor():
 
 
 @pytest.mark.parametrize("estimator,scale_grad", [("clipped_ste", "stop"), ("spline", "amax"),
-                                                  ("power", "stop")])
+                                                  ("spline", "stop"), ("power", "stop"),
+                                                  ("power", "amax")])
 def test_estimators_run_on_the_kernels_with_the_same_gradient_map(estimator, scale_grad):
     x = wide_range(16, 64, seed=9).to(DEVICE)
     grad = wide_range(16, 64, seed=10).to(DEVICE)

@@ -95,9 +95,9 @@ def test_weight_is_quantised_again_unless_both_axes_agree(recipe):
 def test_backward_reuses_the_forward_weight_where_it_may(monkeypatch, recipe_name, backward_calls):
     calls = []
 
-    def counting(t, spec, axis, seed):
+    def counting(t, spec, axis, seed, tensor_amax):
         calls.append(spec)
-        return fake_quantize(t, spec, axis, seed)
+        return fake_quantize(t, spec, axis, seed, tensor_amax)
 
     monkeypatch.setattr(layers, "fake_quantize", counting)
     layer = QuantLinear(64, 32, recipe=Recipe.preset(recipe_name))
@@ -132,8 +132,8 @@ def test_estimator_applies_to_the_forward_quantisers():
     seeds = operand_seeds(layer.layer_seed, 0)
     w = layer.weight.detach()
     dx_ste = fake_quantize(grad_y, recipe.dgrad_dy, 1, seeds["dgrad_dy"]) @ fake_quantize(w, recipe.dgrad_w, 0)
-    keep_x = DERIVATIVES["clipped_ste"](quantize_detailed(x.detach(), recipe.fwd_x, 1, seeds["fwd_x"]))
-    keep_w = DERIVATIVES["clipped_ste"](quantize_detailed(w, recipe.fwd_w, 1, seeds["fwd_w"]))
+    keep_x = DERIVATIVES["clipped_ste"](quantize_detailed(x.detach(), recipe.fwd_x, 1, seeds["fwd_x"]), recipe.fwd_x.elem_format)
+    keep_w = DERIVATIVES["clipped_ste"](quantize_detailed(w, recipe.fwd_w, 1, seeds["fwd_w"]), recipe.fwd_w.elem_format)
     assert not keep_x.all() and not keep_w.all()  # "nearest" lets the block maxima saturate
     torch.testing.assert_close(x.grad, dx_ste * keep_x)
     dw_ste = fake_quantize(grad_y, recipe.wgrad_dy, 0).T @ fake_quantize(x.detach(), recipe.wgrad_x, 0)

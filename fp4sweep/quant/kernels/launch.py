@@ -6,9 +6,11 @@ Hadamard signs and the stochastic-rounding key, so those agree by construction.
 
 A training step quantises hundreds of tensors of a few shapes, so the host's share of a call
 must be small. Everything that the seed and the tensor's values do not change (checks, tile
-geometry, the tuned tile shape, the kernel's compile-time arguments, the compiled kernel itself
-and the Hadamard signs on the device) is worked out on a shape's first call and kept in a
-``_Plan``; later calls allocate the output, look the plan up and launch, without a host sync.
+geometry, the tuned tile shape, the kernel's compile-time arguments and the compiled kernel
+itself) is worked out on a shape's first call and kept in a ``_Plan``; later calls allocate the
+output, look the plan up and launch, without a host sync. The random Hadamard signs are an
+argument of each call (kept on the device per seed), so that signs redrawn every step
+(``Recipe.sign_policy``) share one plan.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -25,9 +29,9 @@ import triton.testing
 
 from fp4sweep.quant.formats import FloatFormat
 from fp4sweep.quant.kernels import quantiser
-from fp4sweep.quant.reference import check_input
-from fp4sweep.quant.rng import STREAM_ROUNDING, slot_bits, stream_key
-from fp4sweep.quant.scaling import SCALE_RULES, tensor_target
+from fp4sweep.quant.reference import check_input, check_tensor_amax
+from fp4sweep.quant.rng import STREAM_ROUNDING, STREAM_SCALES, slot_bits, stream_key
+from fp4sweep.quant.scaling import PRESCALES, SCALE_RULES, SCALE_SELECTS, tensor_target
 from fp4sweep.quant.spec import QuantSpec
 from fp4sweep.quant.transforms import hadamard_signs
 
@@ -220,8 +224,9 @@ def _fastest(kernel, per_call: tuple, arguments: dict, geometry: _Geometry, nume
     return candidates[times.index(min(times))]
 
 
-def _tensor_target(elem: FloatFormat, scale: FloatFormat) -> float:
-    return tensor_target(elem, scale, torch.empty(0)).item()
+def _tensor_target(spec: QuantSpec) -> float:
+    return tensor_target(spec.elem_format, spec.scale_format, torch.empty(0),
+                         spec.tensor_target_scale).item()
 
 
 def _transform_constants(spec: QuantSpec) -> dict:
@@ -240,7 +245,9 @@ def _quantiser_constants(spec: QuantSpec, detailed: bool) -> dict:
     elem, scale = spec.elem_format, spec.scale_format
     return dict(
         _transform_constants(spec), RULE=SCALE_RULES.index(spec.scale_rule),
-        TENSOR_SCALE=spec.tensor_scale, TARGET=_tensor_target(elem, scale),
+        TENSOR_SCALE=spec.tensor_scale, TARGET=_tensor_target(spec),
+        PRESCALE=PRESCALES[spec.prescale], SELECT=SCALE_SELECTS.index(spec.scale_select),
+        LOG_BLOCK=spec.block.bit_length() - 1, SCALE_SR=spec.scale_rounding == "sr",
         S_MIN_POSITIVE=scale.min_positive, S_MIN_NORMAL=scale.min_normal,
         S_BIAS=scale.bias, E_EMAX=elem.emax, SR=spec.rounding == "sr", SR_BITS=spec.sr_bits,
         SR_SLOT=slot_bits(spec.sr_bits),
@@ -281,7 +288,6 @@ class KernelArguments:
 class _Plan:
     """Everything about a call that the seed and the tensor's values do not change."""
 
-    signs: torch.Tensor | None  # the random Hadamard signs, on the tensor's device
     tensor_amax: Launcher | None  # with tensor scaling
     quantise: Launcher
 
@@ -298,21 +304,37 @@ class _Plan:
             )
         arguments = KernelArguments.of(x, spec, axis, details is not None)
         geometry = arguments.geometry
-        signs = (hadamard_signs(spec.hadamard_size, spec.transform_seed).to(x.device)
-                 if spec.random_signs else None)
-        signs_or_x = x if signs is None else signs
+        signs_or_x = _signs(spec, x)
         tensor_amax, amax_bits = None, x
         if arguments.tensor_amax is not None:
             amax_bits = torch.zeros(1, dtype=torch.int32, device=x.device)
             tensor_amax = _fastest(quantiser.tensor_amax_kernel, (x, signs_or_x, amax_bits),
                                    arguments.tensor_amax, geometry, x.numel())
         quantise = _fastest(quantiser.fake_quantize_kernel,
-                            (x, out, signs_or_x, amax_bits, x if details is None else details, 0),
+                            (x, out, signs_or_x, amax_bits, x if details is None else details, 0,
+                             0),
                             arguments.quantise, geometry, x.numel(), tuned=details is None)
-        return cls(signs, tensor_amax, quantise)
+        return cls(tensor_amax, quantise)
 
 
 _plans: dict[tuple, _Plan] = {}
+
+
+@functools.lru_cache(maxsize=256)
+def _without_signs_seed(spec: QuantSpec) -> QuantSpec:
+    """``spec`` as a plan's key: the signs' seed is a per-call argument, not part of the plan."""
+    return dataclasses.replace(spec, transform_seed=0)
+
+
+@functools.lru_cache(maxsize=64)
+def _device_signs(size: int, seed: int, device: torch.device) -> torch.Tensor:
+    return hadamard_signs(size, seed).to(device)
+
+
+def _signs(spec: QuantSpec, x: torch.Tensor) -> torch.Tensor:
+    """The kernels' signs argument: the random Hadamard signs on ``x``'s device (``x`` itself,
+    unread, without them)."""
+    return _device_signs(spec.hadamard_size, spec.transform_seed, x.device) if spec.random_signs else x
 
 
 def clear_plans() -> None:
@@ -334,50 +356,60 @@ def observe_calls(observer: Callable[[torch.Tensor, QuantSpec], None]) -> Iterat
         _observers.remove(observer)
 
 
-def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
-         detailed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int, detailed: bool,
+         tensor_amax: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The output like ``x`` and, if ``detailed``, the float32 details buffer (see
-    ``quantiser.fake_quantize_kernel``); ``x`` made contiguous first."""
+    ``quantiser.fake_quantize_kernel``); ``x`` made contiguous first. A given ``tensor_amax``
+    is the quantiser's input in place of the amax pass's."""
     for observer in _observers:
         observer(x, spec)
     key = stream_key(seed, STREAM_ROUNDING)  # also checks the seed
+    scale_key = stream_key(seed, STREAM_SCALES)
+    check_tensor_amax(tensor_amax, spec)
     x = x.detach().contiguous()
     out = torch.empty_like(x)
     details = None
     if detailed:
         details = torch.empty(len(quantiser.DETAIL_FIELDS) * x.numel() + 1,
                               dtype=torch.float32, device=x.device)
-    plan_key = (spec, x.shape, axis, x.dtype, x.device, x.data_ptr() % ALIGNMENT == 0, detailed)
+    plan_key = (_without_signs_seed(spec), x.shape, axis, x.dtype, x.device,
+                x.data_ptr() % ALIGNMENT == 0, detailed)
     plan = _plans.get(plan_key)
     if plan is None:
         normalised_axis = check_input(x, spec, axis)
         if x.numel() == 0:
             return out, details
         plan = _plans[plan_key] = _Plan.build(x, out, details, spec, normalised_axis)
-    signs = x if plan.signs is None else plan.signs
+    signs = _signs(spec, x)
     amax_bits = x
-    if plan.tensor_amax is not None:
+    if tensor_amax is not None:
+        # A magnitude's float32 bits, as the amax pass leaves them.
+        amax_bits = tensor_amax.to(x.device).reshape(1).view(torch.int32)
+    elif plan.tensor_amax is not None:
         # Zeroed on the device, max-ed into by the amax kernel, read by the quantiser: no sync.
         amax_bits = torch.zeros(1, dtype=torch.int32, device=x.device)
         plan.tensor_amax(x, signs, amax_bits)
-    # The kernel takes the key as an int32.
+    # The kernel takes the keys as int32.
     plan.quantise(x, out, signs, amax_bits, x if details is None else details,
-                  key - 2**32 if key >= 2**31 else key)
+                  key - 2**32 if key >= 2**31 else key,
+                  scale_key - 2**32 if scale_key >= 2**31 else scale_key)
     return out, details
 
 
-def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0,
+                  tensor_amax: torch.Tensor | None = None) -> torch.Tensor:
     """The reference's ``fake_quantize`` as fused kernels; same arguments, same bits."""
-    return _run(x, spec, axis, seed, detailed=False)[0]
+    return _run(x, spec, axis, seed, False, tensor_amax)[0]
 
 
 def quantize_detailed(
-    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0
+    x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0,
+    tensor_amax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """The reference's ``quantize_detailed`` as fused kernels: the output, the per-element
     fields of ``QuantResult`` by name (float32 tensors shaped like ``x``, ``saturated`` bool)
     and the 0-d tensor scale; the same bits."""
-    out, details = _run(x, spec, axis, seed, detailed=True)
+    out, details = _run(x, spec, axis, seed, True, tensor_amax)
     if x.numel() == 0:
         fields = {name: torch.empty(x.shape, dtype=torch.float32, device=x.device)
                   for name in quantiser.DETAIL_FIELDS}

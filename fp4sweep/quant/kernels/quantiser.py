@@ -22,12 +22,14 @@ import triton
 import triton.language as tl
 
 from fp4sweep.quant.kernels.device import (
-    DOWN, FLT_MAX, NEAREST, UP, copy_sign, grid_step, magnitude_bits, round_element,
-    round_magnitude, to_bfloat16, uniform, walsh_hadamard,
+    DOWN, FLT_MAX, NEAREST, STOCHASTIC, UP, copy_sign, grid_step, magnitude_bits,
+    random_words, round_element, round_magnitude, to_bfloat16, uniform, walsh_hadamard,
 )
 
 # Scale rules, numbered in ``scaling.SCALE_RULES`` order.
 FLOOR, CEIL, NEAREST_RULE, NVFP4, NVFP4_TORCHAO = (tl.constexpr(i) for i in range(5))
+# ``scaling.SCALE_SELECTS``, by index.
+SELECT_MAX, SELECT_MSE, SELECT_MAE = (tl.constexpr(i) for i in range(3))
 
 # Tile load shapes (see ``_tile``). Triton spreads a tile's lanes over its contiguous dimension
 # first; splitting off a vector dimension keeps whole runs of the axis in one thread's
@@ -223,6 +225,68 @@ def _per_element(block_values, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl
 
 
 @triton.jit
+def _scale_uniform(offsets, scale_key, LAYOUT: tl.constexpr, VEC: tl.constexpr,
+                   RUN_LANES: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+                   BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr, WIDE: tl.constexpr):
+    """``rng.uniform`` (24 bits, one word each) of each block's least element index, laid out
+    as ``_block_amax`` lays out blocks (unpadded blocks)."""
+    index = _logical(offsets, LAYOUT, VEC, RUN_LANES, ROWS, COLS)
+    if BLOCK_2D:
+        tiles = tl.reshape(index, [ROWS // BLOCK, BLOCK, COLS // BLOCK, BLOCK])
+        first = tl.min(tl.min(tiles, axis=3), axis=1)
+    else:
+        first = tl.min(tl.reshape(index, [ROWS, COLS // BLOCK, BLOCK]), axis=2)
+    words = random_words(first, scale_key, WIDE)
+    return ((words >> 8) & 0xFFFFFF).to(tl.float32) * (2.0**-24)
+
+
+@triton.jit
+def _round_scale(ideal, u, SCALE_SR: tl.constexpr, S_EMIN: tl.constexpr, S_MAN: tl.constexpr,
+                 S_BIAS: tl.constexpr, S_MAX: tl.constexpr):
+    """``scaling._round_scale``: nearest-even, or stochastic with ``u``."""
+    if SCALE_SR:
+        s = round_magnitude(ideal, u, STOCHASTIC, S_EMIN, S_MAN, S_BIAS, S_MAX)
+    else:
+        s = round_magnitude(ideal, ideal, NEAREST, S_EMIN, S_MAN, S_BIAS, S_MAX)
+    return s
+
+
+@triton.jit
+def _nvfp4_candidate(t, amax, g, TARGET_MAX: tl.constexpr, min_positive, scale_u,
+                     SCALE_SR: tl.constexpr, ROWS: tl.constexpr,
+                     COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr,
+                     BLOCK_2D: tl.constexpr, S_EMIN: tl.constexpr, S_MAN: tl.constexpr,
+                     S_BIAS: tl.constexpr, S_MAX: tl.constexpr):
+    """``scaling._nvfp4_rule`` with the block amax aimed at TARGET_MAX: (s, d, v)."""
+    one = tl.full([], 1.0, tl.float32)
+    target = tl.full([], TARGET_MAX, tl.float32)
+    ideal = tl.minimum(amax * (g * tl.math.div_rn(one, target)), FLT_MAX,
+                       propagate_nan=tl.PropagateNan.ALL)
+    s = _round_scale(ideal, scale_u, SCALE_SR, S_EMIN, S_MAN, S_BIAS, S_MAX)
+    s = tl.maximum(s, min_positive, propagate_nan=tl.PropagateNan.ALL)
+    d = s * tl.math.div_rn(one, g)
+    encode = tl.minimum(tl.math.div_rn(one, d), FLT_MAX, propagate_nan=tl.PropagateNan.ALL)
+    return s, d, t * _per_element(encode, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
+
+
+@triton.jit
+def _block_error(t, d, v, SELECT: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+                 BLOCK: tl.constexpr, LOG_BLOCK: tl.constexpr, E_EMIN: tl.constexpr, E_MAN: tl.constexpr,
+                 E_EMAX: tl.constexpr, E_MAX: tl.constexpr):
+    """``scaling._block_error`` of 1-D blocks: [ROWS, COLS // BLOCK], summed as its pairwise
+    tree (elements 2i and 2i + 1 first: one addition each, so the order is the reference's)."""
+    q = copy_sign(round_element(tl.abs(v), v, False, E_EMIN, E_MAN, E_EMAX, E_MAX), v)
+    error = q * _per_element(d, ROWS, COLS, BLOCK, False, False) - t
+    if SELECT == SELECT_MSE:
+        error = error * error
+    else:
+        error = tl.abs(error)
+    for level in tl.static_range(LOG_BLOCK):
+        error = tl.sum(tl.reshape(error, [ROWS, COLS >> (level + 1), 2]), axis=2)
+    return error
+
+
+@triton.jit
 def _tensor_scale(amax_bits_ptr, RULE: tl.constexpr, TARGET: tl.constexpr):
     """``scaling.global_encode_scale`` (g), or torchao's per-tensor decode scale p for
     NVFP4_TORCHAO, from the finite tensor amax A; TARGET = fl(S_top * E)."""
@@ -246,9 +310,9 @@ def _store_tile(ptrs, values, mask, LAYOUT: tl.constexpr, VEC: tl.constexpr,
 # The key differs on every call: specialising on its value (divisible by 16, equal to 1) would
 # compile new variants for some seeds, and a compiled kernel could not be reused for any seed.
 # n_elements stays a tensor too (a 1 would become a constant), so that it widens to int64.
-@triton.jit(do_not_specialize=["sr_key", "n_elements"])
+@triton.jit(do_not_specialize=["sr_key", "scale_key", "n_elements"])
 def fake_quantize_kernel(
-    x_ptr, out_ptr, signs_ptr, amax_bits_ptr, details_ptr, sr_key,
+    x_ptr, out_ptr, signs_ptr, amax_bits_ptr, details_ptr, sr_key, scale_key,
     n_lines, n_axis_tiles, stride, AXIS_CONTIGUOUS: tl.constexpr, LAYOUT: tl.constexpr,
     VEC: tl.constexpr, RUN_LANES: tl.constexpr, ROWS: tl.constexpr,
     COLS: tl.constexpr, BLOCK: tl.constexpr, PADDED: tl.constexpr, BLOCK_2D: tl.constexpr,
@@ -256,6 +320,8 @@ def fake_quantize_kernel(
     HAD: tl.constexpr, LOG_HAD: tl.constexpr, NORMALISER: tl.constexpr,
     RANDOM_SIGNS: tl.constexpr,
     RULE: tl.constexpr, TENSOR_SCALE: tl.constexpr, TARGET: tl.constexpr,
+    PRESCALE: tl.constexpr, SELECT: tl.constexpr, LOG_BLOCK: tl.constexpr,
+    SCALE_SR: tl.constexpr,
     S_EMIN: tl.constexpr, S_MAN: tl.constexpr, S_BIAS: tl.constexpr, S_MAX: tl.constexpr,
     S_MIN_POSITIVE: tl.constexpr, S_MIN_NORMAL: tl.constexpr,
     E_EMIN: tl.constexpr, E_MAN: tl.constexpr, E_MAX: tl.constexpr, E_EMAX: tl.constexpr,
@@ -280,20 +346,32 @@ def fake_quantize_kernel(
         g = _tensor_scale(amax_bits_ptr, RULE, TARGET)
     else:
         g = one
+    if SCALE_SR:
+        scale_u = _scale_uniform(offsets, scale_key, LAYOUT, VEC, RUN_LANES, ROWS, COLS, BLOCK,
+                                 BLOCK_2D, WIDE)
+    else:
+        scale_u = amax
     if RULE == NVFP4:
-        ideal = tl.minimum(amax * (g * tl.math.div_rn(one, E_MAX)), FLT_MAX,
-                           propagate_nan=tl.PropagateNan.ALL)
-        s = round_magnitude(ideal, ideal, NEAREST, S_EMIN, S_MAN, S_BIAS, S_MAX)
-        s = tl.maximum(s, min_positive, propagate_nan=tl.PropagateNan.ALL)
-        d = s * tl.math.div_rn(one, g)
-        encode = tl.minimum(tl.math.div_rn(one, d), FLT_MAX, propagate_nan=tl.PropagateNan.ALL)
-        v = t * _per_element(encode, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
+        s, d, v = _nvfp4_candidate(t, amax, g, E_MAX, min_positive, scale_u, SCALE_SR, ROWS,
+                                   COLS, BLOCK, PADDED, BLOCK_2D, S_EMIN, S_MAN, S_BIAS, S_MAX)
+        if SELECT != SELECT_MAX:
+            # ``scaling``'s 4 over 6: the amax-to-4 candidate where it quantises the block closer.
+            s4, d4, v4 = _nvfp4_candidate(t, amax, g, 4.0, min_positive, scale_u, False, ROWS,
+                                          COLS, BLOCK, PADDED, BLOCK_2D, S_EMIN, S_MAN, S_BIAS,
+                                          S_MAX)
+            keep_four = (_block_error(t, d4, v4, SELECT, ROWS, COLS, BLOCK, LOG_BLOCK, E_EMIN, E_MAN, E_EMAX,
+                                      E_MAX)
+                         < _block_error(t, d, v, SELECT, ROWS, COLS, BLOCK, LOG_BLOCK, E_EMIN, E_MAN, E_EMAX,
+                                        E_MAX))
+            s = tl.where(keep_four, s4, s)
+            d = tl.where(keep_four, d4, d)
+            v = tl.where(_per_element(keep_four, ROWS, COLS, BLOCK, PADDED, BLOCK_2D), v4, v)
     elif RULE == NVFP4_TORCHAO:
         # g holds torchao's decode scale p here.
         ideal = tl.math.div_rn(tl.math.div_rn(amax, E_MAX), g)
         ideal = tl.maximum(ideal, S_MIN_NORMAL, propagate_nan=tl.PropagateNan.ALL)
         ideal = tl.minimum(ideal, S_MAX, propagate_nan=tl.PropagateNan.ALL)
-        s = round_magnitude(ideal, ideal, NEAREST, S_EMIN, S_MAN, S_BIAS, S_MAX)
+        s = _round_scale(ideal, scale_u, SCALE_SR, S_EMIN, S_MAN, S_BIAS, S_MAX)
         d = g * s
         v = tl.math.div_rn(t, _per_element(d, ROWS, COLS, BLOCK, PADDED, BLOCK_2D))
     else:
@@ -303,8 +381,8 @@ def fake_quantize_kernel(
         elif RULE == CEIL:
             s = round_magnitude(tl.math.div_rn(a_g, E_MAX), a_g, UP, S_EMIN, S_MAN, S_BIAS, S_MAX)
         else:
-            s = round_magnitude(tl.math.div_rn(a_g, E_MAX), a_g, NEAREST, S_EMIN, S_MAN, S_BIAS,
-                                S_MAX)
+            s = _round_scale(tl.math.div_rn(a_g, E_MAX), scale_u, SCALE_SR, S_EMIN, S_MAN, S_BIAS,
+                             S_MAX)
         s = tl.maximum(s, min_positive, propagate_nan=tl.PropagateNan.ALL)
         d = tl.math.div_rn(s, g)
         if S_MAN == 0:
@@ -313,6 +391,12 @@ def fake_quantize_kernel(
                                        BLOCK_2D)
         else:
             v = tl.math.div_rn(t * g, _per_element(s, ROWS, COLS, BLOCK, PADDED, BLOCK_2D))
+
+    if PRESCALE != 1.0:
+        # ``scaling``'s pre-scale c: v' = fl(v * c), d' = fl(d / c).
+        c = tl.full([], PRESCALE, tl.float32)
+        v = v * c
+        d = tl.math.div_rn(d, c)
 
     # Element rounding (``rounding.round_signed``) and dequantisation.
     magnitude = tl.abs(v)
