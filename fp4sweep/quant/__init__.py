@@ -1,30 +1,42 @@
 """The quantisation core: exact FP4 quantisers, gradient estimators, quantised layers, recipes
-and the modelled overhead of a recipe on FP4 hardware."""
+and the modelled overhead of a recipe on FP4 hardware.
 
-from fp4sweep.quant.cost import B200, Overhead, overhead
-from fp4sweep.quant.estimators import quantize
-from fp4sweep.quant.gemm import GemmShape
-from fp4sweep.quant.hardware import Hardware, load_hardware
-from fp4sweep.quant.layers import QuantConv2d, QuantLinear, quantize_model
-from fp4sweep.quant.dispatch import fake_quantize, quantize_detailed
-from fp4sweep.quant.reference import QuantResult
-from fp4sweep.quant.recipe import Recipe
-from fp4sweep.quant.spec import QuantSpec
+The names below load their module on first use, so that importing a light part of the core (the
+axis schema, the formats) does not import torch: ``fp4sweep status`` and ``--help`` need none.
+"""
 
-__all__ = [
-    "B200",
-    "GemmShape",
-    "Hardware",
-    "Overhead",
-    "QuantConv2d",
-    "QuantLinear",
-    "QuantResult",
-    "QuantSpec",
-    "Recipe",
-    "fake_quantize",
-    "load_hardware",
-    "overhead",
-    "quantize",
-    "quantize_detailed",
-    "quantize_model",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "B200": "cost",
+    "Overhead": "cost",
+    "overhead": "cost",
+    "quantize": "estimators",
+    "GemmShape": "gemm",
+    "Hardware": "hardware",
+    "load_hardware": "hardware",
+    "QuantConv2d": "layers",
+    "QuantLinear": "layers",
+    "quantize_model": "layers",
+    "fake_quantize": "dispatch",
+    "quantize_detailed": "dispatch",
+    "QuantResult": "reference",
+    "Recipe": "recipe",
+    "QuantSpec": "spec",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value  # the next access skips this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

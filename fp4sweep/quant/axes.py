@@ -23,8 +23,7 @@ from typing import Any
 from fp4sweep.quant.formats import ELEMENT_FORMATS
 from fp4sweep.quant.layer_policy import KINDS
 from fp4sweep.quant.operands import ALL, GEMM_SCOPES, OPERANDS, SCOPES
-from fp4sweep.quant.scaling import SCALE_RULES
-from fp4sweep.quant.spec import ROUNDINGS, TRANSFORMS
+from fp4sweep.quant.spec import ROUNDINGS, SCALE_RULES, TRANSFORMS
 
 SCOPE_SEPARATOR, COMMAND_LINE_SEPARATOR = "@", "__"
 RECIPE_LEVEL = (ALL,)  # the scope of an axis that sets the whole recipe, not its operands

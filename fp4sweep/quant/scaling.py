@@ -91,16 +91,11 @@ import torch
 
 from fp4sweep.quant.formats import FloatFormat
 from fp4sweep.quant.rounding import round_magnitude, round_signed
+from fp4sweep.quant.spec import PRESCALES, SCALE_RULES
 
 FLT_MAX = torch.finfo(torch.float32).max
 TENSOR_TARGET_CAP = 2.0**64
-SCALE_RULES = ("floor", "ceil", "nearest", "nvfp4", "nvfp4_torchao")
-SCALE_SELECTS = ("max", "4over6_mse", "4over6_mae")
-# The rules whose scale is rounded to nearest, which stochastic scale rounding replaces.
-NEAREST_SCALE_RULES = ("nearest", "nvfp4", "nvfp4_torchao")
 FOUR_OVER_SIX_MAX = 4.0  # the second candidate's target for the block amax
-# Pre-scale name -> its factor c, a float32 value.
-PRESCALES = {"1": 1.0, "16/17": torch.tensor(16 / 17, dtype=torch.float32).item(), "3/4": 0.75}
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from fp4sweep.quant.formats import ELEMENT_FORMATS, FloatFormat, element_format, scale_format
-from fp4sweep.quant.scaling import NEAREST_SCALE_RULES, PRESCALES, SCALE_RULES, SCALE_SELECTS
+import numpy as np
 
+from fp4sweep.quant.formats import ELEMENT_FORMATS, FloatFormat, element_format, scale_format
+
+# The names of the scale settings (``scaling.py`` implements them); here, so that the settings
+# and the axis schema import without torch.
+SCALE_RULES = ("floor", "ceil", "nearest", "nvfp4", "nvfp4_torchao")
+SCALE_SELECTS = ("max", "4over6_mse", "4over6_mae")
+# The rules whose scale is rounded to nearest, which stochastic scale rounding replaces.
+NEAREST_SCALE_RULES = ("nearest", "nvfp4", "nvfp4_torchao")
+# Pre-scale name -> its factor c, a float32 value.
+PRESCALES = {"1": 1.0, "16/17": float(np.float32(16 / 17)), "3/4": 0.75}
 # The NVFP4 conventions multiply block scales by the tensor's decode scale; with a scale format
 # as wide as float32 (E8M0, fp32) that product underflows, so they are defined for narrow ones.
 NARROW_SCALE_RULES = ("nvfp4", "nvfp4_torchao")

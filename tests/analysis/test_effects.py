@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import trial_row
+from synthetic_store import trial_row
 
 from fp4sweep.analysis import analyse
 
@@ -77,10 +77,26 @@ def test_diverged_trials_are_counted_per_axis_value():
     assert analysis.effects.main["n_trials"].groupby(analysis.effects.main["axis"]).sum().eq(4 * 18 - 2).all()
 
 
+def test_axes_that_move_together_are_fitted_once_and_named():
+    trials = planted_store()
+    # A second axis that always equals the first cannot be told apart from it: one effect,
+    # under the shorter key, with the other named beside it.
+    trials["axis.transform@wgrad"] = trials["axis.transform"]
+    analysis = analyse(trials)
+    main = analysis.effects.main
+    assert set(main["axis"]) == set(PLANTED)
+    assert analysis.effects.aliases[("gpt", "tiny")] == {"transform": ["transform@wgrad"]}
+    assert "transform@wgrad with transform" in analysis.effects.findings[("gpt", "tiny")]
+
+
 def test_confounded_axes_are_named_not_fitted():
     trials = planted_store()
-    # A second axis that always equals the first cannot be told apart from it.
-    trials["axis.block"] = trials["axis.transform"]
+    # An axis that is constant within each value of another, without the two determining each
+    # other, cannot be told apart from it either; no effect is fitted.
+    trials["axis.block"] = trials["axis.transform"].map(
+        lambda transform: "16" if transform == "none" else "32"
+    )
+    trials.loc[trials["axis.scale"].eq("ue5m3") & trials["axis.transform"].eq("none"), "axis.block"] = "8"
     analysis = analyse(trials)
     assert analysis.effects.main.empty
     assert any("confounded" in problem and "block" in problem for problem in analysis.problems)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import trial_row
+from synthetic_store import trial_row
 from scipy import stats
 
 from fp4sweep.analysis import ReferencePoint, analyse, build_report

@@ -16,7 +16,7 @@ import urllib.request
 
 import pandas as pd
 import pytest
-from conftest import trial_row
+from synthetic_store import trial_row
 
 from fp4sweep.analysis import analyse, build_report
 from fp4sweep.cli import main

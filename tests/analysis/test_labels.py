@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from conftest import trial_row
+from synthetic_store import trial_row
 
 from fp4sweep.analysis import analyse
 from fp4sweep.analysis.labels import DEFAULTS_LABEL

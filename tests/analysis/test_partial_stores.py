@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import trial_row
+from synthetic_store import trial_row
 
 from fp4sweep.analysis import analyse, report_from_store
 

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import write_store
+from synthetic_store import write_store
 
 from fp4sweep.analysis.pricing import Pricing, price_trials
 from fp4sweep.cli import EXIT_BAD_INPUT, main

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import trial_row
+from synthetic_store import trial_row
 from optuna.trial import TrialState
 
 from fp4sweep.analysis import analyse

@@ -14,6 +14,7 @@ from gfloat.formats import (
     format_info_ocp_e8m0,
 )
 
+from fp4sweep.quant.codes import decode, encode
 from fp4sweep.quant.formats import (
     E2M1,
     E2M3,
@@ -27,9 +28,7 @@ from fp4sweep.quant.formats import (
     UE4M3,
     UE5M3,
     FloatFormat,
-    decode,
     element_format,
-    encode,
     scale_format,
     unsigned_float,
 )

@@ -406,7 +406,7 @@ DELAYED_SPECS = [dataclasses.replace(NVFP4, rounding="sr", transform="rhadamard1
 def test_a_given_tensor_amax_replaces_the_amax_pass(spec, factor):
     # Below the tensor's own amax (a stale scale: blocks saturate) and above it.
     x = wide_range(8, 64, seed=4).to(DEVICE)
-    with backend.use_backend("reference"):
+    with dispatch.use_backend("reference"):
         own = quantize_detailed(x, spec, -1, 5)
         tensor_amax = own.block_amax.max() * factor
         expected = quantize_detailed(x, spec, -1, 5, tensor_amax)

@@ -7,7 +7,8 @@ import random
 import pytest
 import torch
 
-from fp4sweep.quant.formats import E2M1, E8M0, UE4M3, UE5M3, decode, encode
+from fp4sweep.quant.codes import decode, encode
+from fp4sweep.quant.formats import E2M1, E8M0, UE4M3, UE5M3
 from fp4sweep.quant.dispatch import fake_quantize, quantize_detailed
 from fp4sweep.quant.spec import QuantSpec
 from fp4sweep.quant.transforms import invert_transform

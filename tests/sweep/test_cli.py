@@ -20,11 +20,12 @@ from fp4sweep.results.store import StoreWriter
 def test_plan_counts_trials_per_task_and_lists_axes(tmp_path, capsys):
     assert main(["plan", "+sweep=smoke", f"results_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert "sweep smoke: 54 trials (18 recipes x 3 seeds x 1 tasks)" in out
+    assert "sweep smoke: 102 trials (34 recipes x 3 seeds x 1 tasks)" in out
     assert "  scale           e8m0, ue5m3" in out
-    assert "  block           32" in out
+    assert "  block           16, 32" in out
+    assert "  scale_rule      floor" in out
     assert "  rounding@bwd    rne, sr" in out
-    assert "regression  tiny  54      0       54      no timings stored yet" in out
+    assert "regression  tiny  102     0       102     no timings stored yet" in out
 
 
 def test_plan_narrowed_by_overrides(tmp_path, capsys):
@@ -145,7 +146,7 @@ def test_plan_estimates_compute_from_stored_timings(tmp_path, capsys):
         writer.add({"trial_id": first.trial_id, "attempt_id": "a", "task": "regression", "size": "tiny",
                     "status": "done", "time.wall_s": 7200.0})
     assert main(["plan", "+sweep=smoke", f"results_dir={tmp_path}"]) == 0
-    assert "regression  tiny  54      1       53      106.0 trial-hours (7200.0 s each)" in capsys.readouterr().out
+    assert "regression  tiny  102     1       101     202.0 trial-hours (7200.0 s each)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

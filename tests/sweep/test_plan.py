@@ -28,7 +28,7 @@ def plan_of(tree: ConfigTree, *overrides: str):
 def test_smoke_crosses_its_axes_and_records_the_preset_with_axes(tree):
     plan = plan_of(tree, "+sweep=smoke")
     crossed = [r for r in plan.recipes if r.label not in ("bf16", "nvfp4")]
-    assert len(crossed) == 2 * 2 * 2 * 2  # scale x tensor_scale x transform x rounding@bwd
+    assert len(crossed) == 2 * 2 * 2 * 2 * 2  # scale x block x tensor_scale x transform x rounding@bwd
     for recipe in crossed:
         assert recipe.recipe == Recipe.from_axes({k: v for k, v in recipe.axes.items()}).to_dict()
     # nvfp4 places its techniques on scopes: it runs with those keys, none of them unset.
@@ -116,7 +116,7 @@ def test_ids_are_content_hashes(tree):
     for trial in first.trials:
         by_recipe.setdefault(trial.recipe.recipe_id, set()).add(trial.trial_id)
     # A recipe keeps its id across seeds; each seed is its own trial.
-    assert len(by_recipe) == len(first.recipes) == 18
+    assert len(by_recipe) == len(first.recipes) == 34
     assert all(len(ids) == 3 for ids in by_recipe.values())
     longer = plan_of(tree, "+sweep=smoke", "task=regression", "task.sizes.tiny.steps=300")
     assert not {t.trial_id for t in longer.trials} & {t.trial_id for t in first.trials}

@@ -31,8 +31,8 @@ from fp4sweep.quant.formats import FloatFormat
 from fp4sweep.quant.kernels import quantiser
 from fp4sweep.quant.reference import check_input, check_tensor_amax
 from fp4sweep.quant.rng import STREAM_ROUNDING, STREAM_SCALES, slot_bits, stream_key
-from fp4sweep.quant.scaling import PRESCALES, SCALE_RULES, SCALE_SELECTS, tensor_target
-from fp4sweep.quant.spec import QuantSpec
+from fp4sweep.quant.scaling import tensor_target
+from fp4sweep.quant.spec import PRESCALES, SCALE_RULES, SCALE_SELECTS, QuantSpec
 from fp4sweep.quant.transforms import hadamard_signs
 
 WIDE_NUMEL = 2**31  # from here on, offsets (and counters) need 64 bits

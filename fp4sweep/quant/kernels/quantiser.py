@@ -26,9 +26,9 @@ from fp4sweep.quant.kernels.device import (
     random_words, round_element, round_magnitude, to_bfloat16, uniform, walsh_hadamard,
 )
 
-# Scale rules, numbered in ``scaling.SCALE_RULES`` order.
+# Scale rules, numbered in ``spec.SCALE_RULES`` order.
 FLOOR, CEIL, NEAREST_RULE, NVFP4, NVFP4_TORCHAO = (tl.constexpr(i) for i in range(5))
-# ``scaling.SCALE_SELECTS``, by index.
+# ``spec.SCALE_SELECTS``, by index.
 SELECT_MAX, SELECT_MSE, SELECT_MAE = (tl.constexpr(i) for i in range(3))
 
 # Tile load shapes (see ``_tile``). Triton spreads a tile's lanes over its contiguous dimension
