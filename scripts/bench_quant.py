@@ -35,7 +35,7 @@ NVFP4 = QuantSpec.preset("nvfp4")
 VARIANTS = {
     "mxfp4": MXFP4,
     "nvfp4": NVFP4,
-    # The same quantiser without its amax pass: what tensor scaling costs on top.
+    # The same quantizer without its amax pass: what tensor scaling costs on top.
     "nvfp4 no-ts": dataclasses.replace(NVFP4, tensor_scale=False),
     "mxfp4+H32+SR": dataclasses.replace(MXFP4, transform="hadamard32", rounding="sr"),
     "nvfp4+RH16+SR": dataclasses.replace(NVFP4, transform="rhadamard16", rounding="sr"),
@@ -48,7 +48,7 @@ VARIANTS = {
     "ue5m3+RH32+SR+ts": QuantSpec(scale="ue5m3", scale_rule="nearest", rounding="sr",
                                   transform="rhadamard32", tensor_scale=True),
 }
-# (rows, cols, quantisation axis): a square matrix and GPT-2-small activations, along the
+# (rows, cols, quantization axis): a square matrix and GPT-2-small activations, along the
 # hidden axis (forward) and along the token axis (the weight-gradient GEMM's operands).
 SHAPES = [(8192, 8192, -1), (16384, 768, -1), (16384, 3072, -1), (16384, 3072, 0)]
 L2_BYTES = 50 * 2**20

@@ -1,10 +1,10 @@
-"""CPU throughput of the reference quantiser (fake_quantize) on a square float32 tensor.
+"""CPU throughput of the reference quantizer (fake_quantize) on a square float32 tensor.
 
     PYTHONPATH=$PWD python scripts/bench_quant_cpu.py [--size 4096] [--repeats 5]
 
 Bytes moved are counted as one read of the input plus one write of the output (8 bytes per
 float32 element), as for a copy, so the copy row is the memory ceiling of this machine and the
-"x copy" column says how far each quantiser is from it. Times are the median of the repeats,
+"x copy" column says how far each quantizer is from it. Times are the median of the repeats,
 after one warm-up call.
 """
 

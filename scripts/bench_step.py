@@ -15,15 +15,15 @@ Times are medians over timed steps (CUDA events) after warm-up steps, on random 
 
 ``--profile N`` also prints, per recipe, the N operations with the most device time over a few
 profiled steps (``torch.profiler``), and the device's busy time and the host's time per step, to
-show where a quantised step's extra time goes and whether the host or the GPU bounds it.
+show where a quantized step's extra time goes and whether the host or the GPU bounds it.
 
-``--sr-bits N`` times every quantised recipe that rounds stochastically a second time with N
+``--sr-bits N`` times every quantized recipe that rounds stochastically a second time with N
 random bits per decision (``QuantSpec.sr_bits``; at most 8 share one random word four ways).
 
-``--traffic`` also counts, per quantised recipe, the bytes that the quantiser kernels move in
+``--traffic`` also counts, per quantized recipe, the bytes that the quantizer kernels move in
 one step (each call reads its input and writes its output; with tensor scaling its amax pass
 reads the input once more) and divides them by the copy bandwidth measured in the same run:
-the time that quantisers which run one after another, each at the copy bandwidth, would add
+the time that quantizers which run one after another, each at the copy bandwidth, would add
 to the bf16 step, whatever their arithmetic.
 """
 
@@ -139,8 +139,8 @@ def print_profile(step, recipe_name: str, rows: int, steps: int = 3) -> None:
                        max_name_column_width=60), flush=True)
 
 
-def quantiser_bytes(step: Callable[[], None]) -> int:
-    """Bytes the quantiser kernels read and write in one ``step`` (see the module docstring)."""
+def quantizer_bytes(step: Callable[[], None]) -> int:
+    """Bytes the quantizer kernels read and write in one ``step`` (see the module docstring)."""
     total = 0
 
     def count(x: torch.Tensor, spec: QuantSpec) -> None:
@@ -179,7 +179,7 @@ def main() -> None:
                         help="vocabulary size; 65 is the Shakespeare corpus' characters")
     parser.add_argument("--recipes", nargs="+", default=["bf16", "nvfp4", "paper_best"])
     parser.add_argument("--reference", nargs="*", default=[],
-                        help="recipes to time again with the pure-PyTorch reference quantiser")
+                        help="recipes to time again with the pure-PyTorch reference quantizer")
     parser.add_argument("--sr-bits", type=int, metavar="N",
                         help="time stochastically rounding recipes again with N random bits")
     parser.add_argument("--warmup", type=int, default=5)
@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="print the N operations with the most device time per recipe")
     parser.add_argument("--traffic", action="store_true",
-                        help="count the quantisers' bytes per step against the copy bandwidth")
+                        help="count the quantizers' bytes per step against the copy bandwidth")
     parser.add_argument("--json", help="write the measurements to this file")
     args = parser.parse_args()
 
@@ -200,20 +200,20 @@ def main() -> None:
                  for name, recipe, changed in rebits if changed != recipe]
     runs += [(name, Recipe.preset(name), "reference") for name in args.reference]
     results = []
-    for name, recipe, quantiser in runs:
+    for name, recipe, quantizer in runs:
         torch.manual_seed(0)
-        with dispatch.use_backend(quantiser):
+        with dispatch.use_backend(quantizer):
             step = TASK_STEPS[args.task](recipe, batch, args.vocab)
             times = step_times(step, name, args.warmup, args.steps, args.profile)
-            result = dict(recipe=name, quantiser="kernels" if quantiser == "auto" else quantiser,
+            result = dict(recipe=name, quantizer="kernels" if quantizer == "auto" else quantizer,
                           median_ms=statistics.median(times), min_ms=min(times),
                           max_ms=max(times))
-            if args.traffic and quantiser == "auto" and name != "bf16":
-                result["quantiser_bytes"] = quantiser_bytes(step)
+            if args.traffic and quantizer == "auto" and name != "bf16":
+                result["quantizer_bytes"] = quantizer_bytes(step)
         del step  # and with it the model and optimizer
         torch.cuda.empty_cache()
         results.append(result)
-        print(f"{name:>14} {results[-1]['quantiser']:>9}: {results[-1]['median_ms']:8.2f} ms",
+        print(f"{name:>14} {results[-1]['quantizer']:>9}: {results[-1]['median_ms']:8.2f} ms",
               flush=True)
     base = next(r["median_ms"] for r in results if r["recipe"] == "bf16")
     if args.task == "gpt":
@@ -223,18 +223,18 @@ def main() -> None:
     else:
         examples, unit = batch, "images/s"
         print(f"\n{device}; the {args.task} task's model (small), batch {batch}, float32\n")
-    print(f"{'recipe':>14} {'quantiser':>9} {'ms/step':>8} {unit:>9} {'vs bf16':>7}")
+    print(f"{'recipe':>14} {'quantizer':>9} {'ms/step':>8} {unit:>9} {'vs bf16':>7}")
     for r in results:
         r["vs_bf16"] = r["median_ms"] / base
-        print(f"{r['recipe']:>14} {r['quantiser']:>9} {r['median_ms']:8.2f} "
+        print(f"{r['recipe']:>14} {r['quantizer']:>9} {r['median_ms']:8.2f} "
               f"{examples / r['median_ms'] * 1e3:9.0f} {r['vs_bf16']:7.2f}x")
     copy = copy_bandwidth() if args.traffic else None
     for r in results:
-        if "quantiser_bytes" in r:
-            r["quantiser_ms_at_copy"] = r["quantiser_bytes"] / copy * 1e3
-            bound = base + r["quantiser_ms_at_copy"]
-            print(f"{r['recipe']}: the quantisers move {r['quantiser_bytes'] / 1e9:.1f} GB a "
-                  f"step, {r['quantiser_ms_at_copy']:.2f} ms at the copy bandwidth "
+        if "quantizer_bytes" in r:
+            r["quantizer_ms_at_copy"] = r["quantizer_bytes"] / copy * 1e3
+            bound = base + r["quantizer_ms_at_copy"]
+            print(f"{r['recipe']}: the quantizers move {r['quantizer_bytes'] / 1e9:.1f} GB a "
+                  f"step, {r['quantizer_ms_at_copy']:.2f} ms at the copy bandwidth "
                   f"({copy / 1e12:.2f} TB/s): bf16 step + that = {bound:.2f} ms "
                   f"({bound / base:.2f}x)")
     if args.json:

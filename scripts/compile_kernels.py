@@ -1,4 +1,4 @@
-"""Compile the quantiser kernels for a GPU without one, and count their machine instructions.
+"""Compile the quantizer kernels for a GPU without one, and count their machine instructions.
 
 Every kernel that ``fp4sweep.quant.kernels.launch`` would compile for the variants that
 ``scripts/bench_quant.py`` times (and NVFP4's 16x16 weight tiles), on bf16 GPT-2-small

@@ -7,7 +7,7 @@ relative gap to bf16, paired by seed (the quality measure of the reports).
         --set steps=300 eval_every=100 n_embd=64 n_head=4 block_size=64 batch_size=32 eval_batches=8
 
 (about 12 minutes on one CPU core, most of it paper_best's Hadamard transforms and stochastic
-rounding in the quantisers' PyTorch reference).
+rounding in the quantizers' PyTorch reference).
 """
 
 from __future__ import annotations

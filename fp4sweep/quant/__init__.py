@@ -1,4 +1,4 @@
-"""The quantisation core: exact FP4 quantisers, gradient estimators, quantised layers, recipes
+"""The quantization core: exact FP4 quantizers, gradient estimators, quantized layers, recipes
 and the modelled overhead of a recipe on FP4 hardware.
 
 The names below load their module on first use, so that importing a light part of the core (the

@@ -37,7 +37,7 @@ def _named(*names: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class Axis:
     """One technique axis. ``sets`` is the QuantSpec field it sets on each operand in its scope,
-    ``quantize`` (whether the operand is quantised at all) or, for a recipe-level axis, the Recipe
+    ``quantize`` (whether the operand is quantized at all) or, for a recipe-level axis, the Recipe
     field it sets."""
 
     name: str
@@ -90,17 +90,17 @@ _FLAGS = {"false": False, "true": True}
 AXES: dict[str, Axis] = {
     axis.name: axis
     for axis in (
-        Axis("quantize", "whether the operand is quantised at all (false: it stays in the model's "
+        Axis("quantize", "whether the operand is quantized at all (false: it stays in the model's "
              "precision, bf16)", _FLAGS, "true", "quantize"),
         Axis("elem", "element format: FP4 E2M1, FP6 E2M3/E3M2, FP8 E4M3/E5M2, INT4",
              _named(*ELEMENT_FORMATS), "e2m1", "elem"),
         Axis("scale", "block-scale format: E8M0 (power of two, OCP MX), UE4M3 (NVFP4), UE5M3, "
-             "fp32 (unquantised, the ideal)", _named("e8m0", "ue4m3", "ue5m3", "fp32"), "e8m0",
+             "fp32 (unquantized, the ideal)", _named("e8m0", "ue4m3", "ue5m3", "fp32"), "e8m0",
              "scale"),
         Axis("block", "elements sharing one scale along the reduction axis",
              {str(n): n for n in (8, 16, 32, 64, 128)}, "32", "block"),
         Axis("block_2d", "square block x block tiles instead of 1 x block runs (for weights: w "
-             "and w.T quantise alike)", _FLAGS, "false", "block_2d"),
+             "and w.T quantize alike)", _FLAGS, "false", "block_2d"),
         Axis("scale_rule", "how a block's scale follows from its amax: floor (OCP MX), ceil (no "
              "saturation), nearest, nvfp4 / nvfp4_torchao (NVFP4's conventions)",
              _named(*SCALE_RULES), "floor", "scale_rule"),
@@ -114,12 +114,12 @@ AXES: dict[str, Axis] = {
              "a transform covers whole GEMMs"),
         Axis("tensor_scale", "a second, per-tensor fp32 scale so that block scales use their "
              "format's whole range", {"none": False, "fp32": True}, "none", "tensor_scale"),
-        Axis("estimator", "how the gradient flows through the forward quantisers: ste, "
+        Axis("estimator", "how the gradient flows through the forward quantizers: ste, "
              "clipped_ste, spline, power", _named("ste", "clipped_ste", "spline", "power"), "ste",
-             "estimator", RECIPE_LEVEL, "it acts on the forward quantisers' derivative as a whole"),
+             "estimator", RECIPE_LEVEL, "it acts on the forward quantizers' derivative as a whole"),
         Axis("scale_grad", "whether the gradient also flows through the forward block scales "
              "(amax) or not (stop)", _named("stop", "amax"), "stop", "scale_grad", RECIPE_LEVEL,
-             "it acts on the forward quantisers' derivative as a whole"),
+             "it acts on the forward quantizers' derivative as a whole"),
         Axis("high_precision", "blocks kept in bf16 besides the task's stem and head: first/last "
              "N blocks (GPT blocks, CNN stages, U-Net levels) or a kind of layer",
              _named("none", "first1", "last1", "last2", "first1_last1", *KINDS), "none",
@@ -216,8 +216,8 @@ def recipe_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     chosen = resolve(values)
     fields: dict[str, Any] = {}
     for operand in OPERANDS:
-        quantised = AXES["quantize"].options[chosen["quantize"][operand]]
-        fields[operand] = None if not quantised else {
+        quantized = AXES["quantize"].options[chosen["quantize"][operand]]
+        fields[operand] = None if not quantized else {
             axis.sets: axis.options[chosen[name][operand]]
             for name, axis in AXES.items() if axis.per_operand and name != "quantize"
         }

@@ -4,10 +4,10 @@ The unit is time on one machine (``Hardware``, rates as data in ``conf/hardware/
 layers of one training step (``GemmShape`` list: a target in ``conf/target/`` or a task's own
 shapes). A recipe's overhead is its extra time over plain MXFP4 on every layer (E2M1, E8M0 scale
 per 32, OCP floor rule, nearest rounding, STE), as a fraction of that MXFP4 step's GEMM time; so
-MXFP4 costs 0 and bf16 costs what its slower GEMMs add less the quantisers it does without.
+MXFP4 costs 0 and bf16 costs what its slower GEMMs add less the quantizers it does without.
 ``Overhead.vs_bf16`` is the recipe's linear-layer time over the bf16 step's: below 1, the recipe
 is faster than training those layers in bf16. A layer that a layer policy keeps in high precision
-(``GemmShape.high_precision``) runs its GEMMs at the BF16 rate with no quantiser.
+(``GemmShape.high_precision``) runs its GEMMs at the BF16 rate with no quantizer.
 
 Two models (``overhead(..., model=...)``):
 
@@ -16,8 +16,8 @@ takes the larger of its arithmetic time (instructions at ``vector_ops``) and its
 (bytes at the streaming bandwidth); a GEMM the larger of its tensor-core time and its operand
 and output traffic. Which passes fuse:
 
-- one quantiser kernel per tensor (x and w in the forward pass, dy in the backward): it reads
-  the high-precision tensor once and writes each of its quantised operands (x for the forward
+- one quantizer kernel per tensor (x and w in the forward pass, dy in the backward): it reads
+  the high-precision tensor once and writes each of its quantized operands (x for the forward
   GEMM along k and for the weight gradient along m; w along k and n; dy along n and m), as a
   cast-transpose kernel does. The Hadamard transform, block scales (and their format), the
   tensor scale's multiply, stochastic rounding's random bits and the cast all run inside it, on
@@ -28,26 +28,26 @@ and output traffic. Which passes fuse:
 - an estimator other than STE and the scale gradient adjust the gradient of each forward operand
   in one pass after the GEMM that produces it: read and write the gradient, read the operand's
   saved state, and (with a Hadamard transform) take the gradient into the rotated basis and back.
-- GEMMs read their quantised operands (codes and scales) and write a bf16 output. Machines
-  without FP4 tensor cores (H200) run them as this project does: quantise-dequantise into bf16,
+- GEMMs read their quantized operands (codes and scales) and write a bf16 output. Machines
+  without FP4 tensor cores (H200) run them as this project does: quantize-dequantize into bf16,
   then the bf16 GEMM.
 
 Within a kernel, each technique's term is the time it adds when added in ``TECHNIQUES`` order
 (a Hadamard's instructions are free while the kernel waits on memory, and cost once it is bound
-by issue); the terms add up to the whole. ``quantise`` is the plain quantise-and-cast kernel's
+by issue); the terms add up to the whole. ``quantize`` is the plain quantize-and-cast kernel's
 time relative to MXFP4's: negative where operands stay in bf16, positive for wider elements.
 
 ``unfused`` is the upper bound that ranks techniques by what they add: every technique's
 arithmetic and traffic are added, nothing overlaps, GEMMs are priced by tensor-core time alone
-and MXFP4's own quantise-and-cast costs nothing (it is what an FP4 GEMM needs anyway).
+and MXFP4's own quantize-and-cast costs nothing (it is what an FP4 GEMM needs anyway).
 
 Instruction counts, per element unless said otherwise, shared by both models:
 
-- quantise-and-cast: 5 (unpack, |x| into the block's max, multiply by the scale's reciprocal,
+- quantize-and-cast: 5 (unpack, |x| into the block's max, multiply by the scale's reciprocal,
   cast, pack), plus 4 per block scale (amax to scale, its format, reciprocal, store).
 - scale format: scales beyond MX's one per 32 elements cost 4 instructions each (fewer scales
   save them); a scale with mantissa bits (not a power of two) rounds amax / elem_max into its
-  format: 2 more per scale. Scale bytes are written by the quantiser and read by the GEMM; blocks
+  format: 2 more per scale. Scale bytes are written by the quantizer and read by the GEMM; blocks
   above 32, 2-D tiles and one-byte scales make this term negative (a saving).
 - hadamard: a fast Walsh-Hadamard transform of size K is log2(K) add/sub stages; random signs
   one more multiply.
@@ -62,7 +62,7 @@ Instruction counts, per element unless said otherwise, shared by both models:
   + |2u/d - 1| (2) + pow via log2/exp2 (2) + scale and clamp (2) + multiply (1) = 10.
 - scale_grad "amax": the residual y - t*D (2), its product with the gradient (1), the block sum
   (1) and the scatter to the block's arg-max (1) = 5; it re-reads the operand.
-- gemm_precision: an operand left unquantised (None) runs its GEMM at the BF16 rate, a 6- or
+- gemm_precision: an operand left unquantized (None) runs its GEMM at the BF16 rate, a 6- or
   8-bit element format at the FP8 rate (4-bit, INT4 included, at the FP4 rate). The scale rule
   (floor, ceil, nearest, ...) costs the same for every rule: not a line item.
 """
@@ -83,7 +83,7 @@ from fp4sweep.quant.spec import QuantSpec
 PASSES = ("fwd", "bwd")
 TECHNIQUES = (
     "gemm_precision",
-    "quantise",
+    "quantize",
     "hadamard",
     "stochastic_rounding",
     "tensor_scaling",
@@ -94,7 +94,7 @@ TECHNIQUES = (
 MODELS = ("fused", "unfused")
 DEFAULT_MODEL = "fused"
 
-QUANTISE_OPS = 5.0
+QUANTIZE_OPS = 5.0
 SCALE_OPS = 4.0
 MANTISSA_SCALE_OPS = 2.0
 OPS_PER_RANDOM_WORD = 15.0
@@ -104,7 +104,7 @@ _ESTIMATOR_OPS = {"ste": 0.0, "clipped_ste": 1.0, "spline": 6.0, "power": 10.0}
 _REREADS_OPERAND = ("spline", "power")
 _MASK_BYTES = 2 / 8  # one bit written in the forward, read in the backward
 _SCALE_GRAD_OPS = 5.0
-# Each tensor's operands, quantised together by one kernel in the pass where the tensor appears.
+# Each tensor's operands, quantized together by one kernel in the pass where the tensor appears.
 TENSOR_OPERANDS = {"x": ("fwd_x", "wgrad_x"), "w": ("fwd_w", "dgrad_w"), "dy": ("dgrad_dy", "wgrad_dy")}
 TENSOR_PASS = {"x": "fwd", "w": "fwd", "dy": "bwd"}
 # Each GEMM's output: y = x w^T (m x n), dx = dy w (m x k), dw = dy^T x (n x k).
@@ -230,7 +230,7 @@ def _new_seconds() -> Seconds:
 
 
 def layer_recipe(recipe: Recipe, shape: GemmShape) -> Recipe:
-    """The recipe a layer runs: bf16 (nothing quantised) where a layer policy keeps it so."""
+    """The recipe a layer runs: bf16 (nothing quantized) where a layer policy keeps it so."""
     return Recipe() if shape.high_precision else recipe
 
 
@@ -266,7 +266,7 @@ def scale_format_ops(spec: QuantSpec) -> float:
 
 
 def _gradient_parts(recipe: Recipe, spec: QuantSpec, n: int, hp: int) -> list[tuple[str, float, float]]:
-    """(technique, ops, bytes) of the backward through one forward quantiser of ``n`` elements:
+    """(technique, ops, bytes) of the backward through one forward quantizer of ``n`` elements:
     the estimator's derivative, the scale gradient and the transforms they need. The gradient's
     read and write and the operand's re-read are counted once, by the first that needs them."""
     parts = []
@@ -321,7 +321,7 @@ def _fused_seconds(recipe: Recipe, shapes: list[GemmShape], hardware: Hardware) 
         for tensor, names in TENSOR_OPERANDS.items():
             specs = [s for s in (getattr(layer, name) for name in names) if s is not None]
             n = operand_elements(shape, tensor)
-            for parts in quantiser_kernels(specs, n, hardware):
+            for parts in quantizer_kernels(specs, n, hardware):
                 _kernel(out, TENSOR_PASS[tensor], parts, hardware)
         for name in FORWARD_OPERANDS:
             spec = getattr(layer, name)
@@ -333,11 +333,11 @@ def _fused_seconds(recipe: Recipe, shapes: list[GemmShape], hardware: Hardware) 
     return out
 
 
-def quantiser_kernels(
+def quantizer_kernels(
     specs: list[QuantSpec], n: int, hardware: Hardware
 ) -> list[list[tuple[str, float, float]]]:
-    """The kernels that quantise one tensor of ``n`` elements into the operands ``specs``: the
-    fused quantiser, and tensor scaling's amax pass before it where an operand needs it. Each
+    """The kernels that quantize one tensor of ``n`` elements into the operands ``specs``: the
+    fused quantizer, and tensor scaling's amax pass before it where an operand needs it. Each
     kernel is its parts: (technique, compute seconds, bytes)."""
     if not specs:
         return []
@@ -348,7 +348,7 @@ def quantiser_kernels(
         ops = n * sum(1.0 + transform_ops(s) for s in scaled)
         kernels.append([("tensor_scaling", ops / vector, n * hp)])
     kernels.append([
-        ("quantise", n * len(specs) * (QUANTISE_OPS + SCALE_OPS * MX_SCALES_PER_ELEMENT) / vector,
+        ("quantize", n * len(specs) * (QUANTIZE_OPS + SCALE_OPS * MX_SCALES_PER_ELEMENT) / vector,
          n * (hp + sum(_mx_operand_bytes(s, hardware) for s in specs))),
         ("hadamard", n * sum(transform_ops(s) for s in specs) / vector, 0.0),
         ("stochastic_rounding", n * sum(rounding_ops(s) for s in specs) / vector, 0.0),
@@ -395,7 +395,7 @@ def _unfused_seconds(recipe: Recipe, shapes: list[GemmShape], hardware: Hardware
                 continue
             pass_ = "fwd" if name in FORWARD_OPERANDS else "bwd"
             n = operand_elements(shape, name)
-            for technique, (o, b) in _unfused_quantiser_costs(spec, n, hp).items():
+            for technique, (o, b) in _unfused_quantizer_costs(spec, n, hp).items():
                 ops[technique, pass_] += o
                 data[technique, pass_] += b
         for name in FORWARD_OPERANDS:
@@ -414,13 +414,13 @@ def _unfused_seconds(recipe: Recipe, shapes: list[GemmShape], hardware: Hardware
     return out
 
 
-def _unfused_quantiser_costs(spec: QuantSpec, n: int, hp: int) -> dict[str, tuple[float, float]]:
-    """(ops, bytes) per technique of quantising one operand of ``n`` elements with ``spec``,
-    beyond MXFP4's own quantise-and-cast."""
+def _unfused_quantizer_costs(spec: QuantSpec, n: int, hp: int) -> dict[str, tuple[float, float]]:
+    """(ops, bytes) per technique of quantizing one operand of ``n`` elements with ``spec``,
+    beyond MXFP4's own quantize-and-cast."""
     costs = {
         "hadamard": (n * transform_ops(spec), 0.0),
         "stochastic_rounding": (n * rounding_ops(spec), 0.0),
-        # each scale written by the quantiser and read by the GEMM
+        # each scale written by the quantizer and read by the GEMM
         "scale_format": (n * scale_format_ops(spec),
                          2 * n * (scale_bytes_per_element(spec) - MX_SCALE_BYTES_PER_ELEMENT)),
     }

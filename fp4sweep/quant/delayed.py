@@ -20,7 +20,7 @@ for the gradient operands); evaluation-mode calls read the state without changin
 
 A stale ``A`` below the tensor's own puts the largest block scales beyond the scale format's
 range: they saturate at its max, and the elements of those blocks beyond ``E`` times their
-scale saturate at ``E`` (the quantiser's ordinary saturation). ``clipped`` counts, per operand
+scale saturate at ``E`` (the quantizer's ordinary saturation). ``clipped`` counts, per operand
 for the last training step, the finite elements whose transformed magnitude exceeds the ``A``
 used: the elements beyond the stale scale (0 whenever ``A`` is at least the tensor's own).
 ``clipped_elements(model)`` sums it over a model, the metric a task logs.

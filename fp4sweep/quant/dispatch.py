@@ -1,4 +1,4 @@
-"""The quantiser the rest of fp4sweep calls: the choice between the pure-PyTorch reference
+"""The quantizer the rest of fp4sweep calls: the choice between the pure-PyTorch reference
 (``reference``) and the fused kernels (``kernels.launch``), which return the same bits.
 
 The backend is, in order of precedence: the ``backend`` argument of ``fake_quantize`` /
@@ -38,7 +38,7 @@ _override: str | None = None
 def _check(name: str, source: str) -> str:
     if name not in BACKENDS:
         raise ValueError(
-            f"{source}={name!r} is not a quantisation backend; valid: {list(BACKENDS)}"
+            f"{source}={name!r} is not a quantization backend; valid: {list(BACKENDS)}"
         )
     return name
 
@@ -100,7 +100,7 @@ def fake_quantize(
     x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0,
     tensor_amax: torch.Tensor | None = None, backend: str | None = None,
 ) -> torch.Tensor:
-    """Quantise-dequantise ``x`` along ``axis`` as ``spec`` says; same shape and dtype as ``x``.
+    """Quantize-dequantize ``x`` along ``axis`` as ``spec`` says; same shape and dtype as ``x``.
 
     ``seed`` (an int in [0, 2**64)) keys stochastic rounding; "rne" ignores it. ``tensor_amax``
     (0-d float32, on ``x``'s device) replaces the tensor amax of tensor scaling (a delayed scale,

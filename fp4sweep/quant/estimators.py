@@ -1,6 +1,6 @@
-"""Gradient estimators: how the gradient flows back through a forward quantiser.
+"""Gradient estimators: how the gradient flows back through a forward quantizer.
 
-A quantiser maps ``x`` to ``x_q = T^-1(y)``, ``y = s * Q(t / s)`` with ``t = T(x)`` (the spec's
+A quantizer maps ``x`` to ``x_q = T^-1(y)``, ``y = s * Q(t / s)`` with ``t = T(x)`` (the spec's
 orthonormal transform along the axis), ``s`` the effective scale of ``t``'s block and ``Q`` the
 rounding onto the element grid. ``Q`` is a staircase; an estimator replaces its derivative with
 a surrogate ``D(t)``, per element of the transformed basis:
@@ -73,11 +73,11 @@ POWER_K = 5.0
 def interval_position(r: QuantResult) -> torch.Tensor:
     """``u / d`` in [0, 1]: where ``|t|`` lies in its grid interval ``[lo, lo + d]``.
 
-    The interval's lower end is the quantised magnitude if ``t`` was rounded down, else one
+    The interval's lower end is the quantized magnitude if ``t`` was rounded down, else one
     step below it (this holds for nearest and stochastic rounding alike).
     """
-    magnitude, quantised = r.transformed.abs(), r.dequantized.abs()
-    lower = torch.where(quantised <= magnitude, quantised, quantised - r.step)
+    magnitude, quantized = r.transformed.abs(), r.dequantized.abs()
+    lower = torch.where(quantized <= magnitude, quantized, quantized - r.step)
     # A zero block's step can underflow to 0; its elements sit on the grid point 0.
     position = torch.where(r.step == 0, 0.0, (magnitude - lower) / r.step)
     return position.clamp(0.0, 1.0)
@@ -105,8 +105,8 @@ def _power(r: QuantResult, elem: FloatFormat) -> torch.Tensor:
     return torch.where(r.saturated, 0.0, slope)
 
 
-# Each estimator's derivative D of the quantiser (bool or float32, transformed basis) from a
-# quantisation and its element format; STE's is the constant 1 and needs no tensor.
+# Each estimator's derivative D of the quantizer (bool or float32, transformed basis) from a
+# quantization and its element format; STE's is the constant 1 and needs no tensor.
 DERIVATIVES: dict[str, Callable[[QuantResult, FloatFormat], torch.Tensor]] = {
     "clipped_ste": _clipped_ste,
     "spline": _spline,
@@ -115,7 +115,7 @@ DERIVATIVES: dict[str, Callable[[QuantResult, FloatFormat], torch.Tensor]] = {
 
 
 def block_sum(v: torch.Tensor, spec: QuantSpec, axis: int) -> torch.Tensor:
-    """Each element replaced by the sum of ``v`` over its quantisation block (same shape)."""
+    """Each element replaced by the sum of ``v`` over its quantization block (same shape)."""
     b = spec.block
     if spec.block_2d:
         rows, cols = v.shape
@@ -129,7 +129,7 @@ def block_sum(v: torch.Tensor, spec: QuantSpec, axis: int) -> torch.Tensor:
 
 @dataclass
 class GradientMap:
-    """The backward of one forward quantisation: gradient w.r.t. ``x_q`` -> w.r.t. ``x``.
+    """The backward of one forward quantization: gradient w.r.t. ``x_q`` -> w.r.t. ``x``.
 
     ``derivative`` is D (None: 1); ``residual`` (y - t * D) and ``argmax_weight``
     (sign(t) / (a * ties) at each block's arg-max, else 0) carry the scale gradient (None:
@@ -161,7 +161,7 @@ def quantize_for_training(
     scale_grad: str = "stop",
     tensor_amax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, GradientMap]:
-    """Quantise ``x`` (no autograd) and return the map its gradient takes on the way back;
+    """Quantize ``x`` (no autograd) and return the map its gradient takes on the way back;
     ``tensor_amax`` as ``fake_quantize`` takes it."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; valid: {list(ESTIMATORS)}")
@@ -210,5 +210,5 @@ def quantize(
     estimator: str = "ste",
     scale_grad: str = "stop",
 ) -> torch.Tensor:
-    """Differentiable quantise-dequantise of ``x`` along ``axis`` (see the module docstring)."""
+    """Differentiable quantize-dequantize of ``x`` along ``axis`` (see the module docstring)."""
     return FakeQuantize.apply(x, spec, axis, seed, estimator, scale_grad)

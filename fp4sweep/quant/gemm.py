@@ -13,7 +13,7 @@ class GemmShape:
     gradient ``dx = dy @ w`` over ``n``, the weight gradient ``dw = dy.T @ x`` over ``m``.
     ``count`` is how many times the layer runs per training step (e.g. layers sharing a shape).
     ``high_precision`` marks a layer that a layer policy keeps in bf16: its GEMMs run at the BF16
-    rate with no quantiser, whatever the recipe says.
+    rate with no quantizer, whatever the recipe says.
     """
 
     m: int

@@ -19,8 +19,8 @@ DEFAULT_HARDWARE = "b200"
 class Hardware:
     """Throughputs that turn operations and bytes into time (dense rates, per second).
 
-    ``fp4_flops`` None: the machine has no FP4 tensor cores; a quantised GEMM is then emulated
-    as this project runs it on Hopper: the quantiser writes the quantise-dequantise image in
+    ``fp4_flops`` None: the machine has no FP4 tensor cores; a quantized GEMM is then emulated
+    as this project runs it on Hopper: the quantizer writes the quantize-dequantize image in
     high precision and the GEMM runs at the BF16 rate on high-precision operands.
     ``vector_ops`` counts elementwise instructions (one per lane and clock: a datasheet's FP32
     rate counts a fused multiply-add as two flops, so it is half that rate).
@@ -60,14 +60,14 @@ class Hardware:
         return self.memory_bytes * self.memory_efficiency
 
     def gemm_flops(self, spec: QuantSpec | None) -> float:
-        """Tensor-core rate of a GEMM whose widest operand is quantised by ``spec``."""
+        """Tensor-core rate of a GEMM whose widest operand is quantized by ``spec``."""
         if spec is None or not self.native_fp4:
             return self.bf16_flops
         return self.fp4_flops if spec.elem_format.bits <= 4 else self.fp8_flops
 
     def operand_bytes(self, spec: QuantSpec | None) -> float:
-        """Bytes per element of a GEMM operand as the GEMM reads it: the quantised code and its
-        share of a block scale, or the high-precision element (unquantised, or emulated)."""
+        """Bytes per element of a GEMM operand as the GEMM reads it: the quantized code and its
+        share of a block scale, or the high-precision element (unquantized, or emulated)."""
         if spec is None or not self.native_fp4:
             return float(self.high_precision_bytes)
         return spec.elem_format.bits / 8 + scale_bytes_per_element(spec)

@@ -4,7 +4,7 @@ FP4 recipes keep some layers out of FP4 besides the stem and head that a task al
 (Megatron's ``--num-layers-at-end-in-bf16``; NVIDIA's NVFP4 recipe keeps its final blocks in
 bf16). A policy is one of
 
-    none            every block quantised
+    none            every block quantized
     firstN, lastN   the first / last N blocks in bf16 (all blocks when the model has fewer)
     firstN_lastM    both
     attn, mlp       that kind of layer in every block (models that have kinds: GPT)

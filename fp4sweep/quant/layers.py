@@ -1,23 +1,23 @@
 """QuantLinear, QuantConv2d and quantize_model: layers whose three GEMMs run through a Recipe.
 
 ``quantized_gemm`` is the one place where a recipe meets a layer. For ``y = x @ w.T + b``
-with ``x`` (m, k) and ``w`` (n, k) it computes, with each operand quantised by its own spec
+with ``x`` (m, k) and ``w`` (n, k) it computes, with each operand quantized by its own spec
 along that GEMM's reduction axis::
 
     forward      y  = Q_fwd_x(x) @ Q_fwd_w(w).T + b          along k
     input grad   dx = D_x[ Q_dgrad_dy(dy) @ Q_dgrad_w(w) ]   along n
     weight grad  dw = D_w[ Q_wgrad_dy(dy).T @ Q_wgrad_x(x) ] along m
 
-where ``D_x``, ``D_w`` are the backward of the forward quantisers (the recipe's estimator and
-scale gradient, ``estimators.py``) and the bias gradient is ``dy`` summed over m, unquantised.
+where ``D_x``, ``D_w`` are the backward of the forward quantizers (the recipe's estimator and
+scale gradient, ``estimators.py``) and the bias gradient is ``dy`` summed over m, unquantized.
 The weight-gradient GEMM reduces over m, the token (or pixel) axis, whose length follows the
 batch: it is zero-padded to a multiple of the block and Hadamard sizes, as a kernel pads a
 partial tile (zero rows change neither block maxima nor the exact product). k and n are fixed
 by the model: a layer checks when it is built that they suit the recipe (``check_recipe_fits``).
 
 Where fwd_w and dgrad_w are one spec with square tiles, no transform and nearest rounding (as
-in NVIDIA's recipe), both quantise the weight to the same values, along either axis: the
-forward's quantised weight is kept for the input gradient instead of quantising it again.
+in NVIDIA's recipe), both quantize the weight to the same values, along either axis: the
+forward's quantized weight is kept for the input gradient instead of quantizing it again.
 
 Stochastic rounding needs a fresh, reproducible seed per layer, operand and step: each layer
 holds ``layer_seed`` (from ``quantize_model``'s seed and the layer's qualified name) and a step
@@ -92,7 +92,7 @@ def step_recipe(recipe: Recipe, layer_seed: int, step: int) -> Recipe:
 
 def _tensor_amax(delayed: DelayedAmax | None, operand: str, t: torch.Tensor,
                  spec: QuantSpec | None, axis: int) -> torch.Tensor | None:
-    """The delayed tensor amax of a tensor-scaled operand; None: the quantiser's own."""
+    """The delayed tensor amax of a tensor-scaled operand; None: the quantizer's own."""
     if delayed is None or spec is None or not spec.tensor_scale:
         return None
     return delayed.tensor_amax(operand, t, spec, axis)
@@ -106,7 +106,7 @@ def _quantize(t: torch.Tensor, spec: QuantSpec | None, axis: int, seed: int,
 
 
 def _axis_multiple(*specs: QuantSpec | None) -> int:
-    """What an axis must be a multiple of for the specs that quantise along it."""
+    """What an axis must be a multiple of for the specs that quantize along it."""
     multiple = 1
     for spec in specs:
         if spec is not None:
@@ -115,8 +115,8 @@ def _axis_multiple(*specs: QuantSpec | None) -> int:
 
 
 def check_recipe_fits(recipe: Recipe, k: int, n: int) -> None:
-    """Raise a ValueError unless every quantiser of ``recipe`` fits a layer with reduction
-    length ``k`` (in features) and ``n`` outputs: the forward operands are quantised along k,
+    """Raise a ValueError unless every quantizer of ``recipe`` fits a layer with reduction
+    length ``k`` (in features) and ``n`` outputs: the forward operands are quantized along k,
     the input-gradient ones along n, and 2-D weight tiles span both."""
     axes = {"fwd_x": k, "fwd_w": k, "dgrad_dy": n, "dgrad_w": n}
     for name, length in axes.items():
@@ -124,7 +124,7 @@ def check_recipe_fits(recipe: Recipe, k: int, n: int) -> None:
         multiple = _axis_multiple(spec)
         if length % multiple:
             raise ValueError(
-                f"{name} quantises along a length of {length}, which is not a multiple of "
+                f"{name} quantizes along a length of {length}, which is not a multiple of "
                 f"{multiple} (block {spec.block}, transform {spec.transform!r})"
             )
     for name in ("fwd_w", "dgrad_w"):
@@ -136,8 +136,8 @@ def check_recipe_fits(recipe: Recipe, k: int, n: int) -> None:
             )
 
 
-def weight_quantised_once(recipe: Recipe) -> bool:
-    """Whether dgrad_w quantises the weight to fwd_w's values: the same spec, with
+def weight_quantized_once(recipe: Recipe) -> bool:
+    """Whether dgrad_w quantizes the weight to fwd_w's values: the same spec, with
     ``block x block`` tiles (the same blocks along either axis), no transform (whose runs would
     follow the axis) and nearest rounding (stochastic rounding draws per operand seed)."""
     spec = recipe.fwd_w
@@ -162,9 +162,9 @@ class _QuantizedGemm(torch.autograd.Function):
 
         x_q, ctx.x_map = forward_operand(x, "fwd_x")
         w_q, ctx.w_map = forward_operand(weight, "fwd_w")
-        # The input gradient needs only the weight's dgrad_w quantisation.
-        ctx.weight_is_quantised = weight_quantised_once(recipe)
-        ctx.save_for_backward(x, w_q if ctx.weight_is_quantised else weight)
+        # The input gradient needs only the weight's dgrad_w quantization.
+        ctx.weight_is_quantized = weight_quantized_once(recipe)
+        ctx.save_for_backward(x, w_q if ctx.weight_is_quantized else weight)
         ctx.recipe, ctx.seeds, ctx.delayed = recipe, seeds, delayed
         return F.linear(x_q, w_q, bias)
 
@@ -175,7 +175,7 @@ class _QuantizedGemm(torch.autograd.Function):
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             dy_q = _quantize(dy, recipe.dgrad_dy, 1, seeds["dgrad_dy"], delayed, "dgrad_dy")
-            w_q = (weight if ctx.weight_is_quantised
+            w_q = (weight if ctx.weight_is_quantized
                    else _quantize(weight, recipe.dgrad_w, 0, seeds["dgrad_w"], delayed, "dgrad_w"))
             dx = dy_q @ w_q
             dx = dx if ctx.x_map is None else ctx.x_map(dx)
@@ -200,11 +200,11 @@ def quantized_gemm(
     seeds: dict[str, int],
     delayed: DelayedAmax | None = None,
 ) -> torch.Tensor:
-    """``x @ weight.T + bias`` for 2-d ``x`` (m, k), with the recipe's six quantisers and, for
+    """``x @ weight.T + bias`` for 2-d ``x`` (m, k), with the recipe's six quantizers and, for
     a delayed tensor amax, the layer's state ``delayed``."""
     device = x.device.type
     if torch.is_autocast_enabled(device):
-        # Quantise what the GEMM would see under autocast: the operands in the autocast dtype.
+        # Quantize what the GEMM would see under autocast: the operands in the autocast dtype.
         dtype = torch.get_autocast_dtype(device)
         x, weight = x.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
@@ -312,8 +312,8 @@ class _QuantizedLayer:
 
 
 class QuantLinear(_QuantizedLayer, nn.Linear):
-    """A drop-in ``nn.Linear`` whose GEMMs are quantised by ``recipe``; weights stay in the
-    model's dtype. A recipe that quantises nothing runs ``F.linear`` itself."""
+    """A drop-in ``nn.Linear`` whose GEMMs are quantized by ``recipe``; weights stay in the
+    model's dtype. A recipe that quantizes nothing runs ``F.linear`` itself."""
 
     def __init__(
         self,
@@ -350,7 +350,7 @@ class QuantLinear(_QuantizedLayer, nn.Linear):
 
 
 class QuantConv2d(_QuantizedLayer, nn.Conv2d):
-    """A drop-in ``nn.Conv2d`` quantised as the GEMM it is: the input is unfolded into rows of
+    """A drop-in ``nn.Conv2d`` quantized as the GEMM it is: the input is unfolded into rows of
     in_channels x kernel window, the reduction axis of the forward GEMM. ``groups`` must be 1."""
 
     def __init__(
@@ -372,7 +372,7 @@ class QuantConv2d(_QuantizedLayer, nn.Conv2d):
     ) -> None:
         if groups != 1:
             raise ValueError(
-                f"QuantConv2d quantises one GEMM per convolution and needs groups=1, got "
+                f"QuantConv2d quantizes one GEMM per convolution and needs groups=1, got "
                 f"groups={groups}; keep grouped convolutions in high precision (exclude them)"
             )
         nn.Conv2d.__init__(
@@ -437,7 +437,7 @@ def quantize_model(
     seed: int = 0,
 ) -> nn.Module:
     """Swap every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` (exactly those types) whose name
-    ``exclude`` does not match (see ``is_excluded``) for its quantised twin, in place.
+    ``exclude`` does not match (see ``is_excluded``) for its quantized twin, in place.
 
     Parameters are shared, not copied. Returns ``model`` (or the converted module when
     ``model`` itself is a Linear or Conv2d, which cannot be swapped in place).
@@ -452,7 +452,7 @@ def quantize_model(
         try:
             converted = _CONVERTERS[type(module)](module, recipe, layer_seed(seed, name))
         except ValueError as error:
-            raise ValueError(f"cannot quantise layer {name or '<root>'!r}: {error}") from None
+            raise ValueError(f"cannot quantize layer {name or '<root>'!r}: {error}") from None
         if not name:
             return converted
         parent_name, _, child = name.rpartition(".")

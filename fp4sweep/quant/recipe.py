@@ -1,11 +1,11 @@
-"""Recipe: a quantiser for each of the six GEMM operands of a linear layer (see
+"""Recipe: a quantizer for each of the six GEMM operands of a linear layer (see
 ``operands.py``), how to differentiate through them, and which layers stay in bf16.
 
 ``None`` leaves an operand in the model's precision. ``estimator`` says how the gradient flows
-through the two forward quantisers (the backward ones sit on the gradient path and need no
+through the two forward quantizers (the backward ones sit on the gradient path and need no
 derivative); ``scale_grad`` whether it also flows through their block scales (see
 ``estimators.py``); ``high_precision`` is the layer policy (``layer_policy.py``) that the task
-applies when it quantises its model. ``amax_policy``, ``amax_window`` and ``amax_margin`` say
+applies when it quantizes its model. ``amax_policy``, ``amax_window`` and ``amax_margin`` say
 which tensor amax the tensor-scaled operands use: their own ("current") or a delayed one held by
 the layer (``delayed.py``). ``sign_policy`` says when random Hadamard signs (``rhadamardK``) are
 drawn: once for the run from the specs' ``transform_seed`` ("fixed"), or afresh at every step
@@ -41,7 +41,7 @@ _OMITTED_AT_DEFAULT = ("high_precision", "amax_policy", "amax_window", "amax_mar
 
 @dataclass(frozen=True)
 class Recipe:
-    """Six operand quantisers (``None``: not quantised), a gradient estimator, a scale gradient
+    """Six operand quantizers (``None``: not quantized), a gradient estimator, a scale gradient
     and the tensor-amax policy of the tensor-scaled operands.
 
     amax_policy: "current", "hold", "max" or "most_recent" (``delayed.py``).
@@ -107,7 +107,7 @@ class Recipe:
             if self.estimator != "ste" or self.scale_grad != "stop":
                 raise ValueError(
                     f"Recipe: estimator={self.estimator!r} and scale_grad={self.scale_grad!r} "
-                    "act on the forward quantisers, but fwd_x and fwd_w are both None; use "
+                    "act on the forward quantizers, but fwd_x and fwd_w are both None; use "
                     "estimator='ste', scale_grad='stop'"
                 )
 
@@ -224,7 +224,7 @@ def preset_axes(name: str) -> dict[str, str]:
 
 # TransformerEngine's NVFP4 training recipe (NVFP4BlockScaling; NVIDIA, "Pretraining Large Language
 # Models with NVFP4", arXiv 2509.25149): E2M1 with an E4M3 scale per 16 and an fp32 tensor scale,
-# 16x16 weight tiles so that w and w.T quantise alike, a random Hadamard of 16 on the weight-
+# 16x16 weight tiles so that w and w.T quantize alike, a random Hadamard of 16 on the weight-
 # gradient GEMM's operands, stochastic rounding of the gradient dy, nearest rounding elsewhere.
 # TE redraws the Hadamard signs every step; here they are fixed per layer (the core's transform).
 _TE_NVFP4 = {

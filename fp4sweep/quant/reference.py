@@ -1,7 +1,7 @@
-"""The reference quantiser: quantise-dequantise ("fake quantisation") of a tensor along one
+"""The reference quantizer: quantize-dequantize ("fake quantization") of a tensor along one
 axis, in pure PyTorch.
 
-The one semantic definition of every quantiser in fp4sweep. For ``x`` and a ``QuantSpec``:
+The one semantic definition of every quantizer in fp4sweep. For ``x`` and a ``QuantSpec``:
 
 1. ``t = T(x)``: float32, after the spec's transform along ``axis`` (``transforms.py``);
 2. ``t`` is cut into blocks: runs of ``block`` elements along ``axis``, or ``block x block``
@@ -11,7 +11,7 @@ The one semantic definition of every quantiser in fp4sweep. For ``x`` and a ``Qu
 4. each ``v`` is rounded onto the element grid, nearest-even or stochastically, saturating at
    the element format's max (``rounding.py``); stochastic rounding draws ``u`` from the
    counter-based stream (``rng.py``) with the element's row-major index in ``x`` as counter;
-5. the dequantised values ``fl(q * d)`` are mapped back through the inverse transform and
+5. the dequantized values ``fl(q * d)`` are mapped back through the inverse transform and
    cast to ``x.dtype``.
 
 Every step is a fixed sequence of float32 operations whatever ``x.dtype`` is, so a kernel can
@@ -40,13 +40,13 @@ from fp4sweep.quant.transforms import apply_transform, check_transform_axis, inv
 
 @dataclass(frozen=True)
 class QuantResult:
-    """Everything one quantisation computed.
+    """Everything one quantization computed.
 
     ``output`` is in the original basis and dtype; every other tensor field is float32, has
-    ``x``'s shape and lies in the TRANSFORMED basis (the basis of the quantisation grid; it is
+    ``x``'s shape and lies in the TRANSFORMED basis (the basis of the quantization grid; it is
     the original basis when the spec has no transform):
 
-    output: the dequantised tensor mapped back through the inverse transform, ``x.dtype``.
+    output: the dequantized tensor mapped back through the inverse transform, ``x.dtype``.
     transformed: ``t``, ``x`` after the transform, before any scaling.
     dequantized: ``q * scale`` before the inverse transform (what the GEMM sees).
     scaled: ``v``, the block-scaled values in element units, before element rounding.
@@ -62,7 +62,7 @@ class QuantResult:
 
     ``scale`` and ``step`` are positive, except where the decode scale underflows float32: with
     tensor scaling on a scale format as wide as float32 (E8M0, fp32), blocks near zero get
-    ``scale == 0`` (and dequantise to 0).
+    ``scale == 0`` (and dequantize to 0).
     """
 
     output: torch.Tensor
@@ -104,27 +104,27 @@ class _Blocking:
 
 
 def check_input(x: torch.Tensor, spec: QuantSpec, axis: int) -> int:
-    """The quantisation axis of ``x`` as a non-negative int, or a ValueError saying what about
-    ``x``, ``spec`` or ``axis`` cannot be quantised."""
+    """The quantization axis of ``x`` as a non-negative int, or a ValueError saying what about
+    ``x``, ``spec`` or ``axis`` cannot be quantized."""
     if not isinstance(spec, QuantSpec):
         raise ValueError(f"spec must be a QuantSpec, got {type(spec).__name__}")
     if not x.is_floating_point():
-        raise ValueError(f"only floating-point tensors can be quantised, got {x.dtype}")
+        raise ValueError(f"only floating-point tensors can be quantized, got {x.dtype}")
     if x.dim() == 0:
-        raise ValueError("a 0-d tensor has no axis to quantise along")
+        raise ValueError("a 0-d tensor has no axis to quantize along")
     if not -x.dim() <= axis < x.dim():
         raise ValueError(f"axis {axis} is out of range for a {x.dim()}-d tensor")
     axis %= x.dim()
     length = x.shape[axis]
     if length % spec.block:
         raise ValueError(
-            f"the quantisation axis (axis {axis}, length {length}) must be a multiple of the "
+            f"the quantization axis (axis {axis}, length {length}) must be a multiple of the "
             f"block size {spec.block}"
         )
     check_transform_axis(spec, length)
     if spec.block_2d:
         if x.dim() != 2:
-            raise ValueError(f"block_2d quantises 2-d tensors (weights), got {x.dim()}-d")
+            raise ValueError(f"block_2d quantizes 2-d tensors (weights), got {x.dim()}-d")
         other = x.shape[1 - axis]
         if other % spec.block:
             raise ValueError(
@@ -141,8 +141,8 @@ def _element_counters(x: torch.Tensor, axis: int, blocking: _Blocking) -> torch.
 
 
 @dataclass(frozen=True)
-class _Quantised:
-    """The blocked intermediate values of one quantisation (axis last, float32)."""
+class _Quantized:
+    """The blocked intermediate values of one quantization (axis last, float32)."""
 
     axis: int
     blocking: _Blocking
@@ -172,8 +172,8 @@ def check_tensor_amax(tensor_amax: torch.Tensor | None, spec: QuantSpec) -> None
         )
 
 
-def _quantise(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
-              tensor_amax: torch.Tensor | None) -> _Quantised:
+def _quantize(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
+              tensor_amax: torch.Tensor | None) -> _Quantized:
     axis = check_input(x, spec, axis)
     check_seed(seed)
     check_tensor_amax(tensor_amax, spec)
@@ -194,26 +194,26 @@ def _quantise(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
     else:
         u = uniform(_element_counters(x, axis, blocking), seed, spec.sr_bits)
         q = round_signed(elem, scaled.elements, "stochastic", u)
-    return _Quantised(axis, blocking, blocks, scaled, q, q * scaled.decode)
+    return _Quantized(axis, blocking, blocks, scaled, q, q * scaled.decode)
 
 
-def _output(x: torch.Tensor, spec: QuantSpec, quantised: _Quantised) -> torch.Tensor:
-    dequantized = quantised.to_x_layout(quantised.dequantized)
-    return invert_transform(dequantized, spec, quantised.axis).to(x.dtype)
+def _output(x: torch.Tensor, spec: QuantSpec, quantized: _Quantized) -> torch.Tensor:
+    dequantized = quantized.to_x_layout(quantized.dequantized)
+    return invert_transform(dequantized, spec, quantized.axis).to(x.dtype)
 
 
 def fake_quantize(
     x: torch.Tensor, spec: QuantSpec, axis: int = -1, seed: int = 0,
     tensor_amax: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Quantise-dequantise ``x`` along ``axis`` as ``spec`` says; same shape and dtype as ``x``.
+    """Quantize-dequantize ``x`` along ``axis`` as ``spec`` says; same shape and dtype as ``x``.
 
     ``seed`` (an int in [0, 2**64)) keys stochastic rounding; "rne" ignores it.
     ``tensor_amax`` (0-d float32, on ``x``'s device) replaces the tensor amax of tensor scaling
     (a delayed scale, ``delayed.py``).
     """
     with torch.no_grad():
-        return _output(x, spec, _quantise(x, spec, axis, seed, tensor_amax))
+        return _output(x, spec, _quantize(x, spec, axis, seed, tensor_amax))
 
 
 def quantize_detailed(
@@ -227,19 +227,19 @@ def quantize_detailed(
 
 def _detailed(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
               tensor_amax: torch.Tensor | None) -> QuantResult:
-    quantised = _quantise(x, spec, axis, seed, tensor_amax)
-    layout = quantised.to_x_layout
-    scaled, elem = quantised.scaled, spec.elem_format
+    quantized = _quantize(x, spec, axis, seed, tensor_amax)
+    layout = quantized.to_x_layout
+    scaled, elem = quantized.scaled, spec.elem_format
     magnitude = scaled.elements.abs()
     return QuantResult(
-        output=_output(x, spec, quantised),
-        transformed=layout(quantised.blocks),
-        dequantized=layout(quantised.dequantized),
+        output=_output(x, spec, quantized),
+        transformed=layout(quantized.blocks),
+        dequantized=layout(quantized.dequantized),
         scaled=layout(scaled.elements),
-        elements=layout(quantised.elements),
+        elements=layout(quantized.elements),
         scale=layout(scaled.decode),
         block_scale=layout(scaled.scale),
-        block_amax=layout(quantised.blocks.abs().amax(dim=-1, keepdim=True)),
+        block_amax=layout(quantized.blocks.abs().amax(dim=-1, keepdim=True)),
         step=layout(grid_step(elem, magnitude) * scaled.decode),
         saturated=layout(magnitude > elem.max),
         tensor_scale=scaled.tensor_scale,

@@ -16,7 +16,7 @@ this cap changes nothing for UE4M3, UE5M3 or any scale format with at most 7 exp
 
 Each rule yields, per block: the scale ``s`` (a value of ``S``), the scaled elements ``v``
 (in element units, to be rounded onto the element grid) and the decode scale ``d`` (in units of
-``t``: the dequantised value is ``fl(q * d)`` for a rounded element ``q``).
+``t``: the dequantized value is ``fl(q * d)`` for a rounded element ``q``).
 
 - floor / ceil / nearest::
 
@@ -43,7 +43,7 @@ Scale selection "4 over 6" (the spec's ``scale_select``; Four Over Six, arXiv 25
 TransformerEngine's ``nvfp4_4over6``), for the nvfp4 rule on 1-D blocks of a power-of-two
 length: each block is scaled twice, with ``E`` (its amax to 6) and with 4 in place of ``E``
 (its amax to 4, where E2M1's grid is finer relative to the amax), both candidates are rounded
-to nearest, and the one whose dequantised block is closer to ``t`` is kept: by squared error
+to nearest, and the one whose dequantized block is closer to ``t`` is kept: by squared error
 ("4over6_mse") or absolute error ("4over6_mae"), summed over the block as a pairwise tree
 (elements 2i and 2i+1, then their sums likewise), a fixed order that a kernel can repeat; a tie
 (or a NaN block) keeps the amax-to-6 scale. The kept candidate's ``v`` is then rounded as the
@@ -61,7 +61,7 @@ block's largest elements exceed ``E``: they saturate, as with any rounded-down s
 Pre-scale before stochastic rounding (the spec's ``prescale``, a factor ``c``): after the rule,
 ``v' = fl(v * c)`` is rounded and ``d' = fl(d / c)`` decodes it, so the grid keeps ``1/c`` of
 headroom above the block's largest element. ``c = 16/17`` (as float32): the 17/16 margin of
-NVIDIA's and Quartet II's gradient quantisers, which keeps a block scale rounded down by up to
+NVIDIA's and Quartet II's gradient quantizers, which keeps a block scale rounded down by up to
 1/16 (UE4M3) from clipping; ``c = 3/4``: Tseng et al.'s (arXiv 2502.20586) scaling of MXFP4
 operands before stochastic rounding, which keeps the OCP floor rule's elements (up to 8) at
 most 6. Where these sources apply the factor (to the scale before its rounding, or to the
@@ -70,13 +70,13 @@ block scale: a choice of ours that keeps the block scales those of the rule.
 
 Zero or underflowing scales: a scale that rounds below the format's smallest positive value
 becomes that smallest positive value (2**-127 for E8M0, 2**-9 for UE4M3, 2**-17 for UE5M3), so
-nothing is ever divided by zero and an all-zero block quantises to zeros. TransformerEngine
-instead keeps the zero scale (such a block then dequantises to zero): the only place where
+nothing is ever divided by zero and an all-zero block quantizes to zeros. TransformerEngine
+instead keeps the zero scale (such a block then dequantizes to zero): the only place where
 "nvfp4" departs from it, and only for blocks below about 2**-10 / 448 of the tensor amax.
 torchao's rule never underflows (its lower clamp is the smallest normal).
 
 Non-finite values: a NaN makes its block's amax, scale and every element NaN. An infinity makes
-its block's scale the format's max and rounds to +-E there, so it dequantises to +-fl(E * d)
+its block's scale the format's max and rounds to +-E there, so it dequantizes to +-fl(E * d)
 (which overflows back to infinity where E times the scale format's max exceeds float32, as with
 E8M0). The tensor amax ignores both, so other blocks are unaffected. (With a transform, a
 non-finite value first spreads over its Hadamard run.)
@@ -104,7 +104,7 @@ class ScaledBlocks:
 
     elements: ``v``, the scaled values in element units, before element rounding.
     scale: ``s`` per block (shape (..., blocks, 1)), a value of the scale format.
-    decode: ``d`` per block: dequantised = fl(rounded element * d), in units of ``t``.
+    decode: ``d`` per block: dequantized = fl(rounded element * d), in units of ``t``.
     tensor_scale: the global encode scale ``g`` (0-d; 1 without tensor scaling; ``fl(1 / p)``
         for the torchao rule, which divides by ``p`` instead).
     """

@@ -1,4 +1,4 @@
-"""QuantSpec: the settings of one quantiser, as short values a Hydra YAML can hold."""
+"""QuantSpec: the settings of one quantizer, as short values a Hydra YAML can hold."""
 
 from __future__ import annotations
 
@@ -35,12 +35,12 @@ _OMITTED_AT_DEFAULT = ("tensor_target_scale", "prescale", "scale_select", "scale
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """How one GEMM operand is quantised along its reduction axis.
+    """How one GEMM operand is quantized along its reduction axis.
 
     elem: element format: "e2m1", "e2m3", "e3m2", "e4m3", "e5m2" or "int4".
-    scale: block-scale format: "e8m0", "ue4m3", "ue5m3", "fp32" (unquantised, "ideal") or any
+    scale: block-scale format: "e8m0", "ue4m3", "ue5m3", "fp32" (unquantized, "ideal") or any
         unsigned "ueXmY" (see ``formats.scale_format``).
-    block: elements sharing one scale along the quantisation axis, 8..128.
+    block: elements sharing one scale along the quantization axis, 8..128.
     block_2d: scale square ``block x block`` tiles of a 2-D tensor (for weights) instead of
         ``1 x block`` runs.
     scale_rule: how a block's scale is chosen from its absolute maximum ``amax``:
@@ -56,7 +56,7 @@ class QuantSpec:
         see ``rounding.py``; the UE5M3 authors' recipe uses 8). Up to 8 bits, four decisions
         share one 32-bit random word (up to 16, two), as FP4 hardware draws them (``rng.py``).
     transform: "none", "hadamardK" or "rhadamardK" (K in 16..256): block-diagonal orthonormal
-        Hadamard transform of size K along the quantisation axis, "r" with random signs. K may
+        Hadamard transform of size K along the quantization axis, "r" with random signs. K may
         be smaller or larger than the block; the axis length must be a multiple of both.
     transform_seed: seed of the random signs; part of the spec so that both operands of a GEMM
         share one rotation (independent of the stochastic-rounding seed).
@@ -70,7 +70,7 @@ class QuantSpec:
         rounding (and the decode scale divided by): "1" (default), "16/17" (NVIDIA's and
         Quartet II's 17/16 margin) or "3/4" (Tseng et al.); ``scaling.py`` defines it.
     scale_select: "max" (default: each block's amax to the element max) or "4over6_mse" /
-        "4over6_mae" (Four Over Six: per block, the amax to 6 or to 4, whichever quantises
+        "4over6_mae" (Four Over Six: per block, the amax to 6 or to 4, whichever quantizes
         the block with the lower squared / absolute error); for the "nvfp4" rule on 1-D
         blocks of a power-of-two length (``scaling.py``).
     scale_rounding: "nearest" (default) or "sr": the block scale rounded stochastically (rules
@@ -189,7 +189,7 @@ class QuantSpec:
 
     @classmethod
     def preset(cls, name: str) -> QuantSpec:
-        """A named quantiser: "mxfp4", "nvfp4", "nvfp4_torchao" (see ``PRESETS``)."""
+        """A named quantizer: "mxfp4", "nvfp4", "nvfp4_torchao" (see ``PRESETS``)."""
         try:
             return cls(**PRESETS[name])
         except KeyError:
@@ -222,7 +222,7 @@ _DEFAULTS = {field.name: field.default for field in dataclasses.fields(QuantSpec
 PRESETS: dict[str, dict[str, Any]] = {
     # OCP MX v1.0 MXFP4: E2M1 elements, E8M0 scale per 32, OCP floor rule, nearest-even.
     "mxfp4": dict(elem="e2m1", scale="e8m0", block=32, scale_rule="floor"),
-    # NVIDIA NVFP4 as TransformerEngine quantises it: UE4M3 scale per 16 and an fp32 tensor scale.
+    # NVIDIA NVFP4 as TransformerEngine quantizes it: UE4M3 scale per 16 and an fp32 tensor scale.
     "nvfp4": dict(elem="e2m1", scale="ue4m3", block=16, scale_rule="nvfp4", tensor_scale=True),
     # The same format with torchao's convention (block scales clamped below at 2**-6).
     "nvfp4_torchao": dict(

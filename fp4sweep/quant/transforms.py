@@ -1,4 +1,4 @@
-"""Block-diagonal Hadamard transforms along the quantisation axis.
+"""Block-diagonal Hadamard transforms along the quantization axis.
 
 ``hadamardK`` splits the axis into runs of K elements and maps each run ``x`` to
 ``y = H_K (s * x) / sqrt(K)``, with ``H_K`` the Sylvester Hadamard matrix (natural order) and
@@ -52,7 +52,7 @@ def check_transform_axis(spec: QuantSpec, length: int) -> None:
     k = spec.hadamard_size
     if k and length % k:
         raise ValueError(
-            f"transform {spec.transform!r} needs the quantisation axis length to be a multiple "
+            f"transform {spec.transform!r} needs the quantization axis length to be a multiple "
             f"of {k}, got {length}"
         )
 

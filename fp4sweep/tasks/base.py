@@ -5,7 +5,7 @@ A task is a module in this package with
 - ``NAME``: the task family's name (``"regression"``, ``"classification"``, ...);
 - ``Config``: a frozen dataclass of the task's parameters, built with ``build_config``;
 - ``gemm_shapes(config, policy="none") -> list[GemmShape]``: the GEMMs of one training step
-  through the layers it quantises, those that the recipe's high-precision layer ``policy``
+  through the layers it quantizes, those that the recipe's high-precision layer ``policy``
   keeps in bf16 marked ``high_precision`` (``training.LayerLayout`` says what a policy chooses
   from: the task's blocks and kinds of layer);
 - ``train(config, recipe, seed, device) -> TaskResult``.

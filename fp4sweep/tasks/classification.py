@@ -21,7 +21,7 @@ from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_choice, check_non_negative, check_positive
-from fp4sweep.tasks.training import (EpochSampler, LayerLayout, adam_options, fit, quantise, resolve_device,
+from fp4sweep.tasks.training import (EpochSampler, LayerLayout, adam_options, fit, quantize, resolve_device,
                                      seeded, task_result, to_device, trace_gemm_shapes)
 
 NAME = "classification"
@@ -173,7 +173,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     device = resolve_device(device)
     generator = seeded(seed)
     x_train, y_train, x_val, y_val = _standardised_splits(config, device)
-    model = quantise(build_model(config).to(device), recipe, config.exclude, seed, layout(config))
+    model = quantize(build_model(config).to(device), recipe, config.exclude, seed, layout(config))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   **adam_options(device))
     batch_at = EpochSampler(len(x_train), config.batch_size, generator)

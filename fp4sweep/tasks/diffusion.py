@@ -31,7 +31,7 @@ from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_choice, check_non_negative, check_positive
-from fp4sweep.tasks.training import (EpochSampler, LayerLayout, adam_options, fit, quantise, resolve_device,
+from fp4sweep.tasks.training import (EpochSampler, LayerLayout, adam_options, fit, quantize, resolve_device,
                                      seeded, task_result, to_device, trace_gemm_shapes, warmup_cosine)
 
 NAME = "diffusion"
@@ -279,7 +279,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     held_out = _held_out_draws(config, _images(config, "test", config.val_examples))
     x0_val, t_val, noise_val = (v.to(device) for v in held_out)
     alpha_bar = alpha_bars(config.schedule, config.timesteps).to(device)
-    model = quantise(build_model(config).to(device), recipe, config.exclude, seed, layout(config))
+    model = quantize(build_model(config).to(device), recipe, config.exclude, seed, layout(config))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **adam_options(device))
     batch_at = EpochSampler(len(x_train), config.batch_size, generator)
 

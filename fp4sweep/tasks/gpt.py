@@ -6,7 +6,7 @@ The model is GPT-2's: pre-LayerNorm blocks of causal self-attention and a 4x MLP
 positions, from a tiny CPU size up to GPT-2 small (n_layer=12, n_head=12, n_embd=768: 124M
 parameters with GPT-2's vocabulary). Every Linear layer runs through the recipe except the LM
 head, kept in high precision by default as in the paper; the LM head is not tied to the token
-embedding so that it can be quantised, or not, on its own. Attention's two batched matmuls are
+embedding so that it can be quantized, or not, on its own. Attention's two batched matmuls are
 not Linear layers and stay in high precision.
 
 Metrics: ``val_loss`` in nats per character on fixed held-out windows (the same for every recipe
@@ -30,7 +30,7 @@ from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_non_negative, check_positive
-from fp4sweep.tasks.training import (LayerLayout, adam_options, fit, quantise, resolve_device, seeded, task_result,
+from fp4sweep.tasks.training import (LayerLayout, adam_options, fit, quantize, resolve_device, seeded, task_result,
                                      to_device, trace_gemm_shapes, warmup_cosine)
 
 NAME = "gpt"
@@ -207,7 +207,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     val_starts = torch.randint(len(val_data) - config.block_size,
                                (config.eval_batches, config.batch_size),
                                generator=torch.Generator().manual_seed(VAL_WINDOWS_SEED))
-    model = quantise(build_model(config, vocab_size).to(device), recipe, config.exclude, seed, layout(config))
+    model = quantize(build_model(config, vocab_size).to(device), recipe, config.exclude, seed, layout(config))
     # Weight decay on matrices only, as nanoGPT does.
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     others = [p for p in model.parameters() if p.dim() < 2]

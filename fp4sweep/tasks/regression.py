@@ -2,7 +2,7 @@
 
 Features x ~ N(0, I); targets y = W* x + noise, from a random linear teacher W* that the data seed
 fixes (the same for every trial and recipe). A linear student is trained on the MSE with Adam
-through the recipe's quantised GEMMs; the metrics are its final MSE on the whole training set and
+through the recipe's quantized GEMMs; the metrics are its final MSE on the whole training set and
 on held-out data. The trial seed sets the student's initialisation and the batch order.
 """
 
@@ -19,7 +19,7 @@ from fp4sweep.quant.gemm import GemmShape
 from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_non_negative, check_positive
-from fp4sweep.tasks.training import LayerLayout, adam_options, fit, quantise, task_result, to_device
+from fp4sweep.tasks.training import LayerLayout, adam_options, fit, quantize, task_result, to_device
 
 NAME = "regression"
 
@@ -88,7 +88,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     x_train, y_train, x_val, y_val = make_data(config, device)
     torch.manual_seed(seed)
     batches = torch.Generator().manual_seed(seed)
-    model = quantise(Student(config).to(device), recipe, config.exclude, seed, LAYOUT)
+    model = quantize(Student(config).to(device), recipe, config.exclude, seed, LAYOUT)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **adam_options(device))
 
     def loss_at(step: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""What the image and text tasks share: devices and seeds, quantising a model, the GEMM shapes of
+"""What the image and text tasks share: devices and seeds, quantizing a model, the GEMM shapes of
 a training step, the learning-rate schedule and the training loop with its divergence check."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class LayerLayout:
         return high_precision_layers(policy, self.blocks, self.kinds)
 
 
-def quantise(model: nn.Module, recipe: Recipe, exclude: Iterable[str], seed: int,
+def quantize(model: nn.Module, recipe: Recipe, exclude: Iterable[str], seed: int,
              layout: LayerLayout = LayerLayout()) -> nn.Module:
     """Route every Linear and Conv2d of ``model`` through ``recipe``, but the excluded ones and
     those the recipe's layer policy keeps in bf16 (chosen from ``layout``)."""
@@ -80,7 +80,7 @@ def quantise(model: nn.Module, recipe: Recipe, exclude: Iterable[str], seed: int
 
 
 # What quantize_model swaps: exactly these types (a subclass may compute something else).
-QUANTISED_TYPES = (nn.Linear, nn.Conv2d)
+QUANTIZED_TYPES = (nn.Linear, nn.Conv2d)
 
 
 def trace_gemm_shapes(model: nn.Module, forward: Callable[[nn.Module], object],
@@ -115,7 +115,7 @@ def trace_gemm_shapes(model: nn.Module, forward: Callable[[nn.Module], object],
     hooks = [
         module.register_forward_hook(lambda mod, inp, out, name=name: record(name, mod, inp, out))
         for name, module in model.named_modules()
-        if type(module) in QUANTISED_TYPES and not is_excluded(name, exclude)
+        if type(module) in QUANTIZED_TYPES and not is_excluded(name, exclude)
     ]
     try:
         forward(model)

@@ -1,4 +1,4 @@
-"""Inputs and gfloat format descriptions shared by the quantiser tests."""
+"""Inputs and gfloat format descriptions shared by the quantizer tests."""
 
 import torch
 from gfloat import Domain, FormatInfo

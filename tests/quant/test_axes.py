@@ -54,7 +54,7 @@ def test_recorded_options_fill_keys_the_values_do_not_name():
     }
 
 
-def test_recipe_fields_leave_unquantised_operands_none():
+def test_recipe_fields_leave_unquantized_operands_none():
     fields = recipe_fields({"quantize@fwd": False, "elem@bwd": "e4m3"})
     assert fields["fwd_x"] is None and fields["fwd_w"] is None
     assert fields["wgrad_x"]["elem"] == "e4m3" and fields["estimator"] == "ste"

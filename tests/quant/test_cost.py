@@ -91,14 +91,14 @@ def test_larger_blocks_and_fp32_scales():
 def test_estimator_and_scale_gradient_in_the_backward_pass():
     recipe = Recipe.from_axes(transform="hadamard16", estimator="power", scale_grad="amax")
     result = costs(recipe)
-    quantise_fwd = 4 * (X + W)  # log2(16) per element
-    quantise_bwd = 4 * (DY + W + DY + X)
+    quantize_fwd = 4 * (X + W)  # log2(16) per element
+    quantize_bwd = 4 * (DY + W + DY + X)
     fwd_operands = X + W
     estimator = fraction(10 * fwd_operands, (4 + 2) * fwd_operands)  # gradient r/w + operand
     scale_grad = fraction(5 * fwd_operands)  # its gradient pass and re-read are the estimator's
     transforms = fraction(2 * 4 * fwd_operands)  # gradient into the rotated basis and back
-    assert result.forward == pytest.approx(fraction(quantise_fwd))
-    assert result.backward == pytest.approx(fraction(quantise_bwd) + estimator + scale_grad + transforms)
+    assert result.forward == pytest.approx(fraction(quantize_fwd))
+    assert result.backward == pytest.approx(fraction(quantize_bwd) + estimator + scale_grad + transforms)
     row = result.as_dict()
     assert row["estimator_bwd"] == pytest.approx(estimator)
     assert row["scale_grad_bwd"] == pytest.approx(scale_grad)

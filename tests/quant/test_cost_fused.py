@@ -22,7 +22,7 @@ UNIT = N / 1e12  # seconds
 # An MXFP4 GEMM: 2 N k flops take 2 * 1024 * 1e12 / 1e15 = 2.048 units of compute; it reads two
 # operands of 0.5 + 1/32 bytes per element and writes a 2-byte output: 3.0625 units of traffic.
 MX_GEMM = max(2 * 1024 * 1e12 / 1e15, 2 * (0.5 + 1 / 32) + 2)
-# MXFP4's quantiser per tensor: reads 2 bytes, writes two operands of 0.53125 bytes: 3.0625
+# MXFP4's quantizer per tensor: reads 2 bytes, writes two operands of 0.53125 bytes: 3.0625
 # units of traffic against 2 * (5 + 4/32) = 10.25 instructions, 1.025 units: memory-bound.
 MX_QUANT = max(2 * (5 + 4 / 32) * 0.1, 2 + 2 * (0.5 + 1 / 32))
 BF16_GEMM = max(2 * 1024 * 1e12 / 2.5e14, 3 * 2)  # 8.192 units of compute, 6 of traffic
@@ -40,8 +40,8 @@ def test_mxfp4_step_and_bf16_step_by_roofline():
     assert bf16.total == pytest.approx((3 * BF16_GEMM - 3 * MX_GEMM - 3 * MX_QUANT) / G)
     row = bf16.as_dict()
     assert row["gemm_precision_fwd"] == pytest.approx((BF16_GEMM - MX_GEMM) / G)
-    assert row["quantise_fwd"] == pytest.approx(-2 * MX_QUANT / G)  # x and w are not quantised
-    assert row["quantise_bwd"] == pytest.approx(-MX_QUANT / G)  # nor dy
+    assert row["quantize_fwd"] == pytest.approx(-2 * MX_QUANT / G)  # x and w are not quantized
+    assert row["quantize_bwd"] == pytest.approx(-MX_QUANT / G)  # nor dy
     assert bf16.vs_bf16 == pytest.approx(1.0)
     assert mx.vs_bf16 == pytest.approx(6 * 3.0625 / (3 * 8.192))  # 0.748: faster than bf16
 
@@ -66,7 +66,7 @@ def test_a_whole_random_word_makes_the_gradient_kernel_compute_bound():
 def test_tensor_scaling_is_an_extra_read_per_tensor():
     result = price(Recipe.from_axes(tensor_scale=True))
     # per tensor an amax pass: 2 bytes read (2 units) against 2 max instructions (0.2 units);
-    # the multiply per block scale hides in the quantiser's memory time
+    # the multiply per block scale hides in the quantizer's memory time
     row = result.as_dict()
     assert row["tensor_scaling_fwd"] == pytest.approx(2 * 2 / G)  # x and w
     assert row["tensor_scaling_bwd"] == pytest.approx(2 / G)  # dy
@@ -77,15 +77,15 @@ def test_a_layer_kept_in_high_precision_is_priced_as_bf16():
     kept = dataclasses.replace(SHAPE, high_precision=True)
     bf16 = price(Recipe.preset("bf16")).total
     assert price(Recipe.preset("nvfp4"), [kept]).total == pytest.approx(bf16)
-    # beside an FP4 layer it costs that layer's bf16 GEMMs less its quantisers
+    # beside an FP4 layer it costs that layer's bf16 GEMMs less its quantizers
     both = price(Recipe.preset("mxfp4"), [SHAPE, kept])
     assert both.total == pytest.approx((3 * BF16_GEMM - 3 * MX_GEMM - 3 * MX_QUANT) / (2 * G))
 
 
-def test_without_fp4_tensor_cores_quantisers_are_pure_cost():
+def test_without_fp4_tensor_cores_quantizers_are_pure_cost():
     emulated = dataclasses.replace(HW, fp4_flops=None)
     mx = price(Recipe.preset("mxfp4"), hardware=emulated)
-    # every GEMM runs in bf16 on 2-byte operands (8.192 units); each tensor's quantiser writes
+    # every GEMM runs in bf16 on 2-byte operands (8.192 units); each tensor's quantizer writes
     # two 2-byte images: 2 + 4 = 6 units of traffic
     assert mx.vs_bf16 == pytest.approx((3 * 8.192 + 3 * 6) / (3 * 8.192))
     assert price(Recipe.preset("bf16"), hardware=emulated).as_dict()["gemm_precision_bwd"] == 0

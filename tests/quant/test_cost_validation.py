@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from fp4sweep.quant import GemmShape, QuantSpec, Recipe, load_hardware, overhead
-from fp4sweep.quant.cost import kernel_seconds, quantiser_kernels
+from fp4sweep.quant.cost import kernel_seconds, quantizer_kernels
 from fp4sweep.quant.targets import load_target
 
 B200, H200 = load_hardware("b200"), load_hardware("h200")
@@ -24,10 +24,10 @@ N = 8192 * 8192  # elements of a large tensor: launch and tail effects vanish
 def cast_tb_s(
     specs: list[QuantSpec], hardware, with_amax: bool = False, bytes_per_element: float | None = None
 ) -> float:
-    """Modelled throughput of quantising one bf16 tensor into ``specs`` (its quantiser kernel,
+    """Modelled throughput of quantizing one bf16 tensor into ``specs`` (its quantizer kernel,
     and its amax pass too with ``with_amax``), in TB/s of the bytes it reads and writes (or of
     ``bytes_per_element`` when a benchmark counts bytes its own way)."""
-    kernels = quantiser_kernels(specs, N, hardware)
+    kernels = quantizer_kernels(specs, N, hardware)
     seconds = sum(kernel_seconds(k, hardware) for k in (kernels if with_amax else kernels[-1:]))
     if bytes_per_element is None:
         moved = 2 + sum(s.elem_format.bits / 8 + 1 / s.block for s in specs)  # one-byte scales
@@ -103,7 +103,7 @@ CASES = [
     Case("fixed-sign Hadamard-16 on wgrad, GPT-2 small, added step time (B200)",
          lambda: step_seconds(FIXED_SIGN, GPT2) / step_seconds(NO_RHT, GPT2) - 1,
          "0.017 to 0.041", "", ISSUE, 0.017 * 0.7, 0.041 * 1.3),
-    # This project's Triton kernels write the quantise-dequantise image in bf16 (TB/s of a copy's
+    # This project's Triton kernels write the quantize-dequantize image in bf16 (TB/s of a copy's
     # bytes, 4 per element). The roofline is a bound they cannot beat; the memory-bound one runs
     # close to it.
     Case("mxfp4 fake_quantize, 8192x8192 (H200)",
@@ -115,13 +115,13 @@ CASES = [
     Case("mxfp4 + Hadamard-32 + SR fake_quantize, 8192x8192 (H200)",
          lambda: cast_tb_s([MX_H32_SR], H200, bytes_per_element=4),
          "1.81", "TB/s", OWN + ": 45.5 % of copy, 59 instructions an element", 1.81, 1.81 * 3),
-    # A GPT-2-small step (batch 32 x 1024) on the H200: the quantisers' device time, one kernel
+    # A GPT-2-small step (batch 32 x 1024) on the H200: the quantizers' device time, one kernel
     # per operand (240 calls for nvfp4, 288 for paper_best, each with its amax pass), against
     # the model's fused kernels (one per tensor, instructions of a native cast): a lower bound.
-    Case("nvfp4 quantisers' time in a GPT-2-small step (H200)",
+    Case("nvfp4 quantizers' time in a GPT-2-small step (H200)",
          lambda: 1e3 * (step_seconds(NV, GPT2, H200) - step_seconds(Recipe(), GPT2, H200)),
          "26.2", "ms", OWN + ", run of 2026-12-02", 26.2 / 4, 26.2),
-    Case("paper_best quantisers' time in a GPT-2-small step (H200)",
+    Case("paper_best quantizers' time in a GPT-2-small step (H200)",
          lambda: 1e3 * (step_seconds(PAPER_BEST, GPT2, H200) - step_seconds(Recipe(), GPT2, H200)),
          "45.9", "ms", OWN + ", run of 2026-12-02", 45.9 / 5, 45.9),
 ]
@@ -135,7 +135,7 @@ def test_prediction_within_its_stated_range(case):
 def test_gpt2_small_paper_best_is_not_below_bf16_with_24_random_bits():
     # At 768 wide a GEMM does 2 x 768 flops per element of dy, against some 70 vector
     # instructions per element for paper_best's two stochastically rounded, rotated, tensor-
-    # scaled gradient operands; at B200's 240:1 tensor-to-vector rate the quantisers cost more
+    # scaled gradient operands; at B200's 240:1 tensor-to-vector rate the quantizers cost more
     # than FP4 saves. With 8 random bits (FP4 hardware's) and no amax pass it is below bf16.
     assert overhead(PAPER_BEST, GPT2).vs_bf16 > 1
     cheaper = Recipe.from_axes(

@@ -59,12 +59,12 @@ def test_evaluation_reads_the_state_without_changing_it():
 
 def test_a_stale_amax_saturates_the_blocks_beyond_it():
     x = torch.tensor([[12.0, 1.0] + [0.0] * 14])
-    # own amax 12: g = 224, s = 448, v = 12 * 224 / 448 = 6, dequantised 6 * 2 = 12
+    # own amax 12: g = 224, s = 448, v = 12 * 224 / 448 = 6, dequantized 6 * 2 = 12
     assert fake_quantize(x, SPEC)[0, :2].tolist() == [12.0, 1.0]
     # held amax 6: g = 448, s = round(12 * 448 / 6 = 896) saturates at 448, v = 12 -> 6, d = 1
     stale = fake_quantize(x, SPEC, tensor_amax=torch.tensor(6.0))
     assert stale[0, :2].tolist() == [6.0, 1.0]
-    # an amax above the tensor's own only coarsens: 12 still dequantises to 12
+    # an amax above the tensor's own only coarsens: 12 still dequantizes to 12
     assert fake_quantize(x, SPEC, tensor_amax=torch.tensor(24.0))[0, 0].item() == 12.0
 
 
@@ -99,7 +99,7 @@ def test_state_survives_a_checkpoint():
     fresh = QuantLinear(64, 32, recipe=NVFP4_HOLD)
     fresh.load_state_dict(checkpoint)
     fresh.step = layer.step  # the stochastic-rounding step counter is the task's to restore
-    # dgrad_w reuses fwd_w's quantised weight (16x16 tiles: the same amax, the same history)
+    # dgrad_w reuses fwd_w's quantized weight (16x16 tiles: the same amax, the same history)
     assert fresh.delayed.recorded.tolist() == [3, 3, 3, 0, 3, 3]
     x = torch.randn(32, 64) * 8  # beyond step 2's held amax: the held one saturates it
     expected = layer(x)

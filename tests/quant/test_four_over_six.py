@@ -1,4 +1,4 @@
-"""Scale selection "4 over 6": per block, the amax scaled to 6 or to 4, whichever quantises the
+"""Scale selection "4 over 6": per block, the amax scaled to 6 or to 4, whichever quantizes the
 block with the lower error; hand-worked blocks and the tree-summed error."""
 
 import dataclasses

@@ -6,7 +6,7 @@ pass there and fail on every GPU. Here a fresh process (without ``TRITON_INTERPR
 replaces the kernels once set) compiles, through ``fp4sweep.quant.kernels.aot``, every kernel
 that the launcher would build for one spec per code path: each layout (contiguous and strided
 axis, padded blocks, 2-D blocks, runs split over lanes), scale rule, transform, rounding (random
-words drawn per element or per group), tensor scaling, input dtype and the detailed quantiser
+words drawn per element or per group), tensor scaling, input dtype and the detailed quantizer
 behind ``quantize_detailed``; and the kernel behind a convolution's rows' backward (``fold``).
 """
 

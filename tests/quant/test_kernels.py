@@ -207,7 +207,7 @@ def test_numbers_that_share_a_word_draw_it_once_for_each_run_a_tile_holds(
     spec = dataclasses.replace(spec, rounding="sr", sr_bits=sr_bits)
     x = wide_range(*shape, seed=4)
     expected = min(group, 4 if sr_bits <= 8 else 2)
-    assert launch.KernelArguments.of(x, spec, axis, False).quantise["SR_GROUP"] == expected
+    assert launch.KernelArguments.of(x, spec, axis, False).quantize["SR_GROUP"] == expected
     check(x, spec, axis=axis, seed=12)
 
 
@@ -258,7 +258,7 @@ def test_only_axis_vectors_split_runs_over_lanes():
         assert {lanes for _, _, lanes in launch._Geometry.of(x, axis, spec).choices()} == {1}
 
 
-def test_a_transposed_view_quantises_as_its_values():
+def test_a_transposed_view_quantizes_as_its_values():
     x = wide_range(64, 32).to(DEVICE).T  # not contiguous
     spec = dataclasses.replace(NVFP4, rounding="sr")
     assert_same_bits(launch.fake_quantize(x, spec, 0, 9), reference(x, spec, 0, 9))
@@ -307,7 +307,7 @@ def test_launch_arguments_must_be_the_kernel_parameters():
     geometry = launch._Geometry.of(x, 1, MXFP4)
     arguments = dict(geometry.arguments(x.numel()), **launch._transform_constants(MXFP4),
                      ROWS=4, RUN_LANES=1)
-    kernel, per_call = launch.quantiser.tensor_amax_kernel, (x, x, x)
+    kernel, per_call = launch.quantizer.tensor_amax_kernel, (x, x, x)
     with pytest.raises(TypeError, match=r"unknown \['EXTRA'\]"):
         launch.Launcher(kernel, per_call, dict(arguments, EXTRA=1), geometry.grid(4), 4)
     del arguments["HAD"]

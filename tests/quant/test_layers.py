@@ -1,5 +1,5 @@
-"""QuantLinear / QuantConv2d: exact nn.Linear / nn.Conv2d without quantisation, and each of the
-six operands quantised by its own spec along its GEMM's reduction axis."""
+"""QuantLinear / QuantConv2d: exact nn.Linear / nn.Conv2d without quantization, and each of the
+six operands quantized by its own spec along its GEMM's reduction axis."""
 
 import copy
 import dataclasses
@@ -12,7 +12,7 @@ from torch import nn
 from fp4sweep.quant import QuantConv2d, QuantLinear, QuantSpec, Recipe, fake_quantize, quantize_model
 from fp4sweep.quant.estimators import DERIVATIVES
 from fp4sweep.quant import layers
-from fp4sweep.quant.layers import operand_seeds, unfold_rows, weight_quantised_once
+from fp4sweep.quant.layers import operand_seeds, unfold_rows, weight_quantized_once
 from fp4sweep.quant.dispatch import quantize_detailed
 from fp4sweep.quant.recipe import OPERANDS
 
@@ -40,7 +40,7 @@ def test_bf16_recipe_is_exactly_nn_linear(dtype):
         assert torch.equal(a, b)
 
 
-def quantised_linear_by_hand(x, w, b, grad_y, recipe, seeds):
+def quantized_linear_by_hand(x, w, b, grad_y, recipe, seeds):
     """The three GEMMs written out, with STE (grad_y is fixed, so the gradients do not depend
     on the forward). The weight gradient's m axis is zero-padded to a multiple of 64: zero
     rows, however many, change neither the blocks nor the stochastic-rounding counters of the
@@ -59,14 +59,14 @@ def quantised_linear_by_hand(x, w, b, grad_y, recipe, seeds):
 
 
 @pytest.mark.parametrize("recipe_name", ["mxfp4", "nvfp4", "paper_best"])
-def test_quantised_linear_is_its_three_quantised_gemms(recipe_name):
+def test_quantized_linear_is_its_three_quantized_gemms(recipe_name):
     torch.manual_seed(1)
     recipe = Recipe.preset(recipe_name)
     layer = QuantLinear(64, 32, recipe=recipe, seed=7)
     x, grad_y = torch.randn(32, 64), torch.randn(32, 32)
     seeds = operand_seeds(layer.layer_seed, 0)
     got = run_linear(layer, x, grad_y)
-    expected = quantised_linear_by_hand(x, layer.weight.detach(), layer.bias.detach(), grad_y, recipe, seeds)
+    expected = quantized_linear_by_hand(x, layer.weight.detach(), layer.bias.detach(), grad_y, recipe, seeds)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
@@ -74,11 +74,11 @@ def test_quantised_linear_is_its_three_quantised_gemms(recipe_name):
 NV_WEIGHT = Recipe.preset("nvfp4").fwd_w  # 16 x 16 tiles, tensor scaling, nearest rounding
 
 
-def test_square_tiles_quantise_a_weight_alike_along_either_axis():
+def test_square_tiles_quantize_a_weight_alike_along_either_axis():
     torch.manual_seed(8)
     w = torch.randn(96, 64) * torch.logspace(-3, 3, 64)  # blocks of very different ranges
     assert torch.equal(fake_quantize(w, NV_WEIGHT, 0), fake_quantize(w, NV_WEIGHT, 1))
-    assert weight_quantised_once(Recipe.preset("nvfp4"))
+    assert weight_quantized_once(Recipe.preset("nvfp4"))
 
 
 @pytest.mark.parametrize("recipe", [
@@ -87,8 +87,8 @@ def test_square_tiles_quantise_a_weight_alike_along_either_axis():
     Recipe.from_axes(block_2d__w=True, rounding="sr"),  # two seeds
     dataclasses.replace(Recipe.preset("nvfp4"), dgrad_w=dataclasses.replace(NV_WEIGHT, block=32)),
 ])
-def test_weight_is_quantised_again_unless_both_axes_agree(recipe):
-    assert not weight_quantised_once(recipe)
+def test_weight_is_quantized_again_unless_both_axes_agree(recipe):
+    assert not weight_quantized_once(recipe)
 
 
 @pytest.mark.parametrize("recipe_name, backward_calls", [("nvfp4", 3), ("mxfp4", 4)])
@@ -106,7 +106,7 @@ def test_backward_reuses_the_forward_weight_where_it_may(monkeypatch, recipe_nam
 
 
 @pytest.mark.parametrize("operand", OPERANDS)
-def test_each_operand_is_quantised_by_its_own_spec(operand):
+def test_each_operand_is_quantized_by_its_own_spec(operand):
     torch.manual_seed(2)
     base = Recipe.preset("mxfp4")
     # a distinctive spec for this operand only: FP6 elements instead of FP4
@@ -121,7 +121,7 @@ def test_each_operand_is_quantised_by_its_own_spec(operand):
     assert moved == {name: name == result for name in moved}
 
 
-def test_estimator_applies_to_the_forward_quantisers():
+def test_estimator_applies_to_the_forward_quantizers():
     torch.manual_seed(3)
     recipe = Recipe.from_axes(estimator="clipped_ste", scale_rule="nearest", scale="ue4m3", block=16)
     layer = QuantLinear(32, 16, bias=False, recipe=recipe)
@@ -156,13 +156,13 @@ def test_token_axis_is_zero_padded_for_the_weight_gradient():
 
 
 def test_layer_dimensions_are_checked_against_the_recipe():
-    with pytest.raises(ValueError, match=r"fwd_x quantises along a length of 48.*multiple of 32"):
+    with pytest.raises(ValueError, match=r"fwd_x quantizes along a length of 48.*multiple of 32"):
         QuantLinear(48, 32, recipe=Recipe.preset("mxfp4"))
-    with pytest.raises(ValueError, match=r"dgrad_dy quantises along a length of 40.*multiple of 16"):
+    with pytest.raises(ValueError, match=r"dgrad_dy quantizes along a length of 40.*multiple of 16"):
         QuantLinear(64, 40, recipe=Recipe.preset("nvfp4"))
-    with pytest.raises(ValueError, match=r"fwd_x quantises along a length of 27"):
+    with pytest.raises(ValueError, match=r"fwd_x quantizes along a length of 27"):
         QuantConv2d(3, 16, 3, recipe=Recipe.preset("nvfp4"))  # k = 3 x 3 x 3
-    QuantLinear(48, 40, recipe=BF16)  # nothing quantised: any shape
+    QuantLinear(48, 40, recipe=BF16)  # nothing quantized: any shape
 
 
 def test_stochastic_rounding_seeds_per_layer_operand_and_step():
@@ -237,7 +237,7 @@ def test_unfold_rows_are_f_unfold_rows(kernel, dilation, stride):
 
 
 @pytest.mark.parametrize("kwargs", CONV_CASES)
-def test_quantised_conv_is_the_quantised_gemm_of_its_unfolded_input(kwargs):
+def test_quantized_conv_is_the_quantized_gemm_of_its_unfolded_input(kwargs):
     torch.manual_seed(8)
     recipe = Recipe.from_axes(block=16, rounding__bwd="sr", transform="rhadamard16", tensor_scale=True)
     layer = QuantConv2d(16, 16, recipe=recipe, **kwargs)  # k = 16 x kernel window
@@ -255,7 +255,7 @@ def test_quantised_conv_is_the_quantised_gemm_of_its_unfolded_input(kwargs):
     w = layer.weight.detach().reshape(16, -1)
     b = layer.bias.detach() if layer.bias is not None else 0.0
     gy_rows = grad_y.reshape(2, 16, -1).transpose(1, 2).reshape(-1, 16)
-    y_rows, dx_rows, dw, _ = quantised_linear_by_hand(rows, w, b, gy_rows, recipe, operand_seeds(layer.layer_seed, 0))
+    y_rows, dx_rows, dw, _ = quantized_linear_by_hand(rows, w, b, gy_rows, recipe, operand_seeds(layer.layer_seed, 0))
     torch.testing.assert_close(y, y_rows.reshape(2, -1, 16).transpose(1, 2).reshape(y.shape))
     torch.testing.assert_close(layer.weight.grad, dw.reshape(layer.weight.shape))
     dx_cols = dx_rows.reshape(2, -1, cols.shape[1]).transpose(1, 2)
@@ -305,7 +305,7 @@ def test_quantize_model_exclude_patterns():
     assert [type(m) for m in globbed.blocks[1][::2]] == [QuantLinear, nn.Linear]
 
 
-def test_quantize_model_names_a_layer_it_cannot_quantise():
+def test_quantize_model_names_a_layer_it_cannot_quantize():
     model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4))
     with pytest.raises(ValueError, match=r"layer '0'.*groups=1"):
         quantize_model(model, Recipe.preset("mxfp4"))

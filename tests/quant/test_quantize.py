@@ -46,7 +46,7 @@ def test_results_lie_on_the_grids(spec):
     if spec.scale != "fp32":
         encode(spec.scale_format, r.block_scale)
     assert torch.equal(r.dequantized, r.elements * r.scale)
-    assert torch.equal(r.output, r.dequantized)  # no transform: output is the dequantised grid
+    assert torch.equal(r.output, r.dequantized)  # no transform: output is the dequantized grid
     blocks = r.scale.reshape(16, 4, 16)
     assert torch.equal(blocks, blocks[..., :1].expand_as(blocks))
 
@@ -97,7 +97,7 @@ def test_tensor_scaling_rescues_a_tensor_below_ue4m3_range():
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
-def test_zero_blocks_quantise_to_zero_with_the_smallest_scale(spec):
+def test_zero_blocks_quantize_to_zero_with_the_smallest_scale(spec):
     x = wide_range(4, 64)
     x[1, 16:32] = 0.0
     r = quantize_detailed(x, spec)
@@ -227,7 +227,7 @@ def test_exact_e2m1_blocks_round_trip_for_every_unsigned_scale(scale):
     assert torch.equal(r.output, x)
 
 
-def test_quantising_twice_changes_nothing_for_power_of_two_scales():
+def test_quantizing_twice_changes_nothing_for_power_of_two_scales():
     x = wide_range(16, 64)
     once = fake_quantize(x, MXFP4)
     assert torch.equal(fake_quantize(once, MXFP4), once)

@@ -7,7 +7,7 @@ from fp4sweep.quant import QuantSpec, Recipe
 from fp4sweep.quant.recipe import BACKWARD_OPERANDS, FORWARD_OPERANDS, OPERANDS
 
 
-def test_bf16_quantises_nothing():
+def test_bf16_quantizes_nothing():
     recipe = Recipe.preset("bf16")
     assert all(spec is None for spec in recipe.operands().values())
     assert not recipe.quantizes_anything
@@ -113,7 +113,7 @@ def test_the_narrowest_scope_decides():
         ({"rounding@all": "sr"}, "write 'rounding' for every operand"),
         ({"quantise": "false"}, "unknown axis 'quantise'; valid: ['quantize', 'elem'"),
         ({"block": 12}, "block: unknown block 12; valid: ['8', '16', '32', '64', '128']"),
-        ({"quantize@fwd": "false", "estimator": "spline"}, "act on the forward quantisers, but fwd_x and fwd_w are both None"),
+        ({"quantize@fwd": "false", "estimator": "spline"}, "act on the forward quantizers, but fwd_x and fwd_w are both None"),
     ],
 )
 def test_placements_the_recipe_cannot_honour_are_refused(values, message):
@@ -182,7 +182,7 @@ def test_the_two_operands_of_a_gemm_must_share_a_transform(gemm):
     signs[gemm[1]] = dataclasses.replace(signs[gemm[1]], transform_seed=1)
     with pytest.raises(ValueError, match="must share one transform"):
         Recipe(**signs)
-    # An unquantised operand is in the original basis.
+    # An unquantized operand is in the original basis.
     with pytest.raises(ValueError, match="must share one transform"):
         dataclasses.replace(recipe, **{gemm[0]: rotated, gemm[1]: None})
 

@@ -3,7 +3,7 @@
 - OCP MX (MXFP4, MXFP6, MXFP8): gfloat's ``quantize_block`` with each scale rule given as its
   ``compute_scale`` callable (gfloat ships the OCP floor rule, ``compute_scale_amax``).
 - UE4M3 / UE5M3 block scales: gfloat's ``round_ndarray`` for the scale and the elements.
-- NVFP4: TransformerEngine's reference quantiser and torchao's ``nvfp4_quantize``, each
+- NVFP4: TransformerEngine's reference quantizer and torchao's ``nvfp4_quantize``, each
   re-implemented below operation for operation from its source, with torch's own float8_e4m3fn
   cast for the block scale and TransformerEngine's E2M1 threshold table for the elements.
 """
@@ -132,7 +132,7 @@ def _tile_amax(x: torch.Tensor, tile_rows: int) -> torch.Tensor:
 
 
 def transformer_engine_nvfp4(x: torch.Tensor, tile_rows: int):
-    """TransformerEngine's NVFP4 quantiser (custom_recipes/quantization_nvfp4.py,
+    """TransformerEngine's NVFP4 quantizer (custom_recipes/quantization_nvfp4.py,
     _quantize_blockwise_reference, fp32 path; global encode scale as
     compute_global_encode_scaling_factor_FP4 in common/cast/nvfp4/core_nvfp4.cuh).
 
@@ -157,7 +157,7 @@ def transformer_engine_nvfp4(x: torch.Tensor, tile_rows: int):
 
 
 def torchao_nvfp4(x: torch.Tensor, per_tensor: bool):
-    """torchao's _nvfp4_quantize (prototype/mx_formats/nvfp4_tensor.py) and its dequantisation
+    """torchao's _nvfp4_quantize (prototype/mx_formats/nvfp4_tensor.py) and its dequantization
     NVFP4Tensor.to_dtype, for float32 input. Returns elements, block scales and the output."""
     m, n = x.shape
     data = x.reshape(m, n // 16, 16)
@@ -192,7 +192,7 @@ def test_nvfp4_matches_transformer_engine(block_2d):
     assert torch.equal(r.elements[kept], elements[kept])
     assert torch.equal(r.output[kept], (elements * (scale * global_decode))[kept])
     # The one documented departure: where TransformerEngine's E4M3 scale underflows to 0 (the
-    # block then dequantises to 0), fp4sweep uses the smallest positive scale, 2**-9.
+    # block then dequantizes to 0), fp4sweep uses the smallest positive scale, 2**-9.
     assert (~kept).any() and (r.block_scale[~kept] == 2.0**-9).all()
 
 

@@ -31,7 +31,7 @@ def test_per_step_signs_are_shared_within_a_gemm_and_redrawn_every_step():
     assert dataclasses.replace(first.fwd_x, transform_seed=0) == dataclasses.replace(PAPER_BEST.fwd_x, transform_seed=0)
 
 
-def test_a_layer_quantises_each_step_with_that_steps_signs():
+def test_a_layer_quantizes_each_step_with_that_steps_signs():
     torch.manual_seed(0)
     layer = QuantLinear(64, 32, bias=False, recipe=PER_STEP, seed=3)
     x = torch.randn(8, 64)

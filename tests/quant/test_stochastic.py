@@ -38,7 +38,7 @@ def test_every_draw_is_one_of_the_two_neighbours(spec):
 
 @pytest.mark.parametrize("spec", SR_SPECS, ids=spec_id)
 def test_counter_is_the_row_major_index_in_x_along_either_axis(spec):
-    """Each decision is exactly ``u(index in x) < p`` whichever axis is quantised."""
+    """Each decision is exactly ``u(index in x) < p`` whichever axis is quantized."""
     x = wide_range(32, 32, seed=1)
     for axis in (0, 1):
         r = quantize_detailed(x, spec, axis=axis, seed=7)

@@ -1,4 +1,4 @@
-"""The package's import graph: no cycles, and the reference quantiser free of the kernels.
+"""The package's import graph: no cycles, and the reference quantizer free of the kernels.
 
 Every ``import`` statement in ``fp4sweep/`` counts, those inside functions included (they run
 as soon as the function is called). ``from package import name`` is an edge to the submodule
@@ -80,7 +80,7 @@ def test_the_package_imports_have_no_cycle():
     assert find_cycle(import_graph()) is None
 
 
-def test_the_reference_quantiser_imports_no_kernel_and_no_dispatch():
+def test_the_reference_quantizer_imports_no_kernel_and_no_dispatch():
     graph = import_graph()
     for module in REFERENCE:
         assert not {m for m in reachable(graph, module)

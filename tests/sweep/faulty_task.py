@@ -15,7 +15,7 @@ NAME = "faulty"
 
 @dataclass(frozen=True)
 class Config(regression.Config):
-    fail_seed: int = -1  # raise for this seed and a quantised recipe ...
+    fail_seed: int = -1  # raise for this seed and a quantized recipe ...
     fail_while: str = ""  # ... while this file exists
     crash_marker: str = ""  # kill one worker process: the first to create this file
 

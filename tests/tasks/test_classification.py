@@ -36,7 +36,7 @@ def test_tiny_cnn_learns(tiny_run):
 @pytest.mark.slow
 def test_tiny_cnn_learns_in_fp4(tiny_run):
     run = classification.train(task_config(classification), Recipe.preset("mxfp4"), seed=0)
-    assert not run.diverged and run.metrics != tiny_run.metrics  # the layers really quantise
+    assert not run.diverged and run.metrics != tiny_run.metrics  # the layers really quantize
     assert run.curve[-1]["val_loss"] < run.curve[0]["val_loss"] < math.log(10) + 0.1
 
 

@@ -34,10 +34,10 @@ def test_tiny_ddpm_learns(tiny_run):
 @pytest.mark.slow
 def test_tiny_ddpm_learns_in_fp4():
     require_data("fashion_mnist")
-    # fewer, smaller steps: the quantisers' CPU reference is slow on the U-Net's convolutions
+    # fewer, smaller steps: the quantizers' CPU reference is slow on the U-Net's convolutions
     config = task_config(diffusion, steps=6, batch_size=4, eval_every=3, sample_count=0)
     bf16, fp4 = (diffusion.train(config, Recipe.preset(name), seed=0) for name in ("bf16", "mxfp4"))
-    assert not fp4.diverged and fp4.metrics != bf16.metrics  # the layers really quantise
+    assert not fp4.diverged and fp4.metrics != bf16.metrics  # the layers really quantize
     assert fp4.curve[-1]["val_loss"] < fp4.curve[0]["val_loss"] < 1.1
 
 

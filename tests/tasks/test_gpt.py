@@ -36,7 +36,7 @@ def test_tiny_gpt_learns_in_fp4(recipe):
     require_data("shakespeare")
     config = task_config(gpt, steps=20, eval_every=10)
     bf16, fp4 = (gpt.train(config, Recipe.preset(name), seed=0) for name in ("bf16", recipe))
-    assert not fp4.diverged and fp4.metrics != bf16.metrics  # the layers really quantise
+    assert not fp4.diverged and fp4.metrics != bf16.metrics  # the layers really quantize
     assert fp4.curve[-1]["val_loss"] < fp4.curve[0]["val_loss"]
 
 

@@ -11,7 +11,7 @@ from fp4sweep.quant import QuantLinear, Recipe
 from fp4sweep.quant.layer_policy import LayerPolicy, high_precision_layers, parse_policy
 from fp4sweep.tasks import classification, diffusion, gpt, regression
 from fp4sweep.tasks.base import build_config
-from fp4sweep.tasks.training import quantise
+from fp4sweep.tasks.training import quantize
 
 BLOCKS = [("b.0",), ("b.1",), ("b.2",)]
 
@@ -52,7 +52,7 @@ def test_gpt_keeps_its_last_block_in_bf16_and_marks_its_gemms():
     recipe = Recipe.preset("nvidia_nvfp4")
     assert recipe.high_precision == "last1"
     with torch.device("meta"):
-        model = quantise(gpt.build_model(GPT, 65), recipe, GPT.exclude, seed=0, layout=gpt.layout(GPT))
+        model = quantize(gpt.build_model(GPT, 65), recipe, GPT.exclude, seed=0, layout=gpt.layout(GPT))
     linears = {name: type(m) for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     assert linears["blocks.2.mlp.c_fc"] is nn.Linear and linears["blocks.2.attn.c_attn"] is nn.Linear
     assert linears["blocks.1.mlp.c_fc"] is QuantLinear and linears["lm_head"] is nn.Linear

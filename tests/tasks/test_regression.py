@@ -34,23 +34,23 @@ def test_bf16_reaches_the_noise_floor():
     assert result.gemm_shapes == [GemmShape(128, 32, 32, name="linear")]
 
 
-def test_fp4_trains_through_quantised_layers_and_pays_for_it():
+def test_fp4_trains_through_quantized_layers_and_pays_for_it():
     bf16 = train(SMALL, Recipe.preset("bf16"), seed=0).metrics["val_loss"]
     mxfp4 = train(SMALL, Recipe.preset("mxfp4"), seed=0).metrics["val_loss"]
     assert bf16 < mxfp4 < 20 * bf16  # worse than bf16, but it learnt (the targets' variance is ~1)
 
 
-def test_the_student_is_quantised_through_quantize_model(monkeypatch):
+def test_the_student_is_quantized_through_quantize_model(monkeypatch):
     seen = []
     import fp4sweep.tasks.regression as regression
 
     def spy(model, recipe, exclude, seed, layout):
-        result = quantise(model, recipe, exclude, seed, layout)
+        result = quantize(model, recipe, exclude, seed, layout)
         seen.append(type(result.linear))
         return result
 
-    quantise = regression.quantise
-    monkeypatch.setattr(regression, "quantise", spy)
+    quantize = regression.quantize
+    monkeypatch.setattr(regression, "quantize", spy)
     train(SMALL, Recipe.preset("nvfp4"), seed=0)
     assert seen == [QuantLinear]
 

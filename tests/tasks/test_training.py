@@ -130,7 +130,7 @@ def test_adam_is_fused_on_cuda_only(device):
 @pytest.mark.parametrize("module", [classification, diffusion, gpt], ids=lambda m: m.NAME)
 @pytest.mark.parametrize("size", ["tiny", "small", "paper"])
 def test_every_size_fits_fp4_blocks_of_16_and_32(module, size):
-    """Every quantised layer of every size preset divides into the blocks and Hadamard
+    """Every quantized layer of every size preset divides into the blocks and Hadamard
     transforms that the sweeps use, so no trial fails on a layer's shape."""
     if module is gpt:
         require_data("shakespeare")  # the vocabulary, hence the LM head's shape, is the corpus'

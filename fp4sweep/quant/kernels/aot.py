@@ -1,4 +1,4 @@
-"""Compiling the quantiser kernels for an NVIDIA GPU without one (ahead of time).
+"""Compiling the quantizer kernels for an NVIDIA GPU without one (ahead of time).
 
 Each kernel is compiled as ``launch`` would compile it for a contiguous tensor: the same
 geometry, tile shapes and compile-time arguments (``launch.KernelArguments``), 16-byte-aligned
@@ -25,7 +25,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fp4sweep.quant.kernels import launch, quantiser
+from fp4sweep.quant.kernels import launch, quantizer
 from fp4sweep.quant.reference import check_input
 from fp4sweep.quant.spec import QuantSpec
 
@@ -50,14 +50,14 @@ def builds(shape: tuple[int, ...], dtype: torch.dtype, spec: QuantSpec, axis: in
            detailed: bool = False) -> list[Build]:
     """The kernels ``launch`` compiles for a contiguous ``dtype`` tensor of ``shape``: for each
     tile shape and run lanes it may choose (``_Geometry.choices``), the amax kernel (with tensor
-    scaling) and the quantiser (``detailed``: the one behind ``quantize_detailed``)."""
+    scaling) and the quantizer (``detailed``: the one behind ``quantize_detailed``)."""
     if not launch.supports(spec):
         raise ValueError(f"the kernels do not implement {spec}")
     x = torch.empty(shape, dtype=dtype, device="meta")
     axis = check_input(x, spec, axis)
     arguments = launch.KernelArguments.of(x, spec, axis, detailed)
     signs = torch.float32 if spec.random_signs else dtype
-    quantise_pointers = dict(x_ptr=dtype, out_ptr=dtype, signs_ptr=signs,
+    quantize_pointers = dict(x_ptr=dtype, out_ptr=dtype, signs_ptr=signs,
                              amax_bits_ptr=torch.int32 if spec.tensor_scale else dtype,
                              details_ptr=torch.float32 if detailed else dtype)
     found = []
@@ -67,12 +67,12 @@ def builds(shape: tuple[int, ...], dtype: torch.dtype, spec: QuantSpec, axis: in
         label = f"axis {axis}, tile {tile}, {warps} warps, {lanes} run lane{'s' * (lanes > 1)}"
         chosen = dict(ROWS=rows, RUN_LANES=lanes)
         if arguments.tensor_amax is not None:
-            found.append(Build(f"{label}, amax", quantiser.tensor_amax_kernel,
+            found.append(Build(f"{label}, amax", quantizer.tensor_amax_kernel,
                                dict(x_ptr=dtype, signs_ptr=signs, amax_bits_ptr=torch.int32),
                                dict(arguments.tensor_amax, **chosen), warps, per_thread))
         found.append(Build(f"{label}{', detailed' if detailed else ''}",
-                           quantiser.fake_quantize_kernel, quantise_pointers,
-                           dict(arguments.quantise, **chosen), warps, per_thread))
+                           quantizer.fake_quantize_kernel, quantize_pointers,
+                           dict(arguments.quantize, **chosen), warps, per_thread))
     return found
 
 

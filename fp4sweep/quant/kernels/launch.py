@@ -1,10 +1,10 @@
-"""Host side of the fused quantiser: checks, tile geometry, tuning, launches.
+"""Host side of the fused quantizer: checks, tile geometry, tuning, launches.
 
 ``fake_quantize`` here returns the same bits as ``fp4sweep.quant.reference.fake_quantize`` (the
 reference) for every spec that ``supports`` accepts; the reference's own helpers supply the
 Hadamard signs and the stochastic-rounding key, so those agree by construction.
 
-A training step quantises hundreds of tensors of a few shapes, so the host's share of a call
+A training step quantizes hundreds of tensors of a few shapes, so the host's share of a call
 must be small. Everything that the seed and the tensor's values do not change (checks, tile
 geometry, the tuned tile shape, the kernel's compile-time arguments and the compiled kernel
 itself) is worked out on a shape's first call and kept in a ``_Plan``; later calls allocate the
@@ -28,7 +28,7 @@ import triton
 import triton.testing
 
 from fp4sweep.quant.formats import FloatFormat
-from fp4sweep.quant.kernels import quantiser
+from fp4sweep.quant.kernels import quantizer
 from fp4sweep.quant.reference import check_input, check_tensor_amax
 from fp4sweep.quant.rng import STREAM_ROUNDING, STREAM_SCALES, slot_bits, stream_key
 from fp4sweep.quant.scaling import tensor_target
@@ -36,12 +36,12 @@ from fp4sweep.quant.spec import PRESCALES, SCALE_RULES, SCALE_SELECTS, QuantSpec
 from fp4sweep.quant.transforms import hadamard_signs
 
 WIDE_NUMEL = 2**31  # from here on, offsets (and counters) need 64 bits
-MAX_AXIS_COLS = 128  # positions per tile along a contiguous quantisation axis (PLAIN layout)
+MAX_AXIS_COLS = 128  # positions per tile along a contiguous quantization axis (PLAIN layout)
 MAX_THREAD_RUN = 64  # float32 values of one line a thread may hold (vector layouts)
 SHORTEST_LINE_VECTORS = 32  # float32 values a thread keeps when line vectors are shortened
 VECTOR_BYTES = 16  # the widest load of one thread
 TUNED_NUMEL = 2**22  # tensors from this size on get their tile shape tuned
-PLAIN, AXIS_VECTORS, LINE_VECTORS = range(3)  # quantiser.py's tile layouts
+PLAIN, AXIS_VECTORS, LINE_VECTORS = range(3)  # quantizer.py's tile layouts
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 ALIGNMENT = 16  # bytes; compiled kernels assume it of a pointer that has it (Triton specialises)
@@ -67,7 +67,7 @@ def supports(spec: QuantSpec) -> bool:
 
 @dataclass(frozen=True)
 class _Geometry:
-    """The contiguous tensor as (outer, axis, inner) and its tiles (module ``quantiser``)."""
+    """The contiguous tensor as (outer, axis, inner) and its tiles (module ``quantizer``)."""
 
     n_outer: int
     n_lines: int
@@ -241,7 +241,7 @@ def _format_constants(prefix: str, fmt: FloatFormat) -> dict:
     return {f"{prefix}_EMIN": fmt.emin, f"{prefix}_MAN": fmt.man_bits, f"{prefix}_MAX": fmt.max}
 
 
-def _quantiser_constants(spec: QuantSpec, detailed: bool) -> dict:
+def _quantizer_constants(spec: QuantSpec, detailed: bool) -> dict:
     elem, scale = spec.elem_format, spec.scale_format
     return dict(
         _transform_constants(spec), RULE=SCALE_RULES.index(spec.scale_rule),
@@ -261,27 +261,27 @@ def _quantiser_constants(spec: QuantSpec, detailed: bool) -> dict:
 class KernelArguments:
     """What the kernels for tensors like one ``x`` are compiled with, but ROWS (lines per tile,
     ``geometry.rows`` of the tile shape) and RUN_LANES (``geometry.choices``): the geometry,
-    and the arguments of the amax kernel (None without tensor scaling) and of the quantiser."""
+    and the arguments of the amax kernel (None without tensor scaling) and of the quantizer."""
 
     geometry: _Geometry
     tensor_amax: dict | None
-    quantise: dict
+    quantize: dict
 
     @classmethod
     def of(cls, x: torch.Tensor, spec: QuantSpec, axis: int, detailed: bool) -> KernelArguments:
-        """For contiguous ``x``, ``axis`` non-negative; ``detailed``: the quantiser that also
-        writes ``quantiser.DETAIL_FIELDS``."""
+        """For contiguous ``x``, ``axis`` non-negative; ``detailed``: the quantizer that also
+        writes ``quantizer.DETAIL_FIELDS``."""
         geometry = _Geometry.of(x, axis, spec)
         arguments = geometry.arguments(x.numel())
         tensor_amax = dict(arguments, **_transform_constants(spec)) if spec.tensor_scale else None
-        quantise = dict(arguments, n_elements=x.numel(), **_quantiser_constants(spec, detailed))
+        quantize = dict(arguments, n_elements=x.numel(), **_quantizer_constants(spec, detailed))
         # Draw each random word once for the elements that share it, or for as many of them as
         # a tile holds together (``rng``: four decisions of up to 8 bits a word, two of up to 16).
-        sharing = 32 // quantise["SR_SLOT"] if spec.rounding == "sr" else 1
+        sharing = 32 // quantize["SR_SLOT"] if spec.rounding == "sr" else 1
         while sharing > 1 and not geometry.holds_runs_of(sharing, spec.block):
             sharing //= 2
-        quantise["SR_GROUP"] = sharing
-        return cls(geometry, tensor_amax, quantise)
+        quantize["SR_GROUP"] = sharing
+        return cls(geometry, tensor_amax, quantize)
 
 
 @dataclass(frozen=True)
@@ -289,14 +289,14 @@ class _Plan:
     """Everything about a call that the seed and the tensor's values do not change."""
 
     tensor_amax: Launcher | None  # with tensor scaling
-    quantise: Launcher
+    quantize: Launcher
 
     @classmethod
     def build(cls, x: torch.Tensor, out: torch.Tensor, details: torch.Tensor | None,
               spec: QuantSpec, axis: int) -> _Plan:
         """The plan for tensors like ``x`` (contiguous), compiled and tuned on ``x`` and
         ``out``, whose contents the tuning overwrites; with ``details`` (a float32 buffer for
-        ``quantiser.DETAIL_FIELDS``), the kernel that also writes those, untuned."""
+        ``quantizer.DETAIL_FIELDS``), the kernel that also writes those, untuned."""
         if not supports(spec):
             raise ValueError(
                 f"the kernels need a power-of-two block for block_2d or a transform, got "
@@ -308,13 +308,13 @@ class _Plan:
         tensor_amax, amax_bits = None, x
         if arguments.tensor_amax is not None:
             amax_bits = torch.zeros(1, dtype=torch.int32, device=x.device)
-            tensor_amax = _fastest(quantiser.tensor_amax_kernel, (x, signs_or_x, amax_bits),
+            tensor_amax = _fastest(quantizer.tensor_amax_kernel, (x, signs_or_x, amax_bits),
                                    arguments.tensor_amax, geometry, x.numel())
-        quantise = _fastest(quantiser.fake_quantize_kernel,
+        quantize = _fastest(quantizer.fake_quantize_kernel,
                             (x, out, signs_or_x, amax_bits, x if details is None else details, 0,
                              0),
-                            arguments.quantise, geometry, x.numel(), tuned=details is None)
-        return cls(tensor_amax, quantise)
+                            arguments.quantize, geometry, x.numel(), tuned=details is None)
+        return cls(tensor_amax, quantize)
 
 
 _plans: dict[tuple, _Plan] = {}
@@ -347,7 +347,7 @@ _observers: list[Callable[[torch.Tensor, QuantSpec], None]] = []
 
 @contextlib.contextmanager
 def observe_calls(observer: Callable[[torch.Tensor, QuantSpec], None]) -> Iterator[None]:
-    """Call ``observer(x, spec)`` on every quantisation the kernels run in the enclosed code,
+    """Call ``observer(x, spec)`` on every quantization the kernels run in the enclosed code,
     before its launch (``scripts/bench_step.py --traffic`` counts the bytes moved with it)."""
     _observers.append(observer)
     try:
@@ -359,8 +359,8 @@ def observe_calls(observer: Callable[[torch.Tensor, QuantSpec], None]) -> Iterat
 def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int, detailed: bool,
          tensor_amax: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The output like ``x`` and, if ``detailed``, the float32 details buffer (see
-    ``quantiser.fake_quantize_kernel``); ``x`` made contiguous first. A given ``tensor_amax``
-    is the quantiser's input in place of the amax pass's."""
+    ``quantizer.fake_quantize_kernel``); ``x`` made contiguous first. A given ``tensor_amax``
+    is the quantizer's input in place of the amax pass's."""
     for observer in _observers:
         observer(x, spec)
     key = stream_key(seed, STREAM_ROUNDING)  # also checks the seed
@@ -370,7 +370,7 @@ def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int, detailed: bool,
     out = torch.empty_like(x)
     details = None
     if detailed:
-        details = torch.empty(len(quantiser.DETAIL_FIELDS) * x.numel() + 1,
+        details = torch.empty(len(quantizer.DETAIL_FIELDS) * x.numel() + 1,
                               dtype=torch.float32, device=x.device)
     plan_key = (_without_signs_seed(spec), x.shape, axis, x.dtype, x.device,
                 x.data_ptr() % ALIGNMENT == 0, detailed)
@@ -386,11 +386,11 @@ def _run(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int, detailed: bool,
         # A magnitude's float32 bits, as the amax pass leaves them.
         amax_bits = tensor_amax.to(x.device).reshape(1).view(torch.int32)
     elif plan.tensor_amax is not None:
-        # Zeroed on the device, max-ed into by the amax kernel, read by the quantiser: no sync.
+        # Zeroed on the device, max-ed into by the amax kernel, read by the quantizer: no sync.
         amax_bits = torch.zeros(1, dtype=torch.int32, device=x.device)
         plan.tensor_amax(x, signs, amax_bits)
     # The kernel takes the keys as int32.
-    plan.quantise(x, out, signs, amax_bits, x if details is None else details,
+    plan.quantize(x, out, signs, amax_bits, x if details is None else details,
                   key - 2**32 if key >= 2**31 else key,
                   scale_key - 2**32 if scale_key >= 2**31 else scale_key)
     return out, details
@@ -412,10 +412,10 @@ def quantize_detailed(
     out, details = _run(x, spec, axis, seed, True, tensor_amax)
     if x.numel() == 0:
         fields = {name: torch.empty(x.shape, dtype=torch.float32, device=x.device)
-                  for name in quantiser.DETAIL_FIELDS}
+                  for name in quantizer.DETAIL_FIELDS}
         fields["saturated"] = fields["saturated"].bool()
         return out, fields, torch.ones((), dtype=torch.float32, device=x.device)
-    planes = details[:-1].view(len(quantiser.DETAIL_FIELDS), *x.shape)
-    fields = dict(zip(quantiser.DETAIL_FIELDS, planes.unbind(0)))
+    planes = details[:-1].view(len(quantizer.DETAIL_FIELDS), *x.shape)
+    fields = dict(zip(quantizer.DETAIL_FIELDS, planes.unbind(0)))
     fields["saturated"] = fields["saturated"] != 0
     return out, fields, details[-1]

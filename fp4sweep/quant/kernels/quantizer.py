@@ -1,9 +1,9 @@
-"""The fused quantiser kernels: one pass over the tensor for ``fake_quantize``, one before it
+"""The fused quantizer kernels: one pass over the tensor for ``fake_quantize``, one before it
 for the tensor amax of tensor scaling.
 
-A program owns a tile of ROWS lines by COLS positions along the quantisation axis (the last
+A program owns a tile of ROWS lines by COLS positions along the quantization axis (the last
 axis of the tile, whatever the memory layout). The contiguous input is seen as
-(outer, axis, inner). With the quantisation axis last in memory (AXIS_CONTIGUOUS) the lines
+(outer, axis, inner). With the quantization axis last in memory (AXIS_CONTIGUOUS) the lines
 are its rows and element (line, position) lies at ``line * stride + position``; otherwise the
 lines are the contiguous inner elements and it lies at
 ``outer * stride * length + position * stride + line``, with ``stride`` the inner size. Either
@@ -190,7 +190,7 @@ def tensor_amax_kernel(
     shifted = magnitude_bits(h) + 0x00800000
     amax = tl.maximum(tl.max(tl.max(shifted, axis=1), axis=0) - 0x00800000, 0)
     amax = (amax.to(tl.float32, bitcast=True) * NORMALISER).to(tl.int32, bitcast=True)
-    # Relaxed: the quantiser reads the maximum in a later kernel, whose launch orders it.
+    # Relaxed: the quantizer reads the maximum in a later kernel, whose launch orders it.
     tl.atomic_max(amax_bits_ptr, amax, sem="relaxed")
 
 
@@ -355,7 +355,7 @@ def fake_quantize_kernel(
         s, d, v = _nvfp4_candidate(t, amax, g, E_MAX, min_positive, scale_u, SCALE_SR, ROWS,
                                    COLS, BLOCK, PADDED, BLOCK_2D, S_EMIN, S_MAN, S_BIAS, S_MAX)
         if SELECT != SELECT_MAX:
-            # ``scaling``'s 4 over 6: the amax-to-4 candidate where it quantises the block closer.
+            # ``scaling``'s 4 over 6: the amax-to-4 candidate where it quantizes the block closer.
             s4, d4, v4 = _nvfp4_candidate(t, amax, g, 4.0, min_positive, scale_u, False, ROWS,
                                           COLS, BLOCK, PADDED, BLOCK_2D, S_EMIN, S_MAN, S_BIAS,
                                           S_MAX)
@@ -398,7 +398,7 @@ def fake_quantize_kernel(
         v = v * c
         d = tl.math.div_rn(d, c)
 
-    # Element rounding (``rounding.round_signed``) and dequantisation.
+    # Element rounding (``rounding.round_signed``) and dequantization.
     magnitude = tl.abs(v)
     if SR:
         # In the load shape, where the counters that share a random word lie side by side.
