@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import yaml
-
+from fp4sweep.quant import data_files
 from fp4sweep.quant.spec import QuantSpec
 
-HARDWARE_DIR = Path(__file__).resolve().parents[1] / "conf" / "hardware"
 DEFAULT_HARDWARE = "b200"
 
 
@@ -84,15 +80,12 @@ def scales_per_element(spec: QuantSpec) -> float:
 
 
 def hardware_names() -> list[str]:
-    return sorted(path.stem for path in HARDWARE_DIR.glob("*.yaml"))
+    return data_files.names("hardware")
 
 
 def load_hardware(name: str) -> Hardware:
     """The machine described by ``conf/hardware/NAME.yaml``."""
-    path = HARDWARE_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ValueError(f"unknown hardware {name!r}; valid: {hardware_names()}")
-    values: Any = yaml.safe_load(path.read_text())
+    path, values = data_files.read("hardware", name, "hardware")
     fields = {f.name for f in dataclasses.fields(Hardware)}
     if not isinstance(values, dict) or set(values) - fields:
         unknown = sorted(set(values) - fields) if isinstance(values, dict) else values

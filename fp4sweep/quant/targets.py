@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from fp4sweep.quant import data_files
 from fp4sweep.quant.gemm import GemmShape
 
-TARGET_DIR = Path(__file__).resolve().parents[1] / "conf" / "target"
 TASK_TARGET = "task"
 _TARGET_KEYS = {"description", "tokens", "layers", "from_task"}
 _LAYER_KEYS = {"name", "k", "n", "count", "high_precision"}
@@ -37,15 +35,12 @@ class Target:
 
 
 def target_names() -> list[str]:
-    return sorted(path.stem for path in TARGET_DIR.glob("*.yaml"))
+    return data_files.names("target")
 
 
 def load_target(name: str) -> Target:
     """The workload described by ``conf/target/NAME.yaml``."""
-    path = TARGET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ValueError(f"unknown target {name!r}; valid: {target_names()}")
-    values: Any = yaml.safe_load(path.read_text())
+    path, values = data_files.read("target", name, "target")
     if not isinstance(values, dict) or set(values) - _TARGET_KEYS:
         raise ValueError(f"{path}: expected a mapping with keys among {sorted(_TARGET_KEYS)}")
     description = str(values.get("description", ""))

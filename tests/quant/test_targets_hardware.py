@@ -2,7 +2,7 @@
 
 import pytest
 
-from fp4sweep.quant import hardware, targets
+from fp4sweep.quant import data_files
 from fp4sweep.quant.hardware import Hardware, hardware_names, load_hardware
 from fp4sweep.quant.targets import load_target, target_names
 
@@ -35,26 +35,30 @@ def test_unknown_names_list_the_valid_ones():
 
 
 def test_a_malformed_target_names_its_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(targets, "TARGET_DIR", tmp_path)
-    (tmp_path / "bad.yaml").write_text("tokens: 128\nlayers: [{k: 64}]\n")
+    monkeypatch.setattr(data_files, "CONF_DIR", tmp_path)
+    folder = tmp_path / "target"
+    folder.mkdir()
+    (folder / "bad.yaml").write_text("tokens: 128\nlayers: [{k: 64}]\n")
     with pytest.raises(ValueError, match=r"bad.yaml: a layer is a mapping of k, n"):
         load_target("bad")
-    (tmp_path / "empty.yaml").write_text("tokens: 128\n")
+    (folder / "empty.yaml").write_text("tokens: 128\n")
     with pytest.raises(ValueError, match=r"empty.yaml: needs tokens \(an int\) and a non-empty list of layers"):
         load_target("empty")
-    (tmp_path / "zero.yaml").write_text("tokens: 128\nlayers: [{k: 64, n: 0}]\n")
+    (folder / "zero.yaml").write_text("tokens: 128\nlayers: [{k: 64, n: 0}]\n")
     with pytest.raises(ValueError, match=r"GemmShape.n must be a positive int, got 0"):
         load_target("zero")
 
 
 def test_a_malformed_machine_names_its_fault(tmp_path, monkeypatch):
-    monkeypatch.setattr(hardware, "HARDWARE_DIR", tmp_path)
-    (tmp_path / "typo.yaml").write_text("name: X\nfp4_flop: 1.0e+15\n")
+    monkeypatch.setattr(data_files, "CONF_DIR", tmp_path)
+    folder = tmp_path / "hardware"
+    folder.mkdir()
+    (folder / "typo.yaml").write_text("name: X\nfp4_flop: 1.0e+15\n")
     with pytest.raises(ValueError, match=r"typo.yaml: unknown or malformed keys \['fp4_flop'\]"):
         load_hardware("typo")
     # YAML reads 9.0e15 (no sign in the exponent) as text
     text = "name: X\nfp4_flops: 9.0e15\nfp8_flops: 1.0e+15\nbf16_flops: 1.0e+15\nvector_ops: 1.0e+12\nmemory_bytes: 1.0e+12\n"
-    (tmp_path / "text.yaml").write_text(text)
+    (folder / "text.yaml").write_text(text)
     with pytest.raises(ValueError, match=r"Hardware 'X': fp4_flops must be a positive number, got '9.0e15'"):
         load_hardware("text")
     with pytest.raises(ValueError, match=r"memory_efficiency must be in \(0, 1\]"):
