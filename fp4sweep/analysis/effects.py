@@ -331,12 +331,14 @@ def _heterogeneous_by(main: pd.DataFrame, contexts: pd.DataFrame | None) -> list
 
 def _merge_aliases(trials: pd.DataFrame, axes: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """The axes to fit, one of each group whose values determine each other's in these trials,
-    and the groups. A scoped key that mirrors its unscoped axis (every crossed recipe records
-    ``transform@wgrad`` beside ``transform``) has no effect of its own to estimate; the shortest
-    key of a group, the least scoped, names it."""
+    and the groups. A scoped key that mirrors another (every crossed recipe records
+    ``transform@wgrad`` beside ``transform``) has no effect of its own to estimate. The key the
+    sweep crossed names the group: the one its recipes' labels mention most, then the shortest."""
+    labels = trials["recipe_label"].astype(str)
+    mentions = {a: int(labels.str.contains(a.removeprefix("axis.") + "=", regex=False).sum()) for a in axes}
     kept: list[str] = []
     aliases: dict[str, list[str]] = {}
-    for axis in sorted(axes, key=lambda a: (len(a), axes.index(a))):
+    for axis in sorted(axes, key=lambda a: (-mentions[a], len(a), axes.index(a))):
         twin = next((k for k in kept if _determine_each_other(trials, k, axis)), None)
         if twin is None:
             kept.append(axis)
