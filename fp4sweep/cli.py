@@ -11,6 +11,7 @@ import), so that ``--help`` and the light subcommands answer at once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -353,6 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # before trials run (a running sweep stops cleanly by itself)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`fp4sweep axes | head`): nothing left to say
+        # Python flushes stdout again at exit; point it at nothing so that flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
