@@ -1,6 +1,6 @@
 """Names a reader recognises for recipes: the all-defaults recipe by the preset it equals.
 
-The planner labels an axis-crossed recipe by the choices that differ from the trial defaults, so
+The planner labels an axis-crossed recipe by the choices that differ from the axis defaults, so
 the recipe with every axis at its default gets a label that says nothing of what it is. Its spec
 holds the recipe: when that equals a preset's, the report calls it "<preset> (defaults)".
 """
@@ -12,8 +12,8 @@ import json
 import pandas as pd
 
 from fp4sweep.quant.recipe import PRESETS, Recipe
+from fp4sweep.results.schema import DEFAULTS_LABEL
 
-DEFAULTS_LABEL = "trial defaults"  # the planner's label for every axis at its default
 
 
 def readable_labels(runs: pd.DataFrame) -> pd.Series:

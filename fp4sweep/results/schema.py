@@ -17,6 +17,10 @@ SCHEMA_VERSION = 1
 # "done" and "diverged" are results about the recipe; "failed" is an exception, run again by resume.
 STATUSES = ("done", "diverged", "failed")
 
+# ``recipe_label`` of the axis-crossed recipe with every axis at its default (the report names it
+# by the preset it equals).
+DEFAULTS_LABEL = "axis defaults"
+
 FIXED_COLUMNS: dict[str, pa.DataType] = {
     "trial_id": pa.string(),
     "attempt_id": pa.string(),

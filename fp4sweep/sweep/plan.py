@@ -23,6 +23,7 @@ from fp4sweep.quant.axes import canonical, defaults, parse_key, recorded
 from fp4sweep.quant.recipe import preset_axes
 from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError
 from fp4sweep.results.ids import canonical_json, joined_json, recipe_id, trial_id_of_json
+from fp4sweep.results.schema import DEFAULTS_LABEL
 from fp4sweep.tasks import default_module
 
 _TASK_KEYS = {"name", "size", "exclude", "resources", "sizes", "module"}
@@ -202,7 +203,7 @@ def _preset(name: str, values: dict[str, str], keys: list[str], is_baseline: boo
 def _axes_recipe(combination: dict[str, str], keys: list[str]) -> RecipePlan:
     changed = [f"{key}={option}" for key, option in combination.items()
                if option != parse_key(key).axis.default]
-    label = " ".join(changed) or "axis defaults"
+    label = " ".join(changed) or DEFAULTS_LABEL
     try:
         recipe = Recipe.from_axes(combination)
     except ValueError as error:

@@ -8,7 +8,7 @@ import pandas as pd
 from synthetic_store import trial_row
 
 from fp4sweep.analysis import analyse
-from fp4sweep.analysis.labels import DEFAULTS_LABEL
+from fp4sweep.results.schema import DEFAULTS_LABEL
 from fp4sweep.quant.recipe import Recipe
 
 

@@ -86,7 +86,8 @@ def ray_head(request, cluster_env):
 def test_sweep_on_a_running_cluster_stores_on_the_driver(ray_head, cluster_env, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "fp4sweep", "run", "+sweep=smoke", f"ray.address={ray_head}",
-         "seeds=[0]", "presets=[]", "axes.scale=[ue5m3]", "axes.transform=[none]", "axes.rounding@bwd=[sr]",
+         "seeds=[0]", "presets=[]", "axes.scale=[ue5m3]", "axes.block=[32]", "axes.tensor_scale=[none]",
+         "axes.transform=[none]", "axes.rounding@bwd=[sr]",
          "task=regression", "task.sizes.tiny.steps=20", "task.sizes.tiny.eval_every=10",
          f"results_dir={tmp_path}"],
         cwd=PROJECT_ROOT, env=cluster_env, capture_output=True, text=True, timeout=240,
