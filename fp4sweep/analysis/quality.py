@@ -20,6 +20,7 @@ from scipy import stats
 
 from fp4sweep.analysis.labels import readable_labels
 from fp4sweep.results.quality import accuracy_gap, diverged, recipe_gap, relative_gap, seed_baseline
+from fp4sweep.results.schema import STATUSES
 
 TASK_KEY = ["task", "size"]
 RECIPE_KEY = [*TASK_KEY, "recipe_id"]
@@ -27,7 +28,6 @@ REQUIRED_COLUMNS = (
     "trial_id", "task", "size", "seed", "recipe_id", "recipe_label", "is_baseline", "status",
     "overhead.model",
 )
-STATUSES = ("done", "diverged", "failed")
 VAL_LOSS, VAL_ACC, STEP_S = "metric.val_loss", "metric.val_acc", "time.step_s"
 CONFIDENCE = 0.95
 UNSET_AXIS = "(unset)"  # an axis added to the sweep after an axis-crossed trial ran
