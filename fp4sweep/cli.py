@@ -44,7 +44,7 @@ def _settings(args: argparse.Namespace) -> tuple[ConfigTree, RunSettings, Search
 
 
 def _plan(tree: ConfigTree, settings: RunSettings) -> Plan:
-    from fp4sweep.sweep.plan import expand  # imports torch: only for commands that expand
+    from fp4sweep.sweep.plan import expand  # the task registry: only for commands that expand
 
     return expand(tree, settings)
 

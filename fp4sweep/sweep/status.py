@@ -10,7 +10,7 @@ import pandas as pd
 from fp4sweep.results.schema import STATUSES
 
 if TYPE_CHECKING:
-    from fp4sweep.sweep.plan import Plan  # imports torch, which status without a sweep needs not
+    from fp4sweep.sweep.plan import Plan  # only a type here: status without a sweep expands nothing
 
 COLUMNS = (*STATUSES, "pending")
 
