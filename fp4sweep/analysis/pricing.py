@@ -76,7 +76,7 @@ def price_trials(
             recipe = Recipe.from_dict(spec["recipe"])
         except ValueError as error:
             raise PricingError(f"a stored recipe is not valid here: {error}") from None
-        shapes = list(workload.shapes) if not workload.from_task else task_shapes(spec)
+        shapes = list(workload.shapes) if not workload.from_task else task_shapes(spec, recipe.high_precision)
         return tuple(overhead(recipe, shapes, machine, model).as_dict().items())
 
     # One pricing per distinct recipe and task: the seeds of a recipe share it.
@@ -101,11 +101,12 @@ def _pricing_key(trial_id: str, spec_json: str, from_task: bool) -> str:
         ) from None
 
 
-def task_shapes(spec: dict[str, Any]) -> list[GemmShape]:
-    """The GEMM shapes of one training step of a spec's task, as its trial priced them."""
+def task_shapes(spec: dict[str, Any], policy: str) -> list[GemmShape]:
+    """The GEMM shapes of one training step of a spec's task, as its trial priced them: those
+    the recipe's layer ``policy`` keeps in bf16 marked."""
     try:
         task = load_task(_task_module(spec["task"]))
-        return task.gemm_shapes(task_config(spec, task.Config))
+        return task.gemm_shapes(task_config(spec, task.Config), policy)
     except Exception as error:  # noqa: BLE001 - any failure names the task it came from
         raise PricingError(f"cannot price on the shapes of task {spec['task']!r}: {error}") from error
 

@@ -68,7 +68,7 @@ def run_trial(spec: dict[str, Any], module: str, device: str, threads: int) -> T
         train_start = time.perf_counter()
         result = task.train(config, recipe, spec["seed"], device)
         train_s = time.perf_counter() - train_start
-        cost = overhead(recipe, result.gemm_shapes or task.gemm_shapes(config))
+        cost = overhead(recipe, result.gemm_shapes or task.gemm_shapes(config, recipe.high_precision))
         steps = result.curve[-1]["step"] if result.curve else math.nan
         outcome.metrics = {name: float(value) for name, value in result.metrics.items()}
         finite = all(math.isfinite(v) for v in outcome.metrics.values())

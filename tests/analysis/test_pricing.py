@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from synthetic_store import write_store
 
-from fp4sweep.analysis.pricing import Pricing, price_trials
+from fp4sweep.analysis.pricing import Pricing, price_trials, task_shapes
 from fp4sweep.cli import EXIT_BAD_INPUT, main
 from fp4sweep.quant import Recipe, load_hardware, overhead
 from fp4sweep.quant.targets import load_target
@@ -102,3 +102,24 @@ def test_a_trial_without_a_recipe_is_one_error(rows_to_store, tmp_path, capsys):
     store = rows_to_store(small_sweep())
     assert main(["report", str(store), "--out", str(tmp_path / "r"), "--target", "gpt2_small"]) == EXIT_BAD_INPUT
     assert "its spec column holds no recipe to price it by" in capsys.readouterr().err
+
+
+def test_the_task_target_keeps_the_layers_the_recipe_leaves_in_bf16():
+    # nvidia_nvfp4 keeps the last stage in bf16: priced on the task, those GEMMs are marked as
+    # the trial marked them, so the figure is the trial's and not te_nvfp4's.
+    tree = ConfigTree()
+    plan = expand(tree, load_settings(
+        tree, ["+sweep=smoke", "task=classification", "seeds=[0]", "presets=[te_nvfp4,nvidia_nvfp4]"]
+    ))
+    specs = {t.recipe.label: t.spec for t in plan.trials}
+    recipe = Recipe.from_dict(specs["nvidia_nvfp4"]["recipe"])
+    shapes = task_shapes(specs["nvidia_nvfp4"], recipe.high_precision)
+    assert any(shape.high_precision for shape in shapes)
+    assert not any(shape.high_precision for shape in task_shapes(specs["te_nvfp4"], "none"))
+    rows = pd.DataFrame([
+        {"trial_id": label, "spec": json.dumps(spec)} for label, spec in specs.items()
+        if label in ("te_nvfp4", "nvidia_nvfp4")
+    ])
+    priced = price_trials(rows, "task", "b200").set_index("trial_id")["overhead.model"]
+    assert priced["nvidia_nvfp4"] == pytest.approx(overhead(recipe, shapes).total)
+    assert priced["nvidia_nvfp4"] != pytest.approx(priced["te_nvfp4"])
