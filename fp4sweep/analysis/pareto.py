@@ -127,6 +127,12 @@ def front_margin(points: np.ndarray, on_front: np.ndarray) -> np.ndarray:
     return margins
 
 
+def fragile(front: pd.DataFrame, overhead: str) -> pd.Series:
+    """Whether each front member's margin (``front_margin``) is below the half-width of its gap's
+    confidence interval: seed noise may have put it on the front."""
+    return front[f"margin.{overhead}"] < front["loss_gap_ci_high"] - front[QUALITY]
+
+
 def front_slack(summary: pd.DataFrame, overhead: str = "model") -> pd.Series:
     """How far each recipe's loss gap lies above its task's front at the same or lower overhead.
 

@@ -16,7 +16,7 @@ import pandas as pd
 from fp4sweep import __version__
 from fp4sweep.analysis.analyse import Analysis
 from fp4sweep.analysis.figures import effects_figure, front_figure
-from fp4sweep.analysis.pareto import OVERHEADS, QUALITY, REFERENCE_MARGIN
+from fp4sweep.analysis.pareto import OVERHEADS, QUALITY, REFERENCE_MARGIN, fragile
 from fp4sweep.analysis.quality import CONFIDENCE, TASK_KEY, axis_columns, task_name
 
 TABLE_ROWS_MAX = 100  # longer tables are cut in the page; the CSV files beside it hold every row
@@ -203,10 +203,8 @@ def _front_rows(front: pd.DataFrame, recipes: pd.DataFrame, overhead: str) -> pd
         if column in front.columns:
             table[title] = front[column]
     table["seeds"] = front["n_gaps"]
-    margin = front[f"margin.{overhead}"]
-    table["margin"] = margin
-    half_width = front["loss_gap_ci_high"] - front["loss_gap_mean"]
-    table["fragile"] = np.where(margin < half_width, "fragile: margin < CI", "")
+    table["margin"] = front[f"margin.{overhead}"]
+    table["fragile"] = np.where(fragile(front, overhead), "fragile: margin < CI", "")
     return table
 
 

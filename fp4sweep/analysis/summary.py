@@ -14,6 +14,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from fp4sweep.analysis.pareto import fragile
 from fp4sweep.analysis.quality import CONFIDENCE, task_name
 from fp4sweep.analysis.report import FRONTS_NAME, SUMMARY_NAME
 
@@ -54,14 +55,13 @@ def _front_table(front: pd.DataFrame, overhead: str) -> Table:
     for heading in ("#", "recipe", "loss gap", f"{CONFIDENCE:.0%} CI", f"{overhead} overhead", "note"):
         table.add_column(heading, justify="left" if heading in ("recipe", "note") else "right")
     front = front.sort_values([column, "loss_gap_mean"])
+    front = front.assign(fragile=fragile(front, overhead))
     for number, (_, values) in enumerate(front.iterrows(), start=1):
         low, high = values["loss_gap_ci_low"], values["loss_gap_ci_high"]
         interval = "–" if math.isnan(low) else f"[{low:.4g}, {high:.4g}]"
-        # A margin below the interval's half-width: seed noise may have put it on the front.
-        fragile = "fragile" if high - values["loss_gap_mean"] > values[f"margin.{overhead}"] else ""
         table.add_row(
             str(number), str(values["recipe_label"]), f"{values['loss_gap_mean']:.4g}", interval,
-            f"{values[column]:.4g}", fragile,
+            f"{values[column]:.4g}", "fragile" if values["fragile"] else "",
         )
     return table
 

@@ -291,8 +291,9 @@ class StoreWriter:
     ``flush_seconds`` after the oldest buffered row (call ``maybe_flush`` from the driver's loop).
     Once ``max_parts`` parts are live, or new rows bring new columns, a flush compacts instead:
     everything is rewritten as one base file, so a folder never holds more than ``max_parts``
-    live files (and as many emptied ones, see the module's docstring). Rows leave the buffer exactly when their file is in place, whatever interrupts a
-    flush (Ctrl-C, a full disk): never lost, never written twice.
+    live files (and as many emptied ones, see the module's docstring). Rows leave the buffer
+    exactly when their file is in place, whatever interrupts a flush (Ctrl-C, a full disk):
+    never lost, never written twice.
     """
 
     def __init__(
