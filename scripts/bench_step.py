@@ -8,7 +8,7 @@ in the task; the step runs under bfloat16 autocast with float32 master weights a
 batch 512, float32, AdamW); ``--task diffusion``: the diffusion task's U-Net at its ``small``
 size (32x32 single-channel images, batch 128, float32, Adam, random timesteps); both keep their
 stem and head in high precision as the tasks do. Adam and AdamW run fused, as the tasks run
-them on CUDA (``training.adam_options``).
+them on CUDA (``optimizers.build_optimizer``), or the recipe's optimizer if it names another.
 Times are medians over timed steps (CUDA events) after warm-up steps, on random inputs.
 
     PYTHONPATH=. python scripts/bench_step.py [--task gpt] [--batch 32] [--recipes bf16 nvfp4 paper_best]
@@ -43,12 +43,12 @@ from fp4sweep.quant import QuantSpec, Recipe, dispatch, quantize_model
 from fp4sweep.quant.kernels import launch
 from fp4sweep.tasks import classification, datasets, diffusion
 from fp4sweep.tasks.gpt import GPT
-from fp4sweep.tasks.training import adam_options
+from fp4sweep.tasks.optimizers import build_optimizer
 
 GPT2_SMALL = dict(block_size=1024, n_layer=12, n_head=12, n_embd=768)
 CNN_SMALL = classification.Config(dataset="mnist")  # width 32, the `small` size's model
 UNET_SMALL = diffusion.Config(dataset="mnist")  # 32 channels, 3 levels: the `small` size's model
-ADAM = adam_options(torch.device("cuda"))  # as the tasks build their optimizers
+CUDA = torch.device("cuda")
 DEFAULT_BATCH = {"gpt": 32, "classification": CNN_SMALL.batch_size,
                  "diffusion": UNET_SMALL.batch_size}
 
@@ -66,7 +66,8 @@ def training_step(loss: Callable[[], torch.Tensor],
 def gpt_step(recipe: Recipe, batch: int, vocab: int) -> Callable[[], None]:
     model = GPT(vocab, **GPT2_SMALL).cuda()
     model = quantize_model(model, recipe, exclude=("lm_head",), seed=0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1, **ADAM)
+    optimizer = build_optimizer(recipe.optimizer, model.parameters(), lr=6e-4, weight_decay=0.1,
+                                device=CUDA)
     tokens = torch.randint(vocab, (batch, GPT2_SMALL["block_size"] + 1), device="cuda")
     idx, targets = tokens[:, :-1], tokens[:, 1:]
 
@@ -81,7 +82,8 @@ def gpt_step(recipe: Recipe, batch: int, vocab: int) -> Callable[[], None]:
 def classification_step(recipe: Recipe, batch: int, vocab: int) -> Callable[[], None]:
     model = classification.build_model(CNN_SMALL).cuda()
     model = quantize_model(model, recipe, exclude=CNN_SMALL.exclude, seed=0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=CNN_SMALL.lr, **ADAM)
+    optimizer = build_optimizer(recipe.optimizer, model.parameters(), lr=CNN_SMALL.lr,
+                                weight_decay=CNN_SMALL.weight_decay, device=CUDA)
     images = torch.randn(batch, *datasets.IMAGE_SHAPES[CNN_SMALL.dataset], device="cuda")
     labels = torch.randint(classification.NUM_CLASSES, (batch,), device="cuda")
     return training_step(lambda: F.cross_entropy(model(images), labels), optimizer)
@@ -90,7 +92,7 @@ def classification_step(recipe: Recipe, batch: int, vocab: int) -> Callable[[], 
 def diffusion_step(recipe: Recipe, batch: int, vocab: int) -> Callable[[], None]:
     model = diffusion.build_model(UNET_SMALL).cuda()
     model = quantize_model(model, recipe, exclude=UNET_SMALL.exclude, seed=0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=UNET_SMALL.lr, **ADAM)
+    optimizer = build_optimizer(recipe.optimizer, model.parameters(), lr=UNET_SMALL.lr, device=CUDA)
     channels, size = datasets.IMAGE_SHAPES[UNET_SMALL.dataset][0], diffusion.PADDED_SIZE
     images = torch.randn(batch, channels, size, size, device="cuda")
     timesteps = torch.randint(UNET_SMALL.timesteps, (batch,), device="cuda")

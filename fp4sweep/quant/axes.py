@@ -124,6 +124,14 @@ AXES: dict[str, Axis] = {
              "N blocks (GPT blocks, CNN stages, U-Net levels) or a kind of layer",
              _named("none", "first1", "last1", "last2", "first1_last1", *KINDS), "none",
              "high_precision", RECIPE_LEVEL, "it chooses layers, not operands"),
+        Axis("optimizer", "the optimiser: adamw (AdamW; Adam where the task has no weight decay) or "
+             "stable_spam (Stable-SPAM: Adam after adaptive spike clipping and gradient-norm "
+             "scaling, with periodic momentum resets)", _named("adamw", "stable_spam"), "adamw",
+             "optimizer", RECIPE_LEVEL, "it updates the whole model"),
+        Axis("loss_scale", "loss scaling before backward, undone before the optimiser step: none, "
+             "or dynamic (2^16, halved on a non-finite gradient, doubled after 2000 finite steps)",
+             _named("none", "dynamic"), "none", "loss_scale", RECIPE_LEVEL,
+             "it scales the loss, hence every gradient of the model"),
     )
 }
 

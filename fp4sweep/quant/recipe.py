@@ -11,7 +11,9 @@ the layer (``delayed.py``). ``sign_policy`` says when random Hadamard signs (``r
 drawn: once for the run from the specs' ``transform_seed`` ("fixed"), or afresh at every step
 ("per_step", TransformerEngine's and Quartet's practice): the layer draws each GEMM's signs from
 its seed and the step, shared by the GEMM's two operands (``layers.step_recipe``). A transform
-without signs is ``hadamardK``. Recipes are built from axis values (``from_axes``, the schema in
+without signs is ``hadamardK``. ``optimizer`` and ``loss_scale`` say how the task trains:
+AdamW or Stable-SPAM (``tasks/optimizers.py``), with or without dynamic loss scaling
+(``tasks/loss_scaling.py``). Recipes are built from axis values (``from_axes``, the schema in
 ``axes.py``) or by name (``preset``). Fields at their defaults are left out of ``to_dict``, so
 adding one changes no existing recipe's dict (trial ids are hashes of it).
 """
@@ -35,8 +37,11 @@ SCALE_GRADS = tuple(AXES["scale_grad"].options)
 NO_POLICY = "none"
 AMAX_POLICIES = ("current", "hold", "max", "most_recent")
 SIGN_POLICIES = ("fixed", "per_step")
+OPTIMIZERS = tuple(AXES["optimizer"].options)
+LOSS_SCALES = tuple(AXES["loss_scale"].options)
 # Fields that to_dict leaves out at their default value.
-_OMITTED_AT_DEFAULT = ("high_precision", "amax_policy", "amax_window", "amax_margin", "sign_policy")
+_OMITTED_AT_DEFAULT = ("high_precision", "amax_policy", "amax_window", "amax_margin", "sign_policy",
+                       "optimizer", "loss_scale")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class Recipe:
         1 for the other policies.
     amax_margin: m >= 0, the amax used is multiplied by 2**m; 0 for "current".
     sign_policy: "fixed" or "per_step": when random Hadamard signs are drawn.
+    optimizer: "adamw" or "stable_spam".
+    loss_scale: "none" or "dynamic".
     """
 
     fwd_x: QuantSpec | None = None
@@ -64,6 +71,8 @@ class Recipe:
     amax_window: int = 1
     amax_margin: int = 0
     sign_policy: str = "fixed"
+    optimizer: str = "adamw"
+    loss_scale: str = "none"
 
     def __post_init__(self) -> None:
         for name in OPERANDS:
@@ -89,6 +98,9 @@ class Recipe:
             raise ValueError(
                 f"Recipe.sign_policy={self.sign_policy!r} is not valid; valid: {list(SIGN_POLICIES)}"
             )
+        for name, valid in (("optimizer", OPTIMIZERS), ("loss_scale", LOSS_SCALES)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"Recipe.{name}={getattr(self, name)!r} is not valid; valid: {list(valid)}")
         if self.sign_policy != "fixed" and not any(
             spec is not None and spec.random_signs for spec in self.operands().values()
         ):

@@ -21,7 +21,8 @@ from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_choice, check_non_negative, check_positive
-from fp4sweep.tasks.training import (EpochSampler, LayerLayout, adam_options, fit, quantize, resolve_device,
+from fp4sweep.tasks.optimizers import build_optimizer
+from fp4sweep.tasks.training import (EpochSampler, LayerLayout, fit, quantize, resolve_device,
                                      seeded, task_result, to_device, trace_gemm_shapes)
 
 NAME = "classification"
@@ -174,8 +175,8 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     generator = seeded(seed)
     x_train, y_train, x_val, y_val = _standardised_splits(config, device)
     model = quantize(build_model(config).to(device), recipe, config.exclude, seed, layout(config))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                  **adam_options(device))
+    optimizer = build_optimizer(recipe.optimizer, model.parameters(), lr=config.lr,
+                                weight_decay=config.weight_decay, device=device)
     batch_at = EpochSampler(len(x_train), config.batch_size, generator)
 
     def loss_at(step: int) -> torch.Tensor:
@@ -192,5 +193,6 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
         return {"val_loss": loss / len(x_val), "val_acc": correct / len(x_val)}
 
     log = fit(model, optimizer, loss_at, steps=config.epochs * batch_at.steps_per_epoch,
-              lr_at=lambda step: config.lr, evaluate=evaluate, eval_every=config.eval_every)
+              lr_at=lambda step: config.lr, evaluate=evaluate, eval_every=config.eval_every,
+              loss_scale=recipe.loss_scale)
     return task_result(log, gemm_shapes(config, recipe.high_precision))

@@ -31,7 +31,8 @@ from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_choice, check_non_negative, check_positive
-from fp4sweep.tasks.training import (EpochSampler, LayerLayout, adam_options, fit, quantize, resolve_device,
+from fp4sweep.tasks.optimizers import build_optimizer
+from fp4sweep.tasks.training import (EpochSampler, LayerLayout, fit, quantize, resolve_device,
                                      seeded, task_result, to_device, trace_gemm_shapes, warmup_cosine)
 
 NAME = "diffusion"
@@ -280,7 +281,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     x0_val, t_val, noise_val = (v.to(device) for v in held_out)
     alpha_bar = alpha_bars(config.schedule, config.timesteps).to(device)
     model = quantize(build_model(config).to(device), recipe, config.exclude, seed, layout(config))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **adam_options(device))
+    optimizer = build_optimizer(recipe.optimizer, model.parameters(), lr=config.lr, device=device)
     batch_at = EpochSampler(len(x_train), config.batch_size, generator)
 
     def loss_at(step: int) -> torch.Tensor:
@@ -301,7 +302,8 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
         return warmup_cosine(step, config.steps, config.lr, config.warmup_steps, config.lr)
 
     log = fit(model, optimizer, loss_at, steps=config.steps, lr_at=lr_at,
-              evaluate=evaluate, eval_every=config.eval_every, grad_clip=config.grad_clip)
+              evaluate=evaluate, eval_every=config.eval_every, grad_clip=config.grad_clip,
+              loss_scale=recipe.loss_scale)
     artifacts = {}
     if config.sample_count and not log.diverged:
         model.eval()

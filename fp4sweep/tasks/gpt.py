@@ -30,7 +30,8 @@ from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_non_negative, check_positive
-from fp4sweep.tasks.training import (LayerLayout, adam_options, fit, quantize, resolve_device, seeded, task_result,
+from fp4sweep.tasks.optimizers import build_optimizer
+from fp4sweep.tasks.training import (LayerLayout, fit, quantize, resolve_device, seeded, task_result,
                                      to_device, trace_gemm_shapes, warmup_cosine)
 
 NAME = "gpt"
@@ -211,9 +212,10 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     # Weight decay on matrices only, as nanoGPT does.
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     others = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": config.weight_decay},
-                                   {"params": others, "weight_decay": 0.0}],
-                                  lr=config.lr, betas=(0.9, 0.99), **adam_options(device))
+    optimizer = build_optimizer(recipe.optimizer,
+                                [{"params": matrices, "weight_decay": config.weight_decay},
+                                 {"params": others, "weight_decay": 0.0}],
+                                lr=config.lr, betas=(0.9, 0.99), device=device)
 
     def loss_on(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = model(to_device(x, device))
@@ -233,6 +235,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
         return warmup_cosine(step, config.steps, config.lr, config.warmup_steps, config.min_lr)
 
     log = fit(model, optimizer, loss_at, steps=config.steps, lr_at=lr_at,
-              evaluate=evaluate, eval_every=config.eval_every, grad_clip=config.grad_clip)
+              evaluate=evaluate, eval_every=config.eval_every, grad_clip=config.grad_clip,
+              loss_scale=recipe.loss_scale)
     perplexity = math.exp(min(log.last.get("val_loss", math.inf), 700.0))
     return task_result(log, gemm_shapes(config, recipe.high_precision), extra_metrics={"perplexity": perplexity})

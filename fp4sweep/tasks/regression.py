@@ -2,7 +2,7 @@
 
 Features x ~ N(0, I); targets y = W* x + noise, from a random linear teacher W* that the data seed
 fixes (the same for every trial and recipe). A linear student is trained on the MSE with Adam
-through the recipe's quantized GEMMs; the metrics are its final MSE on the whole training set and
+through the recipe's quantized GEMMs (AdamW without weight decay, i.e. Adam, or the recipe's optimizer); the metrics are its final MSE on the whole training set and
 on held-out data. The trial seed sets the student's initialisation and the batch order.
 """
 
@@ -19,7 +19,8 @@ from fp4sweep.quant.gemm import GemmShape
 from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_non_negative, check_positive
-from fp4sweep.tasks.training import LayerLayout, adam_options, fit, quantize, task_result, to_device
+from fp4sweep.tasks.optimizers import build_optimizer
+from fp4sweep.tasks.training import LayerLayout, fit, quantize, task_result, to_device
 
 NAME = "regression"
 
@@ -89,7 +90,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
     torch.manual_seed(seed)
     batches = torch.Generator().manual_seed(seed)
     model = quantize(Student(config).to(device), recipe, config.exclude, seed, LAYOUT)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **adam_options(device))
+    optimizer = build_optimizer(recipe.optimizer, model.parameters(), lr=config.lr, device=device)
 
     def loss_at(step: int) -> torch.Tensor:
         batch = to_device(torch.randint(config.n_train, (config.batch_size,), generator=batches),
@@ -98,7 +99,7 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
 
     log = fit(model, optimizer, loss_at, steps=config.steps, lr_at=lambda step: config.lr,
               evaluate=lambda: {"val_loss": mse(model, x_val, y_val)},
-              eval_every=config.eval_every)
+              eval_every=config.eval_every, loss_scale=recipe.loss_scale)
     if log.diverged:
         return task_result(log, gemm_shapes(config, recipe.high_precision))
     metrics = {"train_loss": mse(model, x_train, y_train), "val_loss": mse(model, x_val, y_val)}

@@ -17,6 +17,7 @@ from fp4sweep.quant.layer_policy import high_precision_layers
 from fp4sweep.quant.layers import is_excluded
 from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks.base import DivergenceGuard, TaskResult
+from fp4sweep.tasks.loss_scaling import loss_scaler
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -39,14 +40,6 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
-
-
-def adam_options(device: torch.device) -> dict[str, bool]:
-    """Keyword arguments for ``torch.optim.Adam`` or ``AdamW`` on ``device``. On CUDA the update
-    is one fused kernel instead of the default's foreach kernels, whose launches bound small
-    trials (``scripts/bench_step.py --task classification`` shows the step time).
-    Elsewhere PyTorch's default, so CPU results stay as they were."""
-    return {"fused": True} if device.type == "cuda" else {}
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -178,8 +171,13 @@ def fit(
     evaluate: Callable[[], dict[str, float]],
     eval_every: int,
     grad_clip: float = 0.0,
+    loss_scale: str = "none",
 ) -> TrainLog:
     """Train for ``steps`` steps; ``loss_at(step)`` computes the loss of that step's batch.
+
+    Backward runs through the ``loss_scale`` policy (``loss_scaling.py``): the gradients are
+    unscaled before clipping and the optimiser step, and a step whose gradients are not finite
+    is skipped. With loss scaling on, each logged point also records the scale then in use.
 
     Every ``eval_every`` steps and at the end, logs the mean training loss since the last log and
     what ``evaluate()`` returns (it must include ``val_loss``). Stops early, marked diverged, when
@@ -193,6 +191,7 @@ def fit(
     log = TrainLog()
     window: list[float] = []
     unread: list[torch.Tensor] = []
+    scaler = loss_scaler(loss_scale, next(model.parameters()).device)
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
@@ -200,10 +199,12 @@ def fit(
         loss = loss_at(step)
         unread.append(loss.detach())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if grad_clip > 0:
+            scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         evaluation = (step + 1) % eval_every == 0 or step + 1 == steps
         if not evaluation and len(unread) < LOSS_READ_EVERY:
             continue
@@ -220,6 +221,8 @@ def fit(
             model.eval()
             with torch.no_grad():
                 point = {"step": step + 1, "train_loss": sum(window) / len(window), **evaluate()}
+            if scaler.is_enabled():
+                point["loss_scale"] = scaler.get_scale()
             window = []
             log.curve.append(point)
             if not math.isfinite(point["val_loss"]):

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from fp4sweep.quant import QuantSpec, Recipe
-from fp4sweep.quant.recipe import BACKWARD_OPERANDS, FORWARD_OPERANDS, OPERANDS
+from fp4sweep.quant.recipe import BACKWARD_OPERANDS, FORWARD_OPERANDS, OPERANDS, preset_axes
 
 
 def test_bf16_quantizes_nothing():
@@ -140,6 +140,28 @@ def test_from_axes_gives_forward_and_backward_rounding_and_2d_weight_blocks():
             "ue5m3", 16, "ceil", "hadamard32", 8,
         )
     assert (recipe.estimator, recipe.scale_grad) == ("power", "amax")
+
+
+def test_optimizer_and_loss_scale_are_recipe_axes_left_out_of_the_dict_at_their_defaults():
+    from fp4sweep.results.ids import recipe_id
+
+    default = Recipe.preset("nvfp4")
+    assert (default.optimizer, default.loss_scale) == ("adamw", "none")
+    assert Recipe.from_axes({**preset_axes("nvfp4"), "optimizer": "adamw", "loss_scale": "none"}) == default
+    assert recipe_id(default.to_dict()) == "6fc214da51f4a9ac"
+    trained = Recipe.from_axes({**preset_axes("nvfp4"), "optimizer": "stable_spam", "loss_scale": "dynamic"})
+    values = trained.to_dict()
+    assert (values["optimizer"], values["loss_scale"]) == ("stable_spam", "dynamic")
+    assert Recipe.from_dict(json.loads(json.dumps(values))) == trained
+    assert recipe_id(values) != recipe_id(default.to_dict())
+    # bf16 with Stable-SPAM: the optimiser's own baseline, no quantizer needed.
+    assert Recipe.from_axes(quantize="false", optimizer="stable_spam").optimizer == "stable_spam"
+    with pytest.raises(ValueError, match=r"Recipe.optimizer='sgd' is not valid; valid: \['adamw', 'stable_spam'\]"):
+        Recipe(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"Recipe.loss_scale=1024 is not valid; valid: \['none', 'dynamic'\]"):
+        Recipe(loss_scale=1024)
+    with pytest.raises(ValueError, match=r"optimizer@fwd.*cannot be placed"):
+        Recipe.from_axes({"optimizer@fwd": "stable_spam"})
 
 
 def test_from_axes_defaults_are_mxfp4():
