@@ -1,10 +1,10 @@
 """Loss scaling: the loss is multiplied by a scale S before backward, so every gradient is S times
 larger where the backward quantizers see it, and divided by S again before the optimiser step.
 
-Why FP4 may want it: a block's scale is its amax over the element format's maximum, and a scale
-format with a narrow range (UE4M3's smallest step is 2^-9) rounds the scale of a block of tiny
-gradients to zero, which zeroes the block. A per-tensor fp32 scale avoids this; a loss scale is
-the older remedy (mixed-precision training in FP16), and the two are crossed by the axes.
+Why FP4 may want it: a block's scale is its amax over the element format's maximum, but no
+smaller than the scale format's smallest value (2^-9 for UE4M3), so the elements of a block of
+gradients far below it round to zero. A per-tensor fp32 scale avoids this; a loss scale is the
+older remedy (mixed-precision training in FP16), and the two are crossed by the axes.
 
 ``dynamic`` is ``torch.amp.GradScaler`` at its defaults: S starts at 2^16, is halved and the
 step skipped when a gradient is not finite, and doubled after 2000 finite steps in a row. FP4

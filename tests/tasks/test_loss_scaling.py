@@ -25,8 +25,8 @@ def _train_one_step(recipe: Recipe, gradient: float) -> torch.Tensor:
 
 
 def test_loss_scaling_saves_gradients_that_the_block_scale_format_would_zero():
-    # dy = 1e-6 needs a block scale of 1e-6 / 6, far below UE4M3's smallest, 2^-9: the block
-    # scale rounds to zero and so does the weight gradient; Adam does not move.
+    # dy = 1e-6 needs a block scale of 1e-6 / 6, far below UE4M3's smallest, 2^-9: at that
+    # scale every element rounds to zero and so does the weight gradient; Adam does not move.
     plain = Recipe.from_axes(UE4M3_WITHOUT_TENSOR_SCALE)
     assert torch.count_nonzero(_train_one_step(plain, 1e-6)) == 0
     # Scaled by 2^16 the scale is representable: every weight takes Adam's first step, lr (less
