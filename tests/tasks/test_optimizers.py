@@ -1,8 +1,14 @@
+import importlib
+import io
 import math
 
 import pytest
 import torch
+from taskconf import one_thread  # noqa: F401 (an autouse fixture)
+from taskconf import require_data, task_config
 from torch import nn
+
+from fp4sweep.quant import Recipe
 
 from fp4sweep.tasks.optimizers import StableSPAM, build_optimizer
 
@@ -174,3 +180,50 @@ def test_adamw_is_fused_on_cuda_only(device):
 def test_unknown_optimizer():
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'; valid: \\['adamw', 'stable_spam'\\]"):
         build_optimizer("sgd", [nn.Parameter(torch.ones(1))], lr=0.1, device=torch.device("cpu"))
+
+
+def test_state_survives_a_checkpoint():
+    generator = torch.Generator().manual_seed(2)
+    grads = [torch.randn(6, generator=generator) for _ in range(6)]
+    weights = [nn.Parameter(torch.ones(6)) for _ in range(2)]
+    first = StableSPAM([weights[0]], reset_interval=4)
+    for g in grads[:3]:
+        weights[0].grad = g.clone()
+        first.step()
+    weights[1].data.copy_(weights[0].data)
+    resumed = StableSPAM([weights[1]], reset_interval=4)
+    saved = io.BytesIO()
+    torch.save(first.state_dict(), saved)
+    saved.seek(0)
+    resumed.load_state_dict(torch.load(saved))
+    for g in grads[3:]:  # across the reset at step 4
+        for weight, optimizer in zip(weights, (first, resumed)):
+            weight.grad = g.clone()
+            optimizer.step()
+    assert torch.equal(weights[0], weights[1])
+
+
+TASK_OVERRIDES = {"regression": dict(steps=4, eval_every=2), "classification": dict(train_examples=64),
+                  "diffusion": dict(steps=4, batch_size=4, eval_every=2, sample_count=0), "gpt": dict(steps=4, eval_every=2)}
+TASK_DATA = {"classification": "fashion_mnist", "diffusion": "fashion_mnist", "gpt": "shakespeare"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "diffusion" else name
+                                  for name in TASK_OVERRIDES])  # a quantized U-Net is slow on a CPU
+def test_every_task_trains_with_the_recipes_optimizer_and_loss_scale(name, monkeypatch):
+    if name in TASK_DATA:
+        require_data(TASK_DATA[name])
+    module = importlib.import_module(f"fp4sweep.tasks.{name}")
+    built = []
+
+    def recording(*args, **kwargs):
+        built.append(build_optimizer(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(module, "build_optimizer", recording)
+    recipe = Recipe.from_axes(optimizer="stable_spam", loss_scale="dynamic", block=16)
+    result = module.train(task_config(module, **TASK_OVERRIDES[name]), recipe, seed=0)
+    assert [type(optimizer) for optimizer in built] == [StableSPAM]
+    assert all(optimizer.state[p]["step"] > 0 for optimizer in built
+               for group in optimizer.param_groups for p in group["params"])
+    assert result.curve[-1]["loss_scale"] == 2.0**16 and not result.diverged
