@@ -95,8 +95,8 @@ class StableSPAM(torch.optim.Optimizer):
             state["moment_step"] = 0  # k: steps since the Adam moments were last zeroed
             state["exp_avg"] = torch.zeros_like(p)
             state["exp_avg_sq"] = torch.zeros_like(p)
-            zero = torch.zeros((), dtype=p.dtype, device=p.device)
-            state["clip_threshold"], state["norm_mean"], state["norm_sq_mean"] = zero, zero.clone(), zero.clone()
+            for name in ("clip_threshold", "norm_mean", "norm_sq_mean"):  # T, mu and nu
+                state[name] = torch.zeros((), dtype=p.dtype, device=p.device)
         lr, eps = group["lr"], group["eps"]
         gamma1, gamma2, gamma3 = group["gamma1"], group["gamma2"], group["gamma3"]
         p.mul_(1 - lr * group["weight_decay"])

@@ -204,7 +204,8 @@ def test_state_survives_a_checkpoint():
 
 
 TASK_OVERRIDES = {"regression": dict(steps=4, eval_every=2), "classification": dict(train_examples=64),
-                  "diffusion": dict(steps=4, batch_size=4, eval_every=2, sample_count=0), "gpt": dict(steps=4, eval_every=2)}
+                  "diffusion": dict(steps=4, batch_size=4, eval_every=2, sample_count=0),
+                  "gpt": dict(steps=4, eval_every=2)}
 TASK_DATA = {"classification": "fashion_mnist", "diffusion": "fashion_mnist", "gpt": "shakespeare"}
 
 
