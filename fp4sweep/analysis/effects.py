@@ -32,6 +32,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from fp4sweep.analysis.quality import CONFIDENCE, TASK_KEY, UNSET_AXIS, axis_columns, task_name
+from fp4sweep.quant.axes import parse_key
 
 EFFECT_COLUMNS = [
     *TASK_KEY, "axis", "value", "reference", "is_reference", "effect", "ci_low", "ci_high",
@@ -135,15 +136,7 @@ class _Design:
             return "no axis varies among its finished axis-crossed trials; no effects to estimate"
         dropped = [axis.removeprefix("axis.") for axis in columns if axis not in axes]
         axes, aliases = _merge_aliases(trials, axes)
-        levels = {}
-        for axis in axes:
-            # The cheapest value as reference, so an effect reads as what a costlier choice does to
-            # the gap; among equally cheap values the most common, then the first by name.
-            by_value = trials.groupby(axis)["overhead.model"].agg(["mean", "size"])
-            levels[axis] = sorted(
-                by_value.index,
-                key=lambda level: (by_value.loc[level, "mean"], -by_value.loc[level, "size"], level),
-            )
+        levels = {axis: _cheapest_first(trials, axis, [a for a in axes if a != axis]) for axis in axes}
         design = cls(trials, axes, levels, dropped, np.sort(trials["seed"].unique()), aliases)
         matrix, _ = design.matrix()
         if len(trials) <= matrix.shape[1]:
@@ -250,6 +243,37 @@ class _Design:
             "ci_high": interval[1], "p_value": p_value,
             "n_trials": int((self.values[axis] == level).sum()),
         }
+
+
+def _cheapest_first(trials: pd.DataFrame, axis: str, others: list[str]) -> list[str]:
+    """``axis``' values, the reference first: the cheapest, so that an effect reads as what a
+    costlier choice does to the gap. A value's cost is its overhead against the other values of
+    the same cell of the other axes (a plain mean would charge it for what it was crossed with);
+    among equally cheap values the axis' default, then the most common, then the first by name."""
+    counts = trials[axis].value_counts()
+    cells = trials.pivot_table(index=others or None, columns=axis, values="overhead.model",
+                               aggfunc="mean") if others else None
+    if cells is not None:
+        cells = cells.dropna()
+    if cells is None or cells.empty:
+        cost = trials.groupby(axis)["overhead.model"].mean()
+    else:
+        cost = cells.sub(cells.mean(axis=1), axis=0).mean()
+    default = _axis_default(axis)
+    return sorted(
+        counts.index,
+        key=lambda level: (round(float(cost.get(level, np.inf)), 9), level != default,
+                           -counts[level], level),
+    )
+
+
+def _axis_default(column: str) -> str | None:
+    """The default option of the axis key a store column names; None for a key the schema no
+    longer has."""
+    try:
+        return parse_key(column.removeprefix("axis.")).axis.default
+    except ValueError:
+        return None
 
 
 def _rank(matrix: np.ndarray) -> int:

@@ -60,8 +60,8 @@ def test_effects_are_ranked_best_first():
     effects = analyse(planted_store()).effects.main
     assert effects["effect"].is_monotonic_increasing
     best = effects.iloc[0]
-    # Balanced design, equal overheads: ties pick the first value by name as reference.
-    assert (best["axis"], best["value"], best["reference"]) == ("scale", "ue5m3", "e8m0")
+    # Balanced design, equal overheads: ties pick the axis' default as reference (transform: none).
+    assert (best["axis"], best["value"], best["reference"]) == ("transform", "hadamard64", "none")
 
 
 def test_diverged_trials_are_counted_per_axis_value():
@@ -128,10 +128,10 @@ def test_planted_effects_are_recovered_with_a_preset_beside_the_fit():
 
 def test_finding_names_resolved_choices_with_intervals():
     finding = analyse(planted_store()).effects.findings[("gpt", "tiny")]
-    # Largest first; equal overheads make hadamard16 (first by name) transform's reference.
-    assert finding.startswith("gpt (tiny): scale = ue5m3 lowers the loss gap by 0.06")
+    # Largest first; equal overheads make the default, none, transform's reference.
+    assert finding.startswith("gpt (tiny): transform = hadamard64 lowers the loss gap by 0.079")
     assert "rounding_bwd = sr lowers the loss gap by 0.039 (95% CI 0.037 to 0.041) against rne" in finding
-    assert "transform = none raises the loss gap by 0.049" in finding
+    assert "scale = ue5m3 lowers the loss gap by 0.06" in finding
     assert "depends on" not in finding  # additive by construction
 
 
@@ -193,3 +193,22 @@ def test_a_finding_names_only_the_largest_effects():
     assert finding.startswith("gpt (tiny): axis6 = b lowers the loss gap by 0.07")
     assert "axis2 = b" in finding and "axis1 = b" not in finding
     assert finding.endswith("; 2 smaller resolved effects in the table.")
+
+
+def test_a_value_is_charged_only_its_own_overhead_not_what_it_was_crossed_with():
+    """An unbalanced crossing: the cheap optimiser appears mostly beside a costly transform. Its
+    own overhead is zero within every cell, so the default stays the reference."""
+    rows = []
+    for seed in range(3):
+        rows.append(trial_row("regression", seed, "bf16", val_loss=1.0, axes=dict.fromkeys(["transform", "optimizer"])))
+        for transform, optimizer in [("none", "adamw"), ("rhadamard16", "adamw"),
+                                     ("rhadamard16", "stable_spam"), ("none", "stable_spam"),
+                                     ("rhadamard16", "stable_spam")]:
+            rows.append(trial_row(
+                "regression", seed, f"{transform}/{optimizer}", axes={"transform": transform, "optimizer": optimizer},
+                val_loss=1.1 + 0.01 * seed + (0.05 if optimizer == "stable_spam" else 0.0),
+                overhead=0.5 if transform == "rhadamard16" else 0.1,
+            ))
+    effects = analyse(pd.DataFrame(rows)).effects.main.set_index(["axis", "value"])
+    assert effects.loc[("optimizer", "stable_spam"), "reference"] == "adamw"
+    assert effects.loc[("transform", "rhadamard16"), "reference"] == "none"
