@@ -153,7 +153,8 @@ AXES: dict[str, Axis] = {
         Axis("sign_policy", "when random Hadamard signs (rhadamardK) are drawn: fixed (once for "
              "the run) or per_step (afresh every step, shared by a GEMM's two operands, as "
              "TransformerEngine and Quartet do)", _named("fixed", "per_step"), "fixed",
-             "sign_policy", RECIPE_LEVEL, "it times the signs of every random Hadamard transform of the recipe"),
+             "sign_policy", RECIPE_LEVEL,
+             "it times the signs of every random Hadamard transform of the recipe"),
         Axis("estimator", "how the gradient flows through the forward quantizers: ste, "
              "clipped_ste, spline, power", _named("ste", "clipped_ste", "spline", "power"), "ste",
              "estimator", RECIPE_LEVEL, "it acts on the forward quantizers' derivative as a whole"),

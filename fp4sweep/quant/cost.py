@@ -472,7 +472,9 @@ def _unfused_seconds(recipe: Recipe, shapes: list[GemmShape], hardware: Hardware
     return out
 
 
-def _unfused_quantizer_costs(spec: QuantSpec, n: int, hp: int, hold: int) -> dict[str, tuple[float, float]]:
+def _unfused_quantizer_costs(
+    spec: QuantSpec, n: int, hp: int, hold: int
+) -> dict[str, tuple[float, float]]:
     """(ops, bytes) per technique of quantizing one operand of ``n`` elements with ``spec``,
     beyond MXFP4's own quantize-and-cast; ``hold`` is the steps a held amax lasts (1 when the
     amax is taken every step: the upper bound keeps a pass for it, delayed or not)."""

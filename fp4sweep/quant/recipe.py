@@ -267,8 +267,9 @@ PRESETS: dict[str, dict[str, str]] = {
     # only, in both backward GEMMs; no Hadamard transform. Where the core differs: their 8-bit
     # "midpoint" rounding goes up iff p + (2r + 1) / 512 >= 1, the core's iff r / 256 < p (r
     # uniform on 0..255, p the position between neighbours): P(up) is 256 p rounded to nearest
-    # over 256 for them, rounded up for the core, at most 1/256 apart; a block scale that rounds to zero is 1 for them, the format's smallest value here; their
-    # 2048 target for dy of some Nemotron-H layers is architecture-specific and left out.
+    # over 256 for them, rounded up for the core, at most 1/256 apart; a block scale that rounds
+    # to zero is 1 for them, the format's smallest value here; their 2048 target for dy of some
+    # Nemotron-H layers is architecture-specific and left out.
     "ue5m3_2026": {
         "scale": "ue5m3", "block": "16", "scale_rule": "nvfp4", "tensor_scale": "fp32",
         "tensor_target": "448", "block_2d@w": "true", "amax": "hold50", "rounding@dy": "sr",

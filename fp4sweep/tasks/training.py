@@ -190,8 +190,9 @@ def fit(
     """Train for ``steps`` steps; ``loss_at(step)`` computes the loss of that step's batch.
 
     Every ``eval_every`` steps and at the end, logs the mean training loss since the last log,
-    what ``evaluate()`` returns (it must include ``val_loss``) and the layers' ``state_metrics``. Stops early, marked diverged, when
-    the training loss is not finite or blows up, or the validation loss is not finite.
+    what ``evaluate()`` returns (it must include ``val_loss``) and the layers' ``state_metrics``.
+    Stops early, marked diverged, when the training loss is not finite or blows up, or the
+    validation loss is not finite.
 
     The losses are read ``LOSS_READ_EVERY`` steps at a time, so a run that diverges trains up to
     that many steps past its first bad loss before it stops; what is logged (the step and loss of
