@@ -72,7 +72,7 @@ def axis_effects(runs: pd.DataFrame) -> Effects:
     result = Effects()
     finished = runs[np.isfinite(runs["loss_gap"].to_numpy(dtype=float))]
     crossed = finished[~finished["is_preset"].astype(bool)]
-    # A trial that ran before an axis joined the sweep has no value on it: not in the fit.
+    # A trial with no option on an axis (one the schema no longer reads): not in the fit.
     unset = crossed[axis_columns(crossed)].eq(UNSET_AXIS).any(axis=1)
     mains, interactions, contexts = [], [], []
     for (task, size), group in crossed.groupby(TASK_KEY, sort=True):
@@ -80,8 +80,8 @@ def axis_effects(runs: pd.DataFrame) -> Effects:
         left_out = int(unset[group.index].sum())
         if left_out:
             result.problems.append(
-                f"{where}: {left_out} finished trials ran before one of the axes joined the sweep "
-                "and are left out of the effects"
+                f"{where}: {left_out} finished trials record no option under an axis key that the "
+                "axis schema cannot give them (a key it does not know) and are left out of the effects"
             )
             group = group[~unset[group.index]]
         design = _Design.of(group)

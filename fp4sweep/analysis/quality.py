@@ -30,7 +30,9 @@ REQUIRED_COLUMNS = (
 )
 VAL_LOSS, VAL_ACC, STEP_S = "metric.val_loss", "metric.val_acc", "time.step_s"
 CONFIDENCE = 0.95
-UNSET_AXIS = "(unset)"  # an axis added to the sweep after an axis-crossed trial ran
+# An axis key that an axis-crossed trial does not record and its recorded keys cannot give
+# (``load.fill_unrecorded_axes`` fills the others in: a new axis reads as its default).
+UNSET_AXIS = "(unset)"
 
 
 def task_name(task: str, size: str) -> str:

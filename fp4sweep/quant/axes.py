@@ -23,7 +23,7 @@ from typing import Any
 from fp4sweep.quant.formats import ELEMENT_FORMATS
 from fp4sweep.quant.layer_policy import KINDS
 from fp4sweep.quant.operands import ALL, GEMM_SCOPES, OPERANDS, SCOPES
-from fp4sweep.quant.spec import ROUNDINGS, SCALE_RULES, TRANSFORMS
+from fp4sweep.quant.spec import PRESCALES, ROUNDINGS, SCALE_RULES, SCALE_SELECTS, TRANSFORMS
 
 SCOPE_SEPARATOR, COMMAND_LINE_SEPARATOR = "@", "__"
 RECIPE_LEVEL = (ALL,)  # the scope of an axis that sets the whole recipe, not its operands
@@ -38,13 +38,14 @@ def _named(*names: str) -> dict[str, str]:
 class Axis:
     """One technique axis. ``sets`` is the QuantSpec field it sets on each operand in its scope,
     ``quantize`` (whether the operand is quantized at all) or, for a recipe-level axis, the Recipe
-    field it sets."""
+    field it sets; an axis whose options set several fields together names them all, and each
+    option's value is a tuple of their values in that order."""
 
     name: str
     meaning: str
     options: Mapping[str, Any]  # option name -> value, in the order listings show them
     default: str
-    sets: str
+    sets: str | tuple[str, ...]
     scopes: tuple[str, ...] = tuple(SCOPES)
     scope_rule: str = ""  # why narrower scopes are refused, when some are
 
@@ -61,6 +62,11 @@ class Axis:
             if _same(value, name) or _same(value, setting):
                 return name
         raise ValueError(f"unknown {self.name} {value!r}; valid: {list(self.options)}")
+
+    def fields(self, option: str) -> dict[str, Any]:
+        """The fields that ``option`` (a name) sets, field name -> value."""
+        value = self.options[option]
+        return {self.sets: value} if isinstance(self.sets, str) else dict(zip(self.sets, value))
 
     def check_scope(self, scope: str) -> None:
         if scope not in SCOPES:
@@ -87,6 +93,14 @@ def _same(value: Any, candidate: Any) -> bool:
 
 
 _FLAGS = {"false": False, "true": True}
+_LAYER_STATE = "a layer holds one amax history policy for all its tensor-scaled operands"
+# Delayed tensor amax: (Recipe.amax_policy, Recipe.amax_window) by name.
+_AMAX = {
+    "current": ("current", 1),
+    **{f"hold{d}": ("hold", d) for d in (10, 50, 200)},
+    **{f"max{h}": ("max", h) for h in (16, 1024)},
+    "most_recent": ("most_recent", 1),
+}
 AXES: dict[str, Axis] = {
     axis.name: axis
     for axis in (
@@ -114,6 +128,33 @@ AXES: dict[str, Axis] = {
              "a transform covers whole GEMMs"),
         Axis("tensor_scale", "a second, per-tensor fp32 scale so that block scales use their "
              "format's whole range", {"none": False, "fp32": True}, "none", "tensor_scale"),
+        Axis("tensor_target", "with tensor_scale fp32, the block scale that the tensor amax's block "
+             "is given: the scale format's max (448 for UE4M3, TransformerEngine's NVFP4), 448 (the "
+             "UE5M3 authors' target) or 256 (TE's 4-over-6 recipe, Quartet II), which leaves the "
+             "block scales headroom", {"max": 0, "448": 448, "256": 256}, "max",
+             "tensor_target_scale"),
+        Axis("prescale", "with stochastic rounding, the factor the scaled elements are multiplied "
+             "by before rounding: 1, 16/17 (the 17/16 margin of NVIDIA's and Quartet II's gradient "
+             "quantizers) or 3/4 (Tseng et al.)", _named(*PRESCALES), "1", "prescale"),
+        Axis("scale_select", "how a block's scale is chosen: max (its amax to the element max) or "
+             "4 over 6 (its amax to 6 or to 4, whichever has the lower squared / absolute error; "
+             "scale_rule nvfp4, 1-D blocks)", _named(*SCALE_SELECTS), "max", "scale_select"),
+        Axis("scale_rounding", "how the block scale is rounded into its format: nearest, or sr "
+             "(stochastically; for the nearest, nvfp4 and nvfp4_torchao scale rules)",
+             _named("nearest", "sr"), "nearest", "scale_rounding"),
+        Axis("amax", "the tensor amax that tensor scaling divides by: current (the tensor's own), "
+             "holdD (sampled every D steps and held: the UE5M3 authors' D = 50), maxH (the largest "
+             "of the previous H steps: TransformerEngine's FP8 DelayedScaling) or most_recent (the "
+             "previous step's); delayed ones need tensor_scale fp32", _AMAX, "current",
+             ("amax_policy", "amax_window"), RECIPE_LEVEL, _LAYER_STATE),
+        Axis("amax_margin", "with a delayed amax, the amax used is multiplied by 2**margin "
+             "(TransformerEngine's margin) so that a growing tensor saturates less",
+             {str(m): m for m in (0, 1, 2)}, "0", "amax_margin", RECIPE_LEVEL, _LAYER_STATE),
+        Axis("sign_policy", "when random Hadamard signs (rhadamardK) are drawn: fixed (once for "
+             "the run) or per_step (afresh every step, shared by a GEMM's two operands, as "
+             "TransformerEngine and Quartet do)", _named("fixed", "per_step"), "fixed",
+             "sign_policy", RECIPE_LEVEL,
+             "it times the signs of every random Hadamard transform of the recipe"),
         Axis("estimator", "how the gradient flows through the forward quantizers: ste, "
              "clipped_ste, spline, power", _named("ste", "clipped_ste", "spline", "power"), "ste",
              "estimator", RECIPE_LEVEL, "it acts on the forward quantizers' derivative as a whole"),
@@ -226,12 +267,13 @@ def recipe_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     for operand in OPERANDS:
         quantized = AXES["quantize"].options[chosen["quantize"][operand]]
         fields[operand] = None if not quantized else {
-            axis.sets: axis.options[chosen[name][operand]]
+            field: value
             for name, axis in AXES.items() if axis.per_operand and name != "quantize"
+            for field, value in axis.fields(chosen[name][operand]).items()
         }
     for name, axis in AXES.items():
         if not axis.per_operand:
-            fields[axis.sets] = axis.options[chosen[name][ALL]]
+            fields.update(axis.fields(chosen[name][ALL]))
     return fields
 
 

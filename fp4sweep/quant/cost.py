@@ -23,8 +23,13 @@ and output traffic. Which passes fuse:
   tensor scale's multiply, stochastic rounding's random bits and the cast all run inside it, on
   values in registers: they add instructions, never traffic, except the scale bytes written.
 - tensor scaling's amax is a pass of its own: the whole tensor's amax must be known before any
-  block is scaled (current scaling; a delayed amax would need no pass). It reads the tensor once
-  more and, for a transformed operand, runs the transform too (the amax is the rotated tensor's).
+  block is scaled (current scaling). It reads the tensor once more and, for a transformed
+  operand, runs the transform too (the amax is the rotated tensor's). A delayed amax
+  (``Recipe.amax_policy``, ``delayed.py``) changes what a real kernel does: "hold" needs the
+  current amax only on its refresh steps, one in D, so the pass is priced at 1/D of its time
+  (the mean step); "max" and "most_recent" record an amax every step, but the cast uses the
+  history's and does not wait for it, so the quantizer takes it on the fly from the values it
+  holds (one max per element, no pass). The margin's multiply is once per tensor: not priced.
 - an estimator other than STE and the scale gradient adjust the gradient of each forward operand
   in one pass after the GEMM that produces it: read and write the gradient, read the operand's
   saved state, and (with a Hadamard transform) take the gradient into the rotated basis and back.
@@ -55,6 +60,18 @@ Instruction counts, per element unless said otherwise, shared by both models:
   element (up to 8 random bits four elements share a word, up to 16 two, as ``rng.py`` and FP4
   hardware's stochastic conversion draw them) at 15 instructions a word: Philox-4x32-10 makes
   four words in 10 rounds of two wide multiplies, two three-input XORs and two key additions.
+  A pre-scale (``prescale`` other than "1") multiplies each scaled element (1) and divides each
+  decode scale (1 per block). Stochastic rounding of the block scale (``scale_rounding="sr"``)
+  draws a whole word per block scale and adds it: 16 per block.
+- scale_select "4 over 6": per element, the second candidate's scaling and cast (2), each
+  candidate's dequantize (1) and error term (subtract, square or absolute value, add into the
+  block's sum: 3), and the select of the kept candidate's codes (1) = 11; per block, the second
+  scale (4) and the compare (1) = 5. All in registers: no traffic.
+- hadamard with ``sign_policy="per_step"``: each GEMM's K signs are drawn afresh every step, one
+  random word per 32 signs (15 instructions each) per call of the layer: a constant per GEMM
+  call (at most 120 instructions, K = 256), not per element. Priced, and negligible beside the
+  quantizers' 5 or more instructions an element once a GEMM's operands have a few thousand
+  elements (Llama 3 8B with K = 256: 2e-8 of the step).
 - tensor_scaling: a max per element in the amax pass, a multiply per block scale.
 - estimator (backward, per forward operand): STE is free; clipped STE reads a 1-bit saturation
   mask written in the forward and selects (1); spline re-reads the operand and locates each
@@ -88,6 +105,7 @@ TECHNIQUES = (
     "stochastic_rounding",
     "tensor_scaling",
     "scale_format",
+    "scale_select",
     "estimator",
     "scale_grad",
 )
@@ -98,6 +116,10 @@ QUANTIZE_OPS = 5.0
 SCALE_OPS = 4.0
 MANTISSA_SCALE_OPS = 2.0
 OPS_PER_RANDOM_WORD = 15.0
+PRESCALE_OPS, PRESCALE_BLOCK_OPS = 1.0, 1.0
+SCALE_SR_BLOCK_OPS = OPS_PER_RANDOM_WORD + 1.0
+SCALE_SELECT_OPS, SCALE_SELECT_BLOCK_OPS = 11.0, 5.0
+SIGNS_PER_RANDOM_WORD = 32
 MX_SCALES_PER_ELEMENT = 1 / 32
 MX_SCALE_BYTES_PER_ELEMENT = 1 / 32
 _ESTIMATOR_OPS = {"ste": 0.0, "clipped_ste": 1.0, "spline": 6.0, "power": 10.0}
@@ -251,10 +273,32 @@ def transform_ops(spec: QuantSpec) -> float:
 
 
 def rounding_ops(spec: QuantSpec) -> float:
-    """Stochastic rounding's instructions per element: its share of a random word, and the add."""
-    if spec.rounding != "sr":
+    """Stochastic rounding's instructions per element: an element's share of a random word and
+    the add, the pre-scale's multiplies, and a random word per stochastically rounded scale."""
+    ops = 0.0
+    if spec.rounding == "sr":
+        ops += 1.0 + OPS_PER_RANDOM_WORD / (32 // spec.sr_bits)
+    if spec.prescale != "1":
+        ops += PRESCALE_OPS + PRESCALE_BLOCK_OPS * scales_per_element(spec)
+    if spec.scale_rounding == "sr":
+        ops += SCALE_SR_BLOCK_OPS * scales_per_element(spec)
+    return ops
+
+
+def scale_select_ops(spec: QuantSpec) -> float:
+    """Instructions per element of choosing each block's scale "4 over 6" (0 for "max")."""
+    if spec.scale_select == "max":
         return 0.0
-    return 1.0 + OPS_PER_RANDOM_WORD / (32 // spec.sr_bits)
+    return SCALE_SELECT_OPS + SCALE_SELECT_BLOCK_OPS * scales_per_element(spec)
+
+
+def sign_ops(recipe: Recipe, gemm: str) -> float:
+    """Instructions per call of a layer to redraw one GEMM's random Hadamard signs for the step
+    (``sign_policy="per_step"``; 0 otherwise): a random word per 32 signs."""
+    spec = getattr(recipe, GEMM_OPERANDS[gemm][0]) or getattr(recipe, GEMM_OPERANDS[gemm][1])
+    if recipe.sign_policy != "per_step" or spec is None or not spec.random_signs:
+        return 0.0
+    return math.ceil(spec.hadamard_size / SIGNS_PER_RANDOM_WORD) * OPS_PER_RANDOM_WORD
 
 
 def scale_format_ops(spec: QuantSpec) -> float:
@@ -314,14 +358,19 @@ def _fused_seconds(recipe: Recipe, shapes: list[GemmShape], hardware: Hardware) 
             output = operand_elements(shape, GEMM_OUTPUT[gemm]) * hp
             operands = [n * _mx_operand_bytes(s, hardware) for s, n in zip(specs, sizes)]
             scales = [n * _scale_bytes_over_mx(s, hardware) for s, n in zip(specs, sizes)]
-            _kernel(out, "fwd" if gemm == "fwd" else "bwd", [
+            pass_ = "fwd" if gemm == "fwd" else "bwd"
+            _kernel(out, pass_, [
                 ("gemm_precision", shape.flops_per_pass / rate, sum(operands) + output),
                 ("scale_format", 0.0, sum(scales)),
             ], hardware)
+            signs = shape.count * sign_ops(layer, gemm)
+            if signs:
+                _kernel(out, pass_, [("hadamard", signs / hardware.vector_ops, 0.0)], hardware)
         for tensor, names in TENSOR_OPERANDS.items():
             specs = [s for s in (getattr(layer, name) for name in names) if s is not None]
             n = operand_elements(shape, tensor)
-            for parts in quantizer_kernels(specs, n, hardware):
+            amax = (layer.amax_policy, layer.amax_window)
+            for parts in quantizer_kernels(specs, n, hardware, amax):
                 _kernel(out, TENSOR_PASS[tensor], parts, hardware)
         for name in FORWARD_OPERANDS:
             spec = getattr(layer, name)
@@ -334,27 +383,34 @@ def _fused_seconds(recipe: Recipe, shapes: list[GemmShape], hardware: Hardware) 
 
 
 def quantizer_kernels(
-    specs: list[QuantSpec], n: int, hardware: Hardware
+    specs: list[QuantSpec], n: int, hardware: Hardware, amax: tuple[str, int] = ("current", 1)
 ) -> list[list[tuple[str, float, float]]]:
     """The kernels that quantize one tensor of ``n`` elements into the operands ``specs``: the
-    fused quantizer, and tensor scaling's amax pass before it where an operand needs it. Each
-    kernel is its parts: (technique, compute seconds, bytes)."""
+    fused quantizer, and tensor scaling's amax pass before it where an operand needs it (``amax``
+    is the recipe's amax policy and window). Each kernel is its parts: (technique, compute
+    seconds, bytes), over one step on average."""
     if not specs:
         return []
     vector, hp = hardware.vector_ops, hardware.high_precision_bytes
     kernels = []
     scaled = [s for s in specs if s.tensor_scale]
-    if scaled:  # one more read, and the transform where the amax is the rotated tensor's
+    policy, window = amax
+    if scaled and policy in ("current", "hold"):
+        # one more read, and the transform where the amax is the rotated tensor's; held, only on
+        # the refresh steps: a roofline kernel run one step in D costs 1/D of it on average
+        share = 1.0 / window if policy == "hold" else 1.0
         ops = n * sum(1.0 + transform_ops(s) for s in scaled)
-        kernels.append([("tensor_scaling", ops / vector, n * hp)])
+        kernels.append([("tensor_scaling", share * ops / vector, share * n * hp)])
+    on_the_fly = len(scaled) if policy in ("max", "most_recent") else 0  # a max per element
     kernels.append([
         ("quantize", n * len(specs) * (QUANTIZE_OPS + SCALE_OPS * MX_SCALES_PER_ELEMENT) / vector,
          n * (hp + sum(_mx_operand_bytes(s, hardware) for s in specs))),
         ("hadamard", n * sum(transform_ops(s) for s in specs) / vector, 0.0),
         ("stochastic_rounding", n * sum(rounding_ops(s) for s in specs) / vector, 0.0),
-        ("tensor_scaling", n * sum(scales_per_element(s) for s in scaled) / vector, 0.0),
+        ("tensor_scaling", n * (on_the_fly + sum(scales_per_element(s) for s in scaled)) / vector, 0.0),
         ("scale_format", n * sum(scale_format_ops(s) for s in specs) / vector,
          n * sum(_scale_bytes_over_mx(s, hardware) for s in specs)),
+        ("scale_select", n * sum(scale_select_ops(s) for s in specs) / vector, 0.0),
     ])
     return kernels
 
@@ -390,12 +446,13 @@ def _unfused_seconds(recipe: Recipe, shapes: list[GemmShape], hardware: Hardware
     hp = hardware.high_precision_bytes
     for shape in shapes:
         layer = layer_recipe(recipe, shape)
+        hold = layer.amax_window if layer.amax_policy == "hold" else 1
         for name, spec in layer.operands().items():
             if spec is None:
                 continue
             pass_ = "fwd" if name in FORWARD_OPERANDS else "bwd"
             n = operand_elements(shape, name)
-            for technique, (o, b) in _unfused_quantizer_costs(spec, n, hp).items():
+            for technique, (o, b) in _unfused_quantizer_costs(spec, n, hp, hold).items():
                 ops[technique, pass_] += o
                 data[technique, pass_] += b
         for name in FORWARD_OPERANDS:
@@ -408,31 +465,38 @@ def _unfused_seconds(recipe: Recipe, shapes: list[GemmShape], hardware: Hardware
         for gemm, (a, b) in GEMM_OPERANDS.items():
             rate = min(hardware.gemm_flops(getattr(layer, a)), hardware.gemm_flops(getattr(layer, b)))
             out["gemm_precision", "fwd" if gemm == "fwd" else "bwd"][0] += shape.flops_per_pass / rate
+            ops["hadamard", "fwd" if gemm == "fwd" else "bwd"] += shape.count * sign_ops(layer, gemm)
     for key in set(ops) | set(data):
         out[key][0] += ops[key] / hardware.vector_ops
         out[key][1] += data[key] / hardware.memory_bytes
     return out
 
 
-def _unfused_quantizer_costs(spec: QuantSpec, n: int, hp: int) -> dict[str, tuple[float, float]]:
+def _unfused_quantizer_costs(
+    spec: QuantSpec, n: int, hp: int, hold: int
+) -> dict[str, tuple[float, float]]:
     """(ops, bytes) per technique of quantizing one operand of ``n`` elements with ``spec``,
-    beyond MXFP4's own quantize-and-cast."""
+    beyond MXFP4's own quantize-and-cast; ``hold`` is the steps a held amax lasts (1 when the
+    amax is taken every step: the upper bound keeps a pass for it, delayed or not)."""
     costs = {
         "hadamard": (n * transform_ops(spec), 0.0),
         "stochastic_rounding": (n * rounding_ops(spec), 0.0),
         # each scale written by the quantizer and read by the GEMM
         "scale_format": (n * scale_format_ops(spec),
                          2 * n * (scale_bytes_per_element(spec) - MX_SCALE_BYTES_PER_ELEMENT)),
+        "scale_select": (n * scale_select_ops(spec), 0.0),
     }
     if spec.tensor_scale:
-        costs["tensor_scaling"] = (n * (1 + scales_per_element(spec)), n * hp)
+        costs["tensor_scaling"] = (n * (1 / hold + scales_per_element(spec)), n * hp / hold)
     return costs
 
 
 def complexity_points(recipe: Recipe) -> int:
     """The paper's complexity points: one per technique enabled anywhere in the recipe (a
     Hadamard transform, stochastic rounding, tensor scaling, a scale format other than E8M0,
-    2-D weight blocks, an estimator other than STE, a gradient through the scale)."""
+    2-D weight blocks, an estimator other than STE, a gradient through the scale), and one for
+    each technique beyond the paper's (4-over-6 scale selection, stochastic scale rounding, a
+    pre-scale, a delayed amax, per-step Hadamard signs)."""
     specs = [s for s in recipe.operands().values() if s is not None]
     enabled = {
         "hadamard": any(s.hadamard_size for s in specs),
@@ -442,5 +506,10 @@ def complexity_points(recipe: Recipe) -> int:
         "weight_block_2d": any(s.block_2d for s in specs),
         "estimator": recipe.estimator != "ste",
         "scale_grad": recipe.scale_grad != "stop",
+        "scale_select": any(s.scale_select != "max" for s in specs),
+        "scale_rounding": any(s.scale_rounding == "sr" for s in specs),
+        "prescale": any(s.prescale != "1" for s in specs),
+        "delayed_amax": recipe.amax_policy != "current",
+        "per_step_signs": recipe.sign_policy == "per_step",
     }
     return sum(enabled.values())

@@ -18,16 +18,21 @@ an empty history: a choice of ours). ``Recipe.amax_margin`` m multiplies the ama
 history counts the steps of that operand, advancing once per training-mode forward (backward
 for the gradient operands); evaluation-mode calls read the state without changing it.
 
-A stale ``A`` below the tensor's own puts the largest block scales beyond the scale format's
-range: they saturate at its max, and the elements of those blocks beyond ``E`` times their
-scale saturate at ``E`` (the quantizer's ordinary saturation). ``clipped`` counts, per operand
-for the last training step, the finite elements whose transformed magnitude exceeds the ``A``
-used: the elements beyond the stale scale (0 whenever ``A`` is at least the tensor's own).
-``clipped_elements(model)`` sums it over a model, the metric a task logs.
+A stale ``A`` below the tensor's own puts the largest block scales above the tensor-scale
+target. Where the target is the scale format's max (the default; UE4M3's 448 in NVFP4) they
+saturate there, and the elements of those blocks beyond ``E`` times their scale saturate at
+``E`` (the quantizer's ordinary saturation); a lower target (``tensor_target_scale``, e.g. 448
+for UE5M3, whose max is 61440) leaves the block scales headroom that absorbs such elements.
+``clipped`` counts, per operand for the last training step, the finite elements whose
+transformed magnitude exceeds the ``A`` used: the elements beyond the stale scale (0 whenever
+``A`` is at least the tensor's own); ``clipped_elements(model)`` sums it over a model.
+``beyond`` and ``seen`` accumulate, per operand over every training step, those elements and
+all the elements quantized with a delayed amax, on the device; ``beyond_amax_fraction(model)``
+reads their ratio over a model in one transfer, the metric the tasks log at each evaluation.
 
 The state lives in buffers, so ``state_dict`` carries it across a checkpoint: ``history``
 (per operand, the held amax for "hold", else the ring of the last H amaxes), ``recorded``
-(steps recorded per operand) and ``clipped``.
+(steps recorded per operand), ``clipped``, ``beyond`` and ``seen``.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class DelayedAmax(nn.Module):
         self.register_buffer("history", torch.zeros(operands, length, device=device))
         self.register_buffer("recorded", torch.zeros(operands, dtype=torch.int64, device=device))
         self.register_buffer("clipped", torch.zeros(operands, dtype=torch.int64, device=device))
+        self.register_buffer("beyond", torch.zeros(operands, dtype=torch.int64, device=device))
+        self.register_buffer("seen", torch.zeros(operands, dtype=torch.int64, device=device))
 
     def tensor_amax(self, operand: str, x: torch.Tensor, spec: QuantSpec, axis: int) -> torch.Tensor:
         """The amax (0-d float32) that ``operand``'s tensor scaling uses for ``x`` this step;
@@ -76,6 +83,8 @@ class DelayedAmax(nn.Module):
             else:
                 history.index_copy_(0, (recorded % history.numel()).reshape(1), current.reshape(1))
             self.clipped[i] = ((t.abs() > used) & torch.isfinite(t)).sum()
+            self.beyond[i] += self.clipped[i]
+            self.seen[i] += t.numel()
             recorded += 1
         return used
 
@@ -88,3 +97,14 @@ def clipped_elements(model: nn.Module) -> int:
     ``model`` with a delayed amax (0 if none has one)."""
     counts = [module.clipped.sum() for module in model.modules() if isinstance(module, DelayedAmax)]
     return int(torch.stack(counts).sum()) if counts else 0
+
+
+def beyond_amax_fraction(model: nn.Module) -> float | None:
+    """Over every training step so far and every layer of ``model`` with a delayed amax: the
+    elements beyond the amax their tensor scale used, as a fraction of the elements quantized
+    with a delayed amax (None without a delayed amax). One read of the device."""
+    states = [module for module in model.modules() if isinstance(module, DelayedAmax)]
+    if not states:
+        return None
+    beyond, seen = torch.stack([torch.stack([s.beyond.sum(), s.seen.sum()]) for s in states]).sum(0).tolist()
+    return beyond / seen if seen else 0.0

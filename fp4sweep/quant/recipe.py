@@ -244,9 +244,7 @@ _TE_NVFP4 = {
     "block_2d@w": "true", "transform@wgrad": "rhadamard16", "rounding@dy": "sr",
 }  # fmt: skip
 
-# Named recipes as axis values. The UE5M3 authors' 2026 recipe (MrHuff/ue5m3-fp4,
-# recipes/proposed_b16_d50.yaml) holds its tensor amax for 50 steps, a delayed tensor scale the
-# core does not have yet: it is not here.
+# Named recipes as axis values.
 PRESETS: dict[str, dict[str, str]] = {
     # Everything in the model's precision: the baseline.
     "bf16": {"quantize": "false"},
@@ -272,5 +270,21 @@ PRESETS: dict[str, dict[str, str]] = {
     "paper_best": {
         "scale": "ue5m3", "scale_rule": "nearest", "rounding@bwd": "sr", "transform": "rhadamard32",
         "tensor_scale": "fp32",
+    },
+    # The UE5M3 authors' proposed recipe (MrHuff/ue5m3-fp4, recipes/proposed_b16_d50.yaml and
+    # docs/numerics.md): E2M1 with a UE5M3 scale per 16, rounded to nearest even from
+    # block amax * (g / 6) as TE's NVFP4 rule does, under an fp32 tensor scale whose target is
+    # 448 (not UE5M3's max of 61440); 16x16 weight tiles; the tensor amax of every operand sampled
+    # at steps 0, 50, 100, ... and held in between; stochastic rounding with 8 random bits for dy
+    # only, in both backward GEMMs; no Hadamard transform. Where the core differs: their 8-bit
+    # "midpoint" rounding goes up iff p + (2r + 1) / 512 >= 1, the core's iff r / 256 < p (r
+    # uniform on 0..255, p the position between neighbours): P(up) is 256 p rounded to nearest
+    # over 256 for them, rounded up for the core, at most 1/256 apart; a block scale that rounds
+    # to zero is 1 for them, the format's smallest value here; their 2048 target for dy of some
+    # Nemotron-H layers is architecture-specific and left out.
+    "ue5m3_2026": {
+        "scale": "ue5m3", "block": "16", "scale_rule": "nvfp4", "tensor_scale": "fp32",
+        "tensor_target": "448", "block_2d@w": "true", "amax": "hold50", "rounding@dy": "sr",
+        "sr_bits@dy": "8",
     },
 }  # fmt: skip

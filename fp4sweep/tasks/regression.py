@@ -2,8 +2,10 @@
 
 Features x ~ N(0, I); targets y = W* x + noise, from a random linear teacher W* that the data seed
 fixes (the same for every trial and recipe). A linear student is trained on the MSE with Adam
-through the recipe's quantized GEMMs (AdamW without weight decay, i.e. Adam, or the recipe's optimizer); the metrics are its final MSE on the whole training set and
-on held-out data. The trial seed sets the student's initialisation and the batch order.
+through the recipe's quantized GEMMs (AdamW without weight decay, i.e. Adam, or the recipe's
+optimizer); the metrics are its final MSE on the whole training set and on held-out data, and the
+layers' ``training.state_metrics``. The trial seed sets the student's initialisation and the
+batch order.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_non_negative, check_positive
 from fp4sweep.tasks.optimizers import build_optimizer
-from fp4sweep.tasks.training import LayerLayout, fit, quantize, task_result, to_device
+from fp4sweep.tasks.training import LayerLayout, fit, quantize, state_metrics, task_result, to_device
 
 NAME = "regression"
 
@@ -104,4 +106,5 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
         return task_result(log, gemm_shapes(config, recipe.high_precision))
     metrics = {"train_loss": mse(model, x_train, y_train), "val_loss": mse(model, x_val, y_val)}
     diverged = not all(math.isfinite(v) for v in metrics.values())
+    metrics.update(state_metrics(model))
     return TaskResult(metrics, log.curve, diverged=diverged, gemm_shapes=gemm_shapes(config, recipe.high_precision))

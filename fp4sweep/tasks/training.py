@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fp4sweep.quant import Recipe, quantize_model
+from fp4sweep.quant.delayed import beyond_amax_fraction
 from fp4sweep.quant.gemm import GemmShape
 from fp4sweep.quant.layer_policy import high_precision_layers
 from fp4sweep.quant.layers import is_excluded
@@ -156,6 +157,13 @@ class TrainLog:
         return self.curve[-1] if self.curve else {}
 
 
+def state_metrics(model: nn.Module) -> dict[str, float]:
+    """What the quantized layers' own state says about the run so far: ``beyond_amax_fraction``
+    (``quant/delayed.py``) for a recipe with a delayed tensor amax, nothing otherwise."""
+    fraction = beyond_amax_fraction(model)
+    return {} if fraction is None else {"beyond_amax_fraction": fraction}
+
+
 # Steps between reads of the training loss: each read waits for the device, so the loss is read
 # for several steps at once (and at every evaluation), not after every step.
 LOSS_READ_EVERY = 32
@@ -179,9 +187,10 @@ def fit(
     unscaled before clipping and the optimiser step, and a step whose gradients are not finite
     is skipped. With loss scaling on, each logged point also records the scale then in use.
 
-    Every ``eval_every`` steps and at the end, logs the mean training loss since the last log and
-    what ``evaluate()`` returns (it must include ``val_loss``). Stops early, marked diverged, when
-    the training loss is not finite or blows up, or the validation loss is not finite.
+    Every ``eval_every`` steps and at the end, logs the mean training loss since the last log,
+    what ``evaluate()`` returns (it must include ``val_loss``) and the layers' ``state_metrics``.
+    Stops early, marked diverged, when the training loss is not finite or blows up, or the
+    validation loss is not finite.
 
     The losses are read ``LOSS_READ_EVERY`` steps at a time, so a run that diverges trains up to
     that many steps past its first bad loss before it stops; what is logged (the step and loss of
@@ -213,14 +222,15 @@ def fit(
         unread = []
         for offset, value in enumerate(values):
             if guard.diverged(value):
-                log.curve.append({"step": first_step + offset, "train_loss": value})
+                log.curve.append({"step": first_step + offset, "train_loss": value, **state_metrics(model)})
                 log.diverged = True
                 return log
         window.extend(values)
         if evaluation:
             model.eval()
             with torch.no_grad():
-                point = {"step": step + 1, "train_loss": sum(window) / len(window), **evaluate()}
+                point = {"step": step + 1, "train_loss": sum(window) / len(window), **evaluate(),
+                         **state_metrics(model)}
             if scaler.is_enabled():
                 point["loss_scale"] = scaler.get_scale()
             window = []

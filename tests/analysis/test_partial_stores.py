@@ -10,6 +10,7 @@ import pytest
 from synthetic_store import trial_row
 
 from fp4sweep.analysis import analyse, report_from_store
+from fp4sweep.analysis.load import read_trials
 
 E8M0 = {"scale": "e8m0"}
 
@@ -102,7 +103,8 @@ def test_failed_trials_are_listed_with_their_error(rows_to_store):
     assert "CUDA error in int4" in page
 
 
-def test_axis_added_by_a_later_part_is_unset_in_earlier_ones(rows_to_store):
+def test_a_key_the_schema_cannot_give_earlier_parts_is_unset_there(rows_to_store):
+    # "rounding_bwd" is no key of the axis schema (rounding@bwd is): nothing can fill it in
     rows = small_sweep(tasks=("gpt",), seeds=(0,))
     new_axes = {"scale": "e8m0", "rounding_bwd": "sr"}
     rows.append(trial_row("gpt", 1, "bf16", val_loss=2.0, axes=dict.fromkeys(new_axes)))
@@ -115,7 +117,7 @@ def test_axis_added_by_a_later_part_is_unset_in_earlier_ones(rows_to_store):
     recipes = pd.read_csv(store / "report" / "recipes.csv")
     assert recipes.set_index("recipe_label").loc["e8m0", "axis.rounding_bwd"] == "(unset)"
     assert not recipes["is_preset"].any()  # an unset axis is not a preset's
-    assert "gpt (tiny): 2 finished trials ran before one of the axes joined the sweep" in " ".join(
+    assert "gpt (tiny): 2 finished trials record no option under an axis key" in " ".join(
         summary["problems"]
     )
 
@@ -161,3 +163,24 @@ def test_stores_without_any_quality_gap_still_report(rows, unfinished, rows_to_s
     assert summary["hypervolumes"] == []
     assert "<h2>gpt (tiny)</h2>" in page
     assert sum(t["failed"] + t["diverged"] for t in summary["trials"]) == unfinished
+
+
+def test_trials_stored_before_an_axis_existed_take_its_default(rows_to_store):
+    # The first sweep knew no `amax` axis: its rows lack the column. A later one crossed it.
+    rows = small_sweep(tasks=("gpt",), seeds=(0, 1, 2))
+    gaps = {("ue5m3", "hold50"): 0.3, ("e8m0", "hold50"): 0.4}
+    for seed in (0, 1, 2):
+        for (scale, amax), gap in gaps.items():
+            rows.append(trial_row("gpt", seed, f"{scale} amax={amax}", axes={"scale": scale, "amax": amax},
+                                  val_loss=2.0 * (1 + gap + 0.01 * seed), overhead=0.1))
+    store = rows_to_store(rows)
+    trials, _ = read_trials(store)
+    old = trials[trials["recipe_label"].isin(["e8m0", "ue5m3"])]
+    assert set(old["axis.amax"]) == {"current"}  # the default: how they ran
+    assert trials.loc[trials["is_baseline"], "axis.amax"].isna().all()  # a baseline records no axis
+    effects = analyse(trials).effects
+    assert not any("before one of the axes joined" in p for p in effects.problems)
+    # the held amax adds 0.2 (+0.01 a seed) to the gap of both scales: fitted on all 12 trials
+    amax = effects.main[(effects.main["axis"] == "amax") & ~effects.main["is_reference"]].iloc[0]
+    assert (amax["value"], amax["reference"], amax["n_trials"]) == ("current", "hold50", 6)
+    assert amax["effect"] == pytest.approx(-0.21)

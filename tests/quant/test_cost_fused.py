@@ -109,3 +109,79 @@ def test_a_transform_hides_under_memory_until_rounding_tips_the_kernel():
     row = price(Recipe.from_axes(transform="rhadamard32", rounding__bwd="sr", sr_bits=24)).as_dict()
     assert row["hadamard_bwd"] == pytest.approx(0.0)
     assert row["stochastic_rounding_bwd"] == pytest.approx((5.425 - 3.0625) / G)
+
+
+# -- the techniques beyond the paper's --------------------------------------------------------
+
+_NVFP4_SCALES = dict(scale="ue4m3", block=16, scale_rule="nvfp4")
+
+
+def test_four_over_six_adds_a_second_candidate_per_element():
+    row = price(Recipe.from_axes(**_NVFP4_SCALES, scale_select="4over6_mse")).as_dict()
+    # each tensor's kernel, two operands: quantize 5 + 4/32, UE4M3 per 16 0.25 (scale_format),
+    # 4 over 6 11 + 5/16: 33.375 instructions, 3.3375 units, against 3.0625 + 2/32 units of
+    # traffic (the extra scale bytes): 4 over 6 carries the 0.2125 units over it
+    assert row["scale_select_fwd"] == pytest.approx(2 * 0.2125 / G)  # x and w
+    assert row["scale_select_bwd"] == pytest.approx(0.2125 / G)  # dy
+    plain = price(Recipe.from_axes(**_NVFP4_SCALES)).as_dict()
+    assert plain["scale_select_fwd"] == plain["scale_select_bwd"] == 0
+
+
+def test_a_prescale_is_a_multiply_per_element_and_a_divide_per_block():
+    # 8-bit SR with the 16/17 pre-scale: dy's kernel 2 * (5.125 + 4.75 + 1 + 1/32) = 21.8125
+    # instructions (2.18 units) under its 3.0625 units of traffic: free
+    assert price(Recipe.from_axes(rounding__bwd="sr", sr_bits=8, prescale__bwd="16/17")).total == 0
+    # with 24 bits dy's kernel is compute-bound: 2 * (5.125 + 16 + 1.03125) = 44.3125, 4.43125
+    # units; the pre-scale's 0.20625 of them come on top of SR's 4.225
+    row = price(Recipe.from_axes(rounding__bwd="sr", sr_bits=24, prescale__bwd="16/17")).as_dict()
+    assert row["stochastic_rounding_bwd"] == pytest.approx((4.43125 - 3.0625) / G)
+
+
+def test_stochastic_scale_rounding_draws_a_word_per_block():
+    # dy: two UE4M3 operands per 16 with 24-bit element SR; scale SR adds 16 instructions per
+    # block of 16, 1 per element each: SR's term carries 2 * (16 + 1) = 34 instructions over
+    # quantize's 10.25 (4.425 units, 1.3625 over the 3.0625 of traffic), scale_format the rest
+    axes = dict(**_NVFP4_SCALES, rounding__dy="sr", sr_bits__dy=24)
+    row = price(Recipe.from_axes(**axes, scale_rounding__dy="sr")).as_dict()
+    assert row["stochastic_rounding_bwd"] == pytest.approx(1.3625 / G)
+    # scale_format: the kernel's last 0.05 units, and each backward GEMM's 2/32 of scale bytes
+    assert row["scale_format_bwd"] == pytest.approx((0.05 + 2 * 0.0625) / G)
+    assert price(Recipe.from_axes(**axes)).as_dict()["stochastic_rounding_bwd"] == pytest.approx(1.1625 / G)
+
+
+def test_a_held_amax_pays_its_pass_once_in_d_steps():
+    row = price(Recipe.from_axes(tensor_scale=True, amax="hold50")).as_dict()
+    # the amax pass (2 bytes read: 2 units) runs on one step in 50
+    assert row["tensor_scaling_fwd"] == pytest.approx(2 * 2 / 50 / G)
+    assert row["tensor_scaling_bwd"] == pytest.approx(2 / 50 / G)
+
+
+def test_a_history_amax_is_taken_on_the_fly():
+    # max / most_recent: no pass; one max per element and operand inside the quantizer, hidden
+    # under its memory time here
+    for amax in ("max16", "most_recent"):
+        assert price(Recipe.from_axes(tensor_scale=True, amax=amax)).total == pytest.approx(0.0)
+    # in a compute-bound kernel it shows: dy with 24-bit SR (4.225 units) + 2 * (1 + 1/32)
+    # instructions of tensor scaling = 4.43125 units
+    row = price(Recipe.from_axes(tensor_scale=True, amax="max16", rounding__bwd="sr", sr_bits=24)).as_dict()
+    assert row["tensor_scaling_bwd"] == pytest.approx(0.20625 / G)
+
+
+def test_per_step_signs_cost_a_random_word_per_gemm_call():
+    fixed = price(Recipe.from_axes(transform="rhadamard32")).as_dict()
+    per_step = price(Recipe.from_axes(transform="rhadamard32", sign_policy="per_step")).as_dict()
+    word = 15 / 1e13 / UNIT  # 32 signs, one Philox word: 1.4e-6 units
+    assert per_step["hadamard_fwd"] - fixed["hadamard_fwd"] == pytest.approx(word / G)
+    assert per_step["hadamard_bwd"] - fixed["hadamard_bwd"] == pytest.approx(2 * word / G)
+
+
+def test_the_unfused_bound_prices_the_new_lines_too():
+    def unfused(**axes):
+        return overhead(Recipe.from_axes(**axes), [SHAPE], HW, model="unfused").as_dict()
+
+    current, held = unfused(tensor_scale=True), unfused(tensor_scale=True, amax="hold50")
+    assert held["tensor_scaling_fwd"] < current["tensor_scaling_fwd"] / 20
+    selected = unfused(**_NVFP4_SCALES, scale_select="4over6_mae")
+    # six operands of N elements at 11 + 5/16 instructions (1.13125 units each), over the unfused
+    # unit: three GEMMs by tensor-core time alone, 2.048 units each
+    assert selected["scale_select_fwd"] + selected["scale_select_bwd"] == pytest.approx(6 * 1.13125 / (3 * 2.048))

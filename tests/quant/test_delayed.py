@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fp4sweep.quant import QuantSpec, Recipe, fake_quantize
-from fp4sweep.quant.delayed import DelayedAmax, clipped_elements
+from fp4sweep.quant.delayed import DelayedAmax, beyond_amax_fraction, clipped_elements
 from fp4sweep.quant.layers import QuantLinear
 
 # The amax rule on UE4M3 with tensor scaling: g = fl(448 * 6 / A), s = round(a * g / 6).
@@ -47,6 +47,19 @@ def test_clipped_counts_the_elements_beyond_the_amax_used():
     delayed.tensor_amax("fwd_x", torch.tensor([[9.0, -10.0, 8.0, float("inf")] + [1.0] * 12]), SPEC, 1)
     assert delayed.clipped[0].item() == 2  # 9 and -10; 8 is not beyond, inf is not finite
     assert clipped_elements(torch.nn.Sequential(delayed)) == 2
+
+
+def test_the_beyond_amax_fraction_accumulates_over_training_steps():
+    used, delayed = amaxes_used("hold", 3)
+    # held 1 for steps 0-2 (amaxes 1, 4, 2: one element of 16 beyond it at steps 1 and 2, the
+    # others at a quarter of 4 and 2 are not), 8 for steps 3-4: 2 of 80 elements
+    assert delayed.beyond.tolist() == [2, 0, 0, 0, 0, 0] and delayed.seen.tolist() == [80, 0, 0, 0, 0, 0]
+    model = torch.nn.Sequential(delayed, DelayedAmax(Recipe(fwd_x=SPEC, amax_policy="most_recent")))
+    assert beyond_amax_fraction(model) == 2 / 80
+    model.eval()
+    model[0].tensor_amax("fwd_x", operand_with_amax(100.0), SPEC, 1)  # evaluation counts nothing
+    assert beyond_amax_fraction(model) == 2 / 80
+    assert beyond_amax_fraction(torch.nn.Linear(2, 2)) is None  # no delayed amax: no metric
 
 
 def test_evaluation_reads_the_state_without_changing_it():
@@ -95,7 +108,8 @@ def test_state_survives_a_checkpoint():
     train(layer, 3)
     assert clipped_elements(layer) > 0  # step 2 held step 0's smaller amaxes
     checkpoint = layer.state_dict()
-    assert set(checkpoint) >= {"delayed.history", "delayed.recorded", "delayed.clipped"}
+    assert set(checkpoint) >= {"delayed.history", "delayed.recorded", "delayed.clipped", "delayed.beyond",
+                               "delayed.seen"}
     fresh = QuantLinear(64, 32, recipe=NVFP4_HOLD)
     fresh.load_state_dict(checkpoint)
     fresh.step = layer.step  # the stochastic-rounding step counter is the task's to restore

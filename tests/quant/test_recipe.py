@@ -214,3 +214,20 @@ def test_axis_and_spec_errors_reach_the_caller():
         Recipe.from_axes(elem="fp4")
     with pytest.raises(ValueError, match=r"QuantSpec.scale_rule='nvfp4' needs a scale format"):
         Recipe.from_axes(scale_rule="nvfp4")
+
+
+def test_the_ue5m3_authors_recipe():
+    recipe = Recipe.preset("ue5m3_2026")
+    ue5m3 = dict(elem="e2m1", scale="ue5m3", block=16, scale_rule="nvfp4", tensor_scale=True,
+                 tensor_target_scale=448)
+    assert recipe.operands() == {
+        "fwd_x": _spec(**ue5m3),
+        "fwd_w": _spec(**ue5m3, block_2d=True),
+        "dgrad_dy": _spec(**ue5m3, rounding="sr", sr_bits=8),
+        "dgrad_w": _spec(**ue5m3, block_2d=True),
+        "wgrad_dy": _spec(**ue5m3, rounding="sr", sr_bits=8),
+        "wgrad_x": _spec(**ue5m3),
+    }
+    assert (recipe.amax_policy, recipe.amax_window, recipe.amax_margin) == ("hold", 50, 0)
+    assert (recipe.estimator, recipe.sign_policy, recipe.high_precision) == ("ste", "fixed", "none")
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe

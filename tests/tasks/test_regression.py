@@ -90,3 +90,14 @@ def test_the_task_api_and_config_checks():
         Config(lr=-0.1)
     with pytest.raises(ValueError, match=r"Config.noise_std must be >= 0, got -1"):
         Config(noise_std=-1.0)
+
+
+def test_a_delayed_amax_records_the_elements_beyond_it():
+    held = train(SMALL, Recipe.from_axes(tensor_scale="fp32", amax="hold50"), seed=0)
+    fractions = [point["beyond_amax_fraction"] for point in held.curve]
+    assert len(fractions) == 3 and all(0 < f < 1 for f in fractions)
+    # the final metric is the whole run's, as the last point of the curve
+    assert held.metrics["beyond_amax_fraction"] == fractions[-1]
+    current = train(SMALL, Recipe.from_axes(tensor_scale="fp32"), seed=0)
+    assert "beyond_amax_fraction" not in current.metrics  # nothing delayed, nothing to count
+    assert all("beyond_amax_fraction" not in point for point in current.curve)
