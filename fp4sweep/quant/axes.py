@@ -124,6 +124,10 @@ AXES: dict[str, Axis] = {
              "N blocks (GPT blocks, CNN stages, U-Net levels) or a kind of layer",
              _named("none", "first1", "last1", "last2", "first1_last1", *KINDS), "none",
              "high_precision", RECIPE_LEVEL, "it chooses layers, not operands"),
+        Axis("gemm_model", "how the GEMMs sum their products: exact (a high-precision matmul) "
+             "or blackwell (an FP4 tensor core's float32 partials per 64, added rounding toward "
+             "zero)", _named("exact", "blackwell"), "exact", "gemm_model", RECIPE_LEVEL,
+             "it models the GEMM's accumulation, not an operand"),
     )
 }
 

@@ -11,7 +11,8 @@ the layer (``delayed.py``). ``sign_policy`` says when random Hadamard signs (``r
 drawn: once for the run from the specs' ``transform_seed`` ("fixed"), or afresh at every step
 ("per_step", TransformerEngine's and Quartet's practice): the layer draws each GEMM's signs from
 its seed and the step, shared by the GEMM's two operands (``layers.step_recipe``). A transform
-without signs is ``hadamardK``. Recipes are built from axis values (``from_axes``, the schema in
+without signs is ``hadamardK``. ``gemm_model`` says how the GEMMs sum their products: exactly, or
+as an FP4 tensor core accumulates (``accumulation.py``). Recipes are built from axis values (``from_axes``, the schema in
 ``axes.py``) or by name (``preset``). Fields at their defaults are left out of ``to_dict``, so
 adding one changes no existing recipe's dict (trial ids are hashes of it).
 """
@@ -32,11 +33,13 @@ from fp4sweep.quant.spec import QuantSpec
 __all__ = ["BACKWARD_OPERANDS", "FORWARD_OPERANDS", "GEMM_OPERANDS", "OPERANDS", "PRESETS", "Recipe"]
 ESTIMATORS = tuple(AXES["estimator"].options)
 SCALE_GRADS = tuple(AXES["scale_grad"].options)
+GEMM_MODELS = tuple(AXES["gemm_model"].options)
 NO_POLICY = "none"
 AMAX_POLICIES = ("current", "hold", "max", "most_recent")
 SIGN_POLICIES = ("fixed", "per_step")
 # Fields that to_dict leaves out at their default value.
-_OMITTED_AT_DEFAULT = ("high_precision", "amax_policy", "amax_window", "amax_margin", "sign_policy")
+_OMITTED_AT_DEFAULT = ("high_precision", "amax_policy", "amax_window", "amax_margin", "sign_policy",
+                       "gemm_model")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class Recipe:
         1 for the other policies.
     amax_margin: m >= 0, the amax used is multiplied by 2**m; 0 for "current".
     sign_policy: "fixed" or "per_step": when random Hadamard signs are drawn.
+    gemm_model: "exact" or "blackwell": how a GEMM whose two operands are quantized sums its
+        products (``accumulation.py``).
     """
 
     fwd_x: QuantSpec | None = None
@@ -64,6 +69,7 @@ class Recipe:
     amax_window: int = 1
     amax_margin: int = 0
     sign_policy: str = "fixed"
+    gemm_model: str = "exact"
 
     def __post_init__(self) -> None:
         for name in OPERANDS:
@@ -75,6 +81,10 @@ class Recipe:
         if self.estimator not in ESTIMATORS:
             raise ValueError(
                 f"Recipe.estimator={self.estimator!r} is not valid; valid: {list(ESTIMATORS)}"
+            )
+        if self.gemm_model not in GEMM_MODELS:
+            raise ValueError(
+                f"Recipe.gemm_model={self.gemm_model!r} is not valid; valid: {list(GEMM_MODELS)}"
             )
         if self.scale_grad not in SCALE_GRADS:
             raise ValueError(
