@@ -23,7 +23,7 @@ from typing import Any
 from fp4sweep.quant.formats import ELEMENT_FORMATS
 from fp4sweep.quant.layer_policy import KINDS
 from fp4sweep.quant.operands import ALL, GEMM_SCOPES, OPERANDS, SCOPES
-from fp4sweep.quant.spec import ROUNDINGS, SCALE_RULES, TRANSFORMS
+from fp4sweep.quant.spec import ROUNDINGS, SCALE_ROUNDINGS, SCALE_RULES, TRANSFORMS
 
 SCOPE_SEPARATOR, COMMAND_LINE_SEPARATOR = "@", "__"
 RECIPE_LEVEL = (ALL,)  # the scope of an axis that sets the whole recipe, not its operands
@@ -112,6 +112,10 @@ AXES: dict[str, Axis] = {
              "r: with random signs", _named(*TRANSFORMS), "none", "transform", GEMM_SCOPES,
              "both operands of a GEMM must share one rotation for their product to stay exact, so "
              "a transform covers whole GEMMs"),
+        Axis("scale_rounding", "block-scale rounding: nearest, sr (stochastic) or ms_eden "
+             "(Quartet II: elements to nearest, each scale corrected over its random Hadamard "
+             "run and rounded stochastically; needs scale_rule nvfp4 and a transform "
+             "rhadamardK)", _named(*SCALE_ROUNDINGS), "nearest", "scale_rounding"),
         Axis("tensor_scale", "a second, per-tensor fp32 scale so that block scales use their "
              "format's whole range", {"none": False, "fp32": True}, "none", "tensor_scale"),
         Axis("estimator", "how the gradient flows through the forward quantizers: ste, "

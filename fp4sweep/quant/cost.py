@@ -55,6 +55,10 @@ Instruction counts, per element unless said otherwise, shared by both models:
   element (up to 8 random bits four elements share a word, up to 16 two, as ``rng.py`` and FP4
   hardware's stochastic conversion draw them) at 15 instructions a word: Philox-4x32-10 makes
   four words in 10 rounds of two wide multiplies, two three-input XORs and two key additions.
+  A block scale rounded stochastically ("sr", "ms_eden") draws a whole word (24 bits) per scale
+  and adds; MS-EDEN's correction costs 4 per element (v * v and v * q, each added into its
+  run's sum), a division per Hadamard run and a multiply per scale. Its random Hadamard is
+  the transform's line.
 - tensor_scaling: a max per element in the amax pass, a multiply per block scale.
 - estimator (backward, per forward operand): STE is free; clipped STE reads a 1-bit saturation
   mask written in the forward and selects (1); spline re-reads the operand and locates each
@@ -98,6 +102,7 @@ QUANTIZE_OPS = 5.0
 SCALE_OPS = 4.0
 MANTISSA_SCALE_OPS = 2.0
 OPS_PER_RANDOM_WORD = 15.0
+EDEN_OPS = 4.0  # MS-EDEN's two products and two additions per element
 MX_SCALES_PER_ELEMENT = 1 / 32
 MX_SCALE_BYTES_PER_ELEMENT = 1 / 32
 _ESTIMATOR_OPS = {"ste": 0.0, "clipped_ste": 1.0, "spline": 6.0, "power": 10.0}
@@ -251,10 +256,17 @@ def transform_ops(spec: QuantSpec) -> float:
 
 
 def rounding_ops(spec: QuantSpec) -> float:
-    """Stochastic rounding's instructions per element: its share of a random word, and the add."""
-    if spec.rounding != "sr":
-        return 0.0
-    return 1.0 + OPS_PER_RANDOM_WORD / (32 // spec.sr_bits)
+    """Stochastic rounding's instructions per element: of the elements (a share of a random
+    word, and the add), of the block scales (a word and the add per scale) and MS-EDEN's
+    correction (its sums per element, a division per run, a multiply per scale)."""
+    ops = 0.0
+    if spec.rounding == "sr":
+        ops += 1.0 + OPS_PER_RANDOM_WORD / (32 // spec.sr_bits)
+    if spec.scale_rounding != "nearest":
+        ops += scales_per_element(spec) * (1.0 + OPS_PER_RANDOM_WORD)
+    if spec.scale_rounding == "ms_eden":
+        ops += EDEN_OPS + 1.0 / spec.hadamard_size + scales_per_element(spec)
+    return ops
 
 
 def scale_format_ops(spec: QuantSpec) -> float:
