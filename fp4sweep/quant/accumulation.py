@@ -9,7 +9,7 @@ high-precision ``torch.matmul``, as every layer did before this model existed.
 ``a`` (m, k) and ``b`` (k, n):
 
 1. the reduction axis is cut into groups of 64 (``GROUP``) in physical order; a last, shorter
-   group is zero-padded, as their reference pads it;
+   group sums what it has (their reference zero-pads it: the same sum);
 2. each group's 64 products are summed into a float32 partial, rounded to nearest (ties to
    even) once, from the exact sum;
 3. the partials are added in group order, starting from the first, each addition rounded toward
@@ -17,7 +17,7 @@ high-precision ``torch.matmul``, as every layer did before this model existed.
 4. the result is canonicalised: a zero is +0 (a signed zero's sign depends on the order a
    device sums in; here it never does).
 
-Choices where the sources leave the rule open, each tested:
+Choices where the sources leave the rule open (the tests cover each rule that acts):
 
 - Step 2 rounds the exact group sum once. The authors' kernel forms the partial with
   ``tl.dot``, whose internal order the hardware fixes; "summed in groups of 64 into FP32
@@ -42,7 +42,7 @@ code on the CUDA device; ``tests/quant/test_accumulation.py`` compares the two):
 
 - a product of two float32 values is exact in float64 (48 significant bits);
 - each group sum is first computed by a float64 matmul, with a bound on its error
-  (``_certified_partials``); where every value within the bound rounds to the same float32
+  (``_certified_partial``); where every value within the bound rounds to the same float32
   (almost always), that is the partial. Elsewhere (a sum that cancels, or one near a float32
   rounding boundary) the exact sum is formed in integers (``_exact_partials``: 16-bit limbs in
   int64) and rounded to float32 from it;
@@ -82,45 +82,38 @@ def blackwell_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                          f"and {tuple(b.shape)}")
     if a.dtype != torch.float32 or b.dtype != torch.float32:
         raise ValueError(f"blackwell_matmul takes float32 operands, got {a.dtype} and {b.dtype}")
-    partials = group_partials(a, b)
-    total = partials[0]
-    for partial in partials[1:]:
-        total = add_toward_zero(total, partial)
+    total = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float32, device=a.device)
+    # One group at a time: memory stays that of the output, whatever k is.
+    for start in range(0, a.shape[1], GROUP):
+        partial = group_partial(a[:, start:start + GROUP], b[start:start + GROUP])
+        total = partial if start == 0 else add_toward_zero(total, partial)
     return torch.where(total == 0, torch.zeros_like(total), total)
 
 
-def group_partials(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(groups, m, n) float32: each group's exact sum of products rounded to nearest even."""
-    k = a.shape[1]
-    groups = max(1, -(-k // GROUP))
-    pad = groups * GROUP - k
-    a64 = torch.nn.functional.pad(a.double(), (0, pad))
-    b64 = torch.nn.functional.pad(b.double(), (0, 0, 0, pad))
-    a_groups = a64.reshape(a.shape[0], groups, GROUP).transpose(0, 1)  # (g, m, 64)
-    b_groups = b64.reshape(groups, GROUP, b.shape[1])  # (g, 64, n)
-    partials, certified = _certified_partials(a_groups, b_groups)
+def group_partial(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(m, n) float32: ``a`` (m, g) times ``b`` (g, n), g <= 64, each exact sum of g products
+    rounded to nearest even once."""
+    a64, b64 = a.double(), b.double()
+    partial, certified = _certified_partial(a64, b64)
     if not bool(certified.all()):
-        g, i, j = (~certified).nonzero(as_tuple=True)
-        products = a_groups[g, i, :] * b_groups[g, :, j]  # exact: (cells, 64)
-        partials[g, i, j] = _exact_partials(products)
-    return partials
+        i, j = (~certified).nonzero(as_tuple=True)
+        partial[i, j] = _exact_partials(a64[i, :] * b64[:, j].T)  # exact products: (cells, g)
+    return partial
 
 
-def _certified_partials(a_groups: torch.Tensor, b_groups: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float64 group sums rounded to float32, and where that rounding is certainly the exact
+def _certified_partial(a64: torch.Tensor, b64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float64 sums rounded to float32, and where that rounding is certainly the exact
     sum's: every value within the float64 summation's error bound rounds to the same float32.
 
     Any order of summing n exact products errs by at most (n - 1) u / (1 - (n - 1) u) times the
     sum of their magnitudes (u = 2**-53); the bound used is twice 64 u times that sum, which
     also covers the rounding of the magnitudes' own sum and of the interval's ends.
     """
-    sums = torch.bmm(a_groups, b_groups)
-    magnitudes = torch.bmm(a_groups.abs(), b_groups.abs())
+    sums = a64 @ b64
+    magnitudes = a64.abs() @ b64.abs()
     bound = magnitudes * (2 * GROUP * 2.0**-53)
     low, high = (sums - bound).float(), (sums + bound).float()
-    finite = torch.isfinite(magnitudes)
-    certified = (low == high) | ~finite
+    certified = (low == high) | ~torch.isfinite(magnitudes)
     return sums.float(), certified
 
 
