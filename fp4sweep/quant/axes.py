@@ -23,7 +23,7 @@ from typing import Any
 from fp4sweep.quant.formats import ELEMENT_FORMATS
 from fp4sweep.quant.layer_policy import KINDS
 from fp4sweep.quant.operands import ALL, GEMM_SCOPES, OPERANDS, SCOPES
-from fp4sweep.quant.spec import PRESCALES, ROUNDINGS, SCALE_RULES, SCALE_SELECTS, TRANSFORMS
+from fp4sweep.quant.spec import PRESCALES, ROUNDINGS, SCALE_ROUNDINGS, SCALE_RULES, SCALE_SELECTS, TRANSFORMS
 
 SCOPE_SEPARATOR, COMMAND_LINE_SEPARATOR = "@", "__"
 RECIPE_LEVEL = (ALL,)  # the scope of an axis that sets the whole recipe, not its operands
@@ -126,6 +126,10 @@ AXES: dict[str, Axis] = {
              "r: with random signs", _named(*TRANSFORMS), "none", "transform", GEMM_SCOPES,
              "both operands of a GEMM must share one rotation for their product to stay exact, so "
              "a transform covers whole GEMMs"),
+        Axis("scale_rounding", "block-scale rounding: nearest, sr (stochastic; for the nearest, "
+             "nvfp4 and nvfp4_torchao scale rules) or ms_eden (Quartet II: elements to nearest, each scale corrected over its random Hadamard "
+             "run and rounded stochastically; needs scale_rule nvfp4 and a transform "
+             "rhadamardK)", _named(*SCALE_ROUNDINGS), "nearest", "scale_rounding"),
         Axis("tensor_scale", "a second, per-tensor fp32 scale so that block scales use their "
              "format's whole range", {"none": False, "fp32": True}, "none", "tensor_scale"),
         Axis("tensor_target", "with tensor_scale fp32, the block scale that the tensor amax's block "
@@ -139,9 +143,6 @@ AXES: dict[str, Axis] = {
         Axis("scale_select", "how a block's scale is chosen: max (its amax to the element max) or "
              "4 over 6 (its amax to 6 or to 4, whichever has the lower squared / absolute error; "
              "scale_rule nvfp4, 1-D blocks)", _named(*SCALE_SELECTS), "max", "scale_select"),
-        Axis("scale_rounding", "how the block scale is rounded into its format: nearest, or sr "
-             "(stochastically; for the nearest, nvfp4 and nvfp4_torchao scale rules)",
-             _named("nearest", "sr"), "nearest", "scale_rounding"),
         Axis("amax", "the tensor amax that tensor scaling divides by: current (the tensor's own), "
              "holdD (sampled every D steps and held: the UE5M3 authors' D = 50), maxH (the largest "
              "of the previous H steps: TransformerEngine's FP8 DelayedScaling) or most_recent (the "
@@ -173,6 +174,10 @@ AXES: dict[str, Axis] = {
              "or dynamic (2^16, halved on a non-finite gradient, doubled after 2000 finite steps)",
              _named("none", "dynamic"), "none", "loss_scale", RECIPE_LEVEL,
              "it scales the loss, hence every gradient of the model"),
+        Axis("gemm_model", "how the GEMMs sum their products: exact (a high-precision matmul) "
+             "or blackwell (an FP4 tensor core's float32 partials per 64, added rounding toward "
+             "zero)", _named("exact", "blackwell"), "exact", "gemm_model", RECIPE_LEVEL,
+             "it models the GEMM's accumulation, not an operand"),
     )
 }
 

@@ -62,7 +62,10 @@ Instruction counts, per element unless said otherwise, shared by both models:
   four words in 10 rounds of two wide multiplies, two three-input XORs and two key additions.
   A pre-scale (``prescale`` other than "1") multiplies each scaled element (1) and divides each
   decode scale (1 per block). Stochastic rounding of the block scale (``scale_rounding="sr"``)
-  draws a whole word per block scale and adds it: 16 per block.
+  draws a whole word (24 bits) per block scale and adds it: 16 per block; so does MS-EDEN
+  ("ms_eden"), whose correction costs 4 per element more (v * v and v * q, each added into its
+  run's sum), a division per Hadamard run and a multiply per scale. Its random Hadamard is the
+  transform's line.
 - scale_select "4 over 6": per element, the second candidate's scaling and cast (2), each
   candidate's dequantize (1) and error term (subtract, square or absolute value, add into the
   block's sum: 3), and the select of the kept candidate's codes (1) = 11; per block, the second
@@ -120,6 +123,7 @@ PRESCALE_OPS, PRESCALE_BLOCK_OPS = 1.0, 1.0
 SCALE_SR_BLOCK_OPS = OPS_PER_RANDOM_WORD + 1.0
 SCALE_SELECT_OPS, SCALE_SELECT_BLOCK_OPS = 11.0, 5.0
 SIGNS_PER_RANDOM_WORD = 32
+EDEN_OPS = 4.0  # MS-EDEN's two products and two additions per element
 MX_SCALES_PER_ELEMENT = 1 / 32
 MX_SCALE_BYTES_PER_ELEMENT = 1 / 32
 _ESTIMATOR_OPS = {"ste": 0.0, "clipped_ste": 1.0, "spline": 6.0, "power": 10.0}
@@ -274,14 +278,17 @@ def transform_ops(spec: QuantSpec) -> float:
 
 def rounding_ops(spec: QuantSpec) -> float:
     """Stochastic rounding's instructions per element: an element's share of a random word and
-    the add, the pre-scale's multiplies, and a random word per stochastically rounded scale."""
+    the add, the pre-scale's multiplies, a random word per stochastically rounded scale, and
+    MS-EDEN's correction (its sums per element, a division per run, a multiply per scale)."""
     ops = 0.0
     if spec.rounding == "sr":
         ops += 1.0 + OPS_PER_RANDOM_WORD / (32 // spec.sr_bits)
     if spec.prescale != "1":
         ops += PRESCALE_OPS + PRESCALE_BLOCK_OPS * scales_per_element(spec)
-    if spec.scale_rounding == "sr":
+    if spec.scale_rounding != "nearest":
         ops += SCALE_SR_BLOCK_OPS * scales_per_element(spec)
+    if spec.scale_rounding == "ms_eden":
+        ops += EDEN_OPS + 1.0 / spec.hadamard_size + scales_per_element(spec)
     return ops
 
 

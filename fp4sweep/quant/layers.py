@@ -10,6 +10,8 @@ along that GEMM's reduction axis::
 
 where ``D_x``, ``D_w`` are the backward of the forward quantizers (the recipe's estimator and
 scale gradient, ``estimators.py``) and the bias gradient is ``dy`` summed over m, unquantized.
+Each product of two quantized operands is summed as the recipe's ``gemm_model`` says
+(``accumulation.py``); a GEMM with an operand left unquantized is an exact matmul.
 The weight-gradient GEMM reduces over m, the token (or pixel) axis, whose length follows the
 batch: it is zero-padded to a multiple of the block and Hadamard sizes, as a kernel pads a
 partial tile (zero rows change neither block maxima nor the exact product). k and n are fixed
@@ -40,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fp4sweep.quant import dispatch
+from fp4sweep.quant.accumulation import matmul
 from fp4sweep.quant.delayed import DelayedAmax
 from fp4sweep.quant.dispatch import fake_quantize
 from fp4sweep.quant.estimators import quantize_for_training
@@ -145,6 +148,13 @@ def weight_quantized_once(recipe: Recipe) -> bool:
             and spec.transform == "none" and spec.rounding == "rne")
 
 
+def _gemm_model(recipe: Recipe, gemm: str) -> str:
+    """How ``gemm`` sums its products: the recipe's model where both of its operands are
+    quantized (an FP4 GEMM, with a tensor core's accumulation to model), else "exact"."""
+    both_quantized = all(getattr(recipe, name) is not None for name in GEMM_OPERANDS[gemm])
+    return recipe.gemm_model if both_quantized else "exact"
+
+
 def _pad_rows(t: torch.Tensor, multiple: int) -> torch.Tensor:
     extra = -t.shape[0] % multiple
     return F.pad(t, (0, 0, 0, extra)) if extra else t
@@ -166,7 +176,11 @@ class _QuantizedGemm(torch.autograd.Function):
         ctx.weight_is_quantized = weight_quantized_once(recipe)
         ctx.save_for_backward(x, w_q if ctx.weight_is_quantized else weight)
         ctx.recipe, ctx.seeds, ctx.delayed = recipe, seeds, delayed
-        return F.linear(x_q, w_q, bias)
+        model = _gemm_model(recipe, "fwd")
+        if model == "exact":
+            return F.linear(x_q, w_q, bias)
+        y = matmul(x_q, w_q.T, model)
+        return y if bias is None else y + bias
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
@@ -177,7 +191,7 @@ class _QuantizedGemm(torch.autograd.Function):
             dy_q = _quantize(dy, recipe.dgrad_dy, 1, seeds["dgrad_dy"], delayed, "dgrad_dy")
             w_q = (weight if ctx.weight_is_quantized
                    else _quantize(weight, recipe.dgrad_w, 0, seeds["dgrad_w"], delayed, "dgrad_w"))
-            dx = dy_q @ w_q
+            dx = matmul(dy_q, w_q, _gemm_model(recipe, "dgrad"))
             dx = dx if ctx.x_map is None else ctx.x_map(dx)
         if ctx.needs_input_grad[1]:
             multiple = _axis_multiple(recipe.wgrad_dy, recipe.wgrad_x)
@@ -185,7 +199,7 @@ class _QuantizedGemm(torch.autograd.Function):
                              delayed, "wgrad_dy")
             x_q = _quantize(_pad_rows(x, multiple), recipe.wgrad_x, 0, seeds["wgrad_x"],
                             delayed, "wgrad_x")
-            dw = dy_q.T @ x_q
+            dw = matmul(dy_q.T, x_q, _gemm_model(recipe, "wgrad"))
             dw = dw if ctx.w_map is None else ctx.w_map(dw)
         if ctx.needs_input_grad[2]:
             db = dy.sum(0)

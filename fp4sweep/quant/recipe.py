@@ -11,9 +11,10 @@ the layer (``delayed.py``). ``sign_policy`` says when random Hadamard signs (``r
 drawn: once for the run from the specs' ``transform_seed`` ("fixed"), or afresh at every step
 ("per_step", TransformerEngine's and Quartet's practice): the layer draws each GEMM's signs from
 its seed and the step, shared by the GEMM's two operands (``layers.step_recipe``). A transform
-without signs is ``hadamardK``. ``optimizer`` and ``loss_scale`` say how the task trains:
-AdamW or Stable-SPAM (``tasks/optimizers.py``), with or without dynamic loss scaling
-(``tasks/loss_scaling.py``). Recipes are built from axis values (``from_axes``, the schema in
+without signs is ``hadamardK``. ``gemm_model`` says how the GEMMs sum their products: exactly, or
+as an FP4 tensor core accumulates (``accumulation.py``). ``optimizer`` and ``loss_scale`` say how
+the task trains: AdamW or Stable-SPAM (``tasks/optimizers.py``), with or without dynamic loss
+scaling (``tasks/loss_scaling.py``). Recipes are built from axis values (``from_axes``, the schema in
 ``axes.py``) or by name (``preset``). Fields at their defaults are left out of ``to_dict``, so
 adding one changes no existing recipe's dict (trial ids are hashes of it).
 """
@@ -34,6 +35,7 @@ from fp4sweep.quant.spec import QuantSpec
 __all__ = ["BACKWARD_OPERANDS", "FORWARD_OPERANDS", "GEMM_OPERANDS", "OPERANDS", "PRESETS", "Recipe"]
 ESTIMATORS = tuple(AXES["estimator"].options)
 SCALE_GRADS = tuple(AXES["scale_grad"].options)
+GEMM_MODELS = tuple(AXES["gemm_model"].options)
 NO_POLICY = "none"
 AMAX_POLICIES = ("current", "hold", "max", "most_recent")
 SIGN_POLICIES = ("fixed", "per_step")
@@ -41,7 +43,7 @@ OPTIMIZERS = tuple(AXES["optimizer"].options)
 LOSS_SCALES = tuple(AXES["loss_scale"].options)
 # Fields that to_dict leaves out at their default value.
 _OMITTED_AT_DEFAULT = ("high_precision", "amax_policy", "amax_window", "amax_margin", "sign_policy",
-                       "optimizer", "loss_scale")
+                       "optimizer", "loss_scale", "gemm_model")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class Recipe:
     sign_policy: "fixed" or "per_step": when random Hadamard signs are drawn.
     optimizer: "adamw" or "stable_spam".
     loss_scale: "none" or "dynamic".
+    gemm_model: "exact" or "blackwell": how a GEMM whose two operands are quantized sums its
+        products (``accumulation.py``).
     """
 
     fwd_x: QuantSpec | None = None
@@ -73,6 +77,7 @@ class Recipe:
     sign_policy: str = "fixed"
     optimizer: str = "adamw"
     loss_scale: str = "none"
+    gemm_model: str = "exact"
 
     def __post_init__(self) -> None:
         for name in OPERANDS:
@@ -84,6 +89,10 @@ class Recipe:
         if self.estimator not in ESTIMATORS:
             raise ValueError(
                 f"Recipe.estimator={self.estimator!r} is not valid; valid: {list(ESTIMATORS)}"
+            )
+        if self.gemm_model not in GEMM_MODELS:
+            raise ValueError(
+                f"Recipe.gemm_model={self.gemm_model!r} is not valid; valid: {list(GEMM_MODELS)}"
             )
         if self.scale_grad not in SCALE_GRADS:
             raise ValueError(

@@ -11,6 +11,7 @@ The one semantic definition of every quantizer in fp4sweep. For ``x`` and a ``Qu
 4. each ``v`` is rounded onto the element grid, nearest-even or stochastically, saturating at
    the element format's max (``rounding.py``); stochastic rounding draws ``u`` from the
    counter-based stream (``rng.py``) with the element's row-major index in ``x`` as counter;
+   with MS-EDEN the block scales are then corrected and rounded stochastically (``scaling.py``);
 5. the dequantized values ``fl(q * d)`` are mapped back through the inverse transform and
    cast to ``x.dtype``.
 
@@ -33,7 +34,7 @@ import torch
 
 from fp4sweep.quant.rng import STREAM_SCALES, check_seed, uniform
 from fp4sweep.quant.rounding import grid_step, round_signed
-from fp4sweep.quant.scaling import ScaledBlocks, scale_blocks
+from fp4sweep.quant.scaling import ScaledBlocks, ms_eden, scale_blocks
 from fp4sweep.quant.spec import QuantSpec
 from fp4sweep.quant.transforms import apply_transform, check_transform_axis, invert_transform
 
@@ -182,18 +183,20 @@ def _quantize(x: torch.Tensor, spec: QuantSpec, axis: int, seed: int,
     blocks = blocking.split(t)
     elem = spec.elem_format
     scale_u = None
-    if spec.scale_rounding == "sr":
+    if spec.scale_rounding != "nearest":
         # Each block's counter: the row-major index of its first element, its least.
         first = _element_counters(x, axis, blocking)[..., :1]
         scale_u = uniform(first, seed, 24, STREAM_SCALES)
     scaled = scale_blocks(spec.scale_rule, blocks, elem, spec.scale_format, spec.tensor_scale,
                           tensor_amax, spec.tensor_target_scale, spec.prescale,
-                          spec.scale_select, scale_u)
+                          spec.scale_select, scale_u if spec.scale_rounding == "sr" else None)
     if spec.rounding == "rne":
         q = round_signed(elem, scaled.elements, "nearest")
     else:
         u = uniform(_element_counters(x, axis, blocking), seed, spec.sr_bits)
         q = round_signed(elem, scaled.elements, "stochastic", u)
+    if spec.scale_rounding == "ms_eden":
+        scaled = ms_eden(scaled, q, spec.scale_format, spec.hadamard_size, scale_u)
     return _Quantized(axis, blocking, blocks, scaled, q, q * scaled.decode)
 
 

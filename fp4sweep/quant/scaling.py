@@ -58,6 +58,32 @@ unbiased), with ``u`` from the counter-based stream (``rng.STREAM_SCALES``) whos
 the row-major index in ``x`` of the block's first element. A scale rounded down lets the
 block's largest elements exceed ``E``: they saturate, as with any rounded-down scale.
 
+MS-EDEN (the spec's ``scale_rounding="ms_eden"``; Quartet II, arXiv 2601.22813, and its
+``src/models/quantization/schemes/quartet_2.py``, ``eden_1x16s_fp4_kernel``): the randomness
+moves from the elements to the block scales. With ``t`` rotated by a random-sign Hadamard of
+size K, the nvfp4 rule gives ``s``, ``d``, ``v``; the elements are rounded to nearest,
+``q = rne(v)``; over each Hadamard run of K elements (K / block blocks)::
+
+      c = fl(sum(v * v) / sum(v * q))      (1 where the denominator is 0; EDEN's correction)
+      s' = round_stochastic(S, fl(s * c))  (24 bits, the scale stream, as scale SR draws it)
+      d' = fl(s' * fl(1 / g));   dequantized = fl(q * d')
+
+so that ``q * d'`` is, in expectation over the scale's rounding, ``q * s * c / g``: EDEN's
+rescaled projection (Vargaftik et al. 2022), unbiased in expectation over a uniformly random
+rotation, and nearly so over random Hadamard signs drawn afresh at every step
+(``Recipe.sign_policy="per_step"``; ``tests/quant/test_ms_eden.py`` measures it: within 0.1 %
+where nearest scales fall about 1 % short). Both sums are
+pairwise trees over the run, in the order ``pairwise_sum`` gives. Departures from
+``quartet_2.py``, where its own choice is either unstated or tied to its hardware: elements
+round to nearest with ties to even (it rounds ties away from zero; ties have probability zero
+on continuous data); ``u`` comes from ``rng.py``'s stream (its ``tl.rand`` Philox stream is not
+reproducible outside Triton); the correction is rounded with the scale format's own rounding
+(its ±1-bit neighbours of the E4M3 code, with no rule at code 0 or at 448, and Triton's fp32 to
+E4M3 conversion, whose saturation is unstated); its sums are ``tl.sum`` in an unstated order;
+its block amax aims at 6 / (17/16 * 0.93) in the backward pass (a headroom this definition
+leaves to ``tensor_target_scale``, 256 as its 255.99); a zero scale becomes the format's
+smallest positive value (it uses 1).
+
 Pre-scale before stochastic rounding (the spec's ``prescale``, a factor ``c``): after the rule,
 ``v' = fl(v * c)`` is rounded and ``d' = fl(d / c)`` decodes it, so the grid keeps ``1/c`` of
 headroom above the block's largest element. ``c = 16/17`` (as float32): the 17/16 margin of
@@ -260,7 +286,28 @@ def _block_error(t: torch.Tensor, scaled: ScaledBlocks, elem: FloatFormat, squar
     """Each block's error after rounding ``scaled`` to nearest: the sum of squared (or absolute)
     differences from ``t``, added as a pairwise tree (shape (..., blocks, 1))."""
     error = round_signed(elem, scaled.elements, "nearest") * scaled.decode - t
-    error = error * error if squared else error.abs()
-    while error.shape[-1] > 1:
-        error = error[..., 0::2] + error[..., 1::2]
-    return error
+    return pairwise_sum(error * error if squared else error.abs())
+
+
+def pairwise_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sums over the last axis (a power-of-two length) as a pairwise tree, elements 2i and
+    2i + 1 first: a fixed order that a kernel repeats (shape (..., 1))."""
+    while values.shape[-1] > 1:
+        values = values[..., 0::2] + values[..., 1::2]
+    return values
+
+
+def ms_eden(scaled: ScaledBlocks, q: torch.Tensor, scale: FloatFormat, run: int,
+            u: torch.Tensor) -> ScaledBlocks:
+    """Quartet II's MS-EDEN correction of the nvfp4 rule's blocks (the module docstring):
+    ``scaled`` from the rule, ``q`` its elements rounded to nearest (both (..., blocks, block)),
+    ``run`` the Hadamard size, ``u`` a uniform number per block (shape (..., blocks, 1))."""
+    v = scaled.elements
+    *outer, blocks, block = v.shape
+    runs = (*outer, blocks * block // run, run)
+    num = pairwise_sum((v * v).reshape(runs))
+    den = pairwise_sum((v * q).reshape(runs))
+    correction = torch.where(den == 0, _f32(1.0, v), num / den)
+    per_block = correction.expand(*runs[:-1], run // block).reshape(*outer, blocks, 1)
+    s = _at_least_smallest(scale, _round_scale(scale, scaled.scale * per_block, u))
+    return dataclasses.replace(scaled, scale=s, decode=s * (_f32(1.0, v) / scaled.tensor_scale))

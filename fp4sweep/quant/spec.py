@@ -15,6 +15,7 @@ from fp4sweep.quant.formats import ELEMENT_FORMATS, FloatFormat, element_format,
 # and the axis schema import without torch.
 SCALE_RULES = ("floor", "ceil", "nearest", "nvfp4", "nvfp4_torchao")
 SCALE_SELECTS = ("max", "4over6_mse", "4over6_mae")
+SCALE_ROUNDINGS = ("nearest", "sr", "ms_eden")
 # The rules whose scale is rounded to nearest, which stochastic scale rounding replaces.
 NEAREST_SCALE_RULES = ("nearest", "nvfp4", "nvfp4_torchao")
 # Pre-scale name -> its factor c, a float32 value.
@@ -73,8 +74,11 @@ class QuantSpec:
         "4over6_mae" (Four Over Six: per block, the amax to 6 or to 4, whichever quantizes
         the block with the lower squared / absolute error); for the "nvfp4" rule on 1-D
         blocks of a power-of-two length (``scaling.py``).
-    scale_rounding: "nearest" (default) or "sr": the block scale rounded stochastically (rules
-        "nearest", "nvfp4", "nvfp4_torchao"; blocks of a power-of-two length; ``scaling.py``).
+    scale_rounding: "nearest" (default), "sr": the block scale rounded stochastically (rules
+        "nearest", "nvfp4", "nvfp4_torchao"; blocks of a power-of-two length), or "ms_eden":
+        Quartet II's MS-EDEN, elements rounded to nearest and each block scale corrected over
+        its random Hadamard run, then rounded stochastically (rule "nvfp4", 1-D blocks, a
+        transform "rhadamardK" with K a multiple of the block); ``scaling.py`` defines both.
     """
 
     elem: str = "e2m1"
@@ -147,8 +151,10 @@ class QuantSpec:
                 f"block={self.block}, block_2d={self.block_2d}"
             )
         _check_type("scale_rounding", self.scale_rounding, str)
-        if self.scale_rounding not in ("nearest", "sr"):
-            _invalid("scale_rounding", self.scale_rounding, ("nearest", "sr"))
+        if self.scale_rounding not in SCALE_ROUNDINGS:
+            _invalid("scale_rounding", self.scale_rounding, SCALE_ROUNDINGS)
+        if self.scale_rounding == "ms_eden":
+            self._check_ms_eden()
         if self.scale_rounding == "sr" and (
             self.scale_rule not in NEAREST_SCALE_RULES or self.scale_select != "max"
             or self.block & (self.block - 1)
@@ -163,6 +169,19 @@ class QuantSpec:
             raise ValueError(
                 f"QuantSpec.scale_rule={self.scale_rule!r} needs a scale format with at most 5 "
                 f"exponent bits (e.g. 'ue4m3', 'ue5m3'), got scale={self.scale!r}"
+            )
+
+    def _check_ms_eden(self) -> None:
+        k = self.hadamard_size
+        if (self.scale_rule != "nvfp4" or self.scale_select != "max" or self.rounding != "rne"
+                or self.block_2d or not self.random_signs or k % self.block):
+            raise ValueError(
+                f"QuantSpec.scale_rounding='ms_eden' corrects each block scale over its random "
+                f"Hadamard run: it needs scale_rule='nvfp4', scale_select='max', rounding='rne', "
+                f"1-D blocks and transform='rhadamardK' with K a multiple of the block, got "
+                f"scale_rule={self.scale_rule!r}, scale_select={self.scale_select!r}, rounding="
+                f"{self.rounding!r}, block_2d={self.block_2d}, transform={self.transform!r}, "
+                f"block={self.block}"
             )
 
     # -- derived -------------------------------------------------------------------------------

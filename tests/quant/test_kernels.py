@@ -378,6 +378,11 @@ DETAILED_SPECS = [
     QuantSpec(scale="ue5m3", scale_rule="nearest", scale_rounding="sr"),
     QuantSpec(scale="ue4m3", block=16, scale_rule="nvfp4_torchao", tensor_scale=True,
               scale_rounding="sr"),
+    dataclasses.replace(NVFP4, transform="rhadamard32", tensor_target_scale=256,
+                        scale_rounding="ms_eden"),
+    dataclasses.replace(NVFP4, block=8, transform="rhadamard64", scale_rounding="ms_eden"),
+    QuantSpec(scale="ue5m3", block=16, scale_rule="nvfp4", transform="rhadamard16",
+              scale_rounding="ms_eden"),
 ], ids=spec_id)
 def test_scale_headroom_selection_and_rounding_in_the_kernels(spec):
     check_detailed(edge_values(8, 128), spec, seed=5)

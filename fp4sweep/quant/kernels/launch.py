@@ -248,6 +248,7 @@ def _quantizer_constants(spec: QuantSpec, detailed: bool) -> dict:
         TENSOR_SCALE=spec.tensor_scale, TARGET=_tensor_target(spec),
         PRESCALE=PRESCALES[spec.prescale], SELECT=SCALE_SELECTS.index(spec.scale_select),
         LOG_BLOCK=spec.block.bit_length() - 1, SCALE_SR=spec.scale_rounding == "sr",
+        EDEN=spec.scale_rounding == "ms_eden",
         S_MIN_POSITIVE=scale.min_positive, S_MIN_NORMAL=scale.min_normal,
         S_BIAS=scale.bias, E_EMAX=elem.emax, SR=spec.rounding == "sr", SR_BITS=spec.sr_bits,
         SR_SLOT=slot_bits(spec.sr_bits),

@@ -274,16 +274,33 @@ def _block_error(t, d, v, SELECT: tl.constexpr, ROWS: tl.constexpr, COLS: tl.con
                  BLOCK: tl.constexpr, LOG_BLOCK: tl.constexpr, E_EMIN: tl.constexpr, E_MAN: tl.constexpr,
                  E_EMAX: tl.constexpr, E_MAX: tl.constexpr):
     """``scaling._block_error`` of 1-D blocks: [ROWS, COLS // BLOCK], summed as its pairwise
-    tree (elements 2i and 2i + 1 first: one addition each, so the order is the reference's)."""
+    tree."""
     q = copy_sign(round_element(tl.abs(v), v, False, E_EMIN, E_MAN, E_EMAX, E_MAX), v)
     error = q * _per_element(d, ROWS, COLS, BLOCK, False, False) - t
     if SELECT == SELECT_MSE:
         error = error * error
     else:
         error = tl.abs(error)
-    for level in tl.static_range(LOG_BLOCK):
-        error = tl.sum(tl.reshape(error, [ROWS, COLS >> (level + 1), 2]), axis=2)
-    return error
+    return _pairwise_sum(error, ROWS, COLS, LOG_BLOCK)
+
+
+@triton.jit
+def _pairwise_sum(values, ROWS: tl.constexpr, COLS: tl.constexpr, LEVELS: tl.constexpr):
+    """``scaling.pairwise_sum`` over each run of 2**LEVELS positions: [ROWS, COLS >> LEVELS]
+    (elements 2i and 2i + 1 first: one addition each, so the order is the reference's)."""
+    for level in tl.static_range(LEVELS):
+        values = tl.sum(tl.reshape(values, [ROWS, COLS >> (level + 1), 2]), axis=2)
+    return values
+
+
+@triton.jit
+def _eden_correction(v, q, ROWS: tl.constexpr, COLS: tl.constexpr, HAD: tl.constexpr,
+                     LOG_HAD: tl.constexpr):
+    """MS-EDEN's correction per Hadamard run, ``sum(v * v) / sum(v * q)`` (1 where the
+    denominator is 0): [ROWS, COLS // HAD]."""
+    num = _pairwise_sum(v * v, ROWS, COLS, LOG_HAD)
+    den = _pairwise_sum(v * q, ROWS, COLS, LOG_HAD)
+    return tl.where(den == 0.0, 1.0, tl.math.div_rn(num, den))
 
 
 @triton.jit
@@ -321,7 +338,7 @@ def fake_quantize_kernel(
     RANDOM_SIGNS: tl.constexpr,
     RULE: tl.constexpr, TENSOR_SCALE: tl.constexpr, TARGET: tl.constexpr,
     PRESCALE: tl.constexpr, SELECT: tl.constexpr, LOG_BLOCK: tl.constexpr,
-    SCALE_SR: tl.constexpr,
+    SCALE_SR: tl.constexpr, EDEN: tl.constexpr,
     S_EMIN: tl.constexpr, S_MAN: tl.constexpr, S_BIAS: tl.constexpr, S_MAX: tl.constexpr,
     S_MIN_POSITIVE: tl.constexpr, S_MIN_NORMAL: tl.constexpr,
     E_EMIN: tl.constexpr, E_MAN: tl.constexpr, E_MAX: tl.constexpr, E_EMAX: tl.constexpr,
@@ -346,7 +363,7 @@ def fake_quantize_kernel(
         g = _tensor_scale(amax_bits_ptr, RULE, TARGET)
     else:
         g = one
-    if SCALE_SR:
+    if SCALE_SR or EDEN:
         scale_u = _scale_uniform(offsets, scale_key, LAYOUT, VEC, RUN_LANES, ROWS, COLS, BLOCK,
                                  BLOCK_2D, WIDE)
     else:
@@ -408,6 +425,16 @@ def fake_quantize_kernel(
         u = magnitude
     q = round_element(magnitude, u, SR, E_EMIN, E_MAN, E_EMAX, E_MAX)
     elements = copy_sign(q, v)
+    if EDEN:
+        # ``scaling.ms_eden``: each block scale corrected over its Hadamard run, then rounded
+        # stochastically.
+        correction = _eden_correction(v, elements, ROWS, COLS, HAD, LOG_HAD)
+        per_block = tl.reshape(tl.broadcast_to(correction[:, :, None],
+                                               [ROWS, COLS // HAD, HAD // BLOCK]),
+                               [ROWS, COLS // BLOCK])
+        s = round_magnitude(s * per_block, scale_u, STOCHASTIC, S_EMIN, S_MAN, S_BIAS, S_MAX)
+        s = tl.maximum(s, min_positive, propagate_nan=tl.PropagateNan.ALL)
+        d = s * tl.math.div_rn(one, g)
     decode = _per_element(d, ROWS, COLS, BLOCK, PADDED, BLOCK_2D)
     y = elements * decode
 
