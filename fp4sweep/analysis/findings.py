@@ -98,7 +98,9 @@ class TestResult:
 
 @dataclass
 class ClaimVerdict:
-    claim: str
+    """A claim's statement, its verdict, and its tests' results."""
+
+    statement: str
     verdict: str
     tests: list[TestResult]
     front: str = ""  # where the claim's technique sits on the fronts, when it says it trades well
@@ -182,7 +184,9 @@ class Comparison:
         """The first key under which these trials hold the baseline option and a compared one."""
         for key in self.keys:
             column = f"axis.{key}"
-            if column in trials.columns and trials[column].eq(self.against).any() and self.chosen(trials[column]).any():
+            if column not in trials.columns:
+                continue
+            if trials[column].eq(self.against).any() and self.chosen(trials[column]).any():
                 return key
         return None
 
@@ -267,7 +271,8 @@ def _effect_text(row: dict) -> str:
     within = f" within {row['context']}" if "context" in row else ""
     return (
         f"{task_name(row['task'], row['size'])}: {row['key']} = {row['option']}{within} "
-        f"{row['effect']:+.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}], {row['n_trials']} trials"
+        f"{row['effect']:+.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}], "
+        f"{row['n_trials']} trials"
     )
 
 
@@ -277,6 +282,21 @@ def _lowers(row: dict) -> bool:
 
 def _raises(row: dict) -> bool:
     return row["ci_low"] > 0
+
+
+def _without_estimates(test: ClaimTest, comparison: Comparison, problems: list[str]) -> TestResult:
+    """A comparison no task could estimate: not tested, or not resolved where a fit failed."""
+    if problems:
+        return TestResult(test.describe(), test.rule, NOT_RESOLVED, _not_estimated(problems))
+    return TestResult(test.describe(), test.rule, NOT_TESTED, comparison.not_tested())
+
+
+def _not_estimated(problems: list[str]) -> str:
+    return "not estimated: " + "; ".join(problems) if problems else ""
+
+
+def _sentence(*parts: str) -> str:
+    return "; ".join(part for part in parts if part)
 
 
 @dataclass(frozen=True)
@@ -296,29 +316,25 @@ class Gain:
 
     def assess(self, evidence: Evidence) -> TestResult:
         rows, contexts, problems = self.comparison.estimates(evidence)
-        result = TestResult(self.describe(), self.rule, NOT_TESTED, self.comparison.not_tested(), rows)
         if not rows:
-            if problems:
-                result.verdict, result.sentence = NOT_RESOLVED, "not estimated: " + "; ".join(problems)
-            return result
+            return _without_estimates(self, self.comparison, problems)
         lower = [r for r in rows if _lowers(r)]
         higher = [r for r in rows if _raises(r)]
         higher_within = [c for c in contexts if _raises(c)] if self.consistent else []
         if higher or higher_within:
-            result.verdict = CONTRADICTED
+            verdict = CONTRADICTED
         elif self.consistent:
-            result.verdict = SUPPORTED if lower else NOT_RESOLVED
+            verdict = SUPPORTED if lower else NOT_RESOLVED
         else:
-            result.verdict = SUPPORTED if len(lower) == len(rows) and not problems else NOT_RESOLVED
-        result.sentence = (
-            f"lowers the gap resolvably in {len(lower)} of {len(rows)} task comparisons, raises it "
-            f"in {len(higher)}: " + "; ".join(_effect_text(r) for r in rows)
+            verdict = SUPPORTED if len(lower) == len(rows) and not problems else NOT_RESOLVED
+        sentence = _sentence(
+            f"lowers the gap resolvably in {len(lower)} of {len(rows)} task comparisons, raises "
+            f"it in {len(higher)}: " + "; ".join(_effect_text(r) for r in rows),
+            "raises it within " + "; ".join(_effect_text(c) for c in higher_within)
+            if higher_within else "",
+            _not_estimated(problems),
         )
-        if higher_within:
-            result.sentence += "; raises it within " + "; ".join(_effect_text(c) for c in higher_within)
-        if problems:
-            result.sentence += "; not estimated: " + "; ".join(problems)
-        return result
+        return TestResult(self.describe(), self.rule, verdict, sentence, rows)
 
 
 @dataclass(frozen=True)
@@ -334,27 +350,23 @@ class NoBetter:
 
     def assess(self, evidence: Evidence) -> TestResult:
         rows, _, problems = self.comparison.estimates(evidence)
-        result = TestResult(self.describe(), self.rule, NOT_TESTED, self.comparison.not_tested(), rows)
         if not rows:
-            if problems:
-                result.verdict, result.sentence = NOT_RESOLVED, "not estimated: " + "; ".join(problems)
-            return result
+            return _without_estimates(self, self.comparison, problems)
         better = [r for r in rows if _lowers(r)]
         bounded = [r for r in rows if r["ci_low"] > -evidence.tolerance]
         if better:
-            result.verdict = CONTRADICTED
+            verdict = CONTRADICTED
         elif len(bounded) == len(rows) and not problems:
-            result.verdict = SUPPORTED
+            verdict = SUPPORTED
         else:
-            result.verdict = NOT_RESOLVED
-        result.sentence = (
+            verdict = NOT_RESOLVED
+        sentence = _sentence(
             f"lowers the gap resolvably in {len(better)} of {len(rows)} task comparisons; a gain "
             f"above the tolerance {evidence.tolerance:g} excluded in {len(bounded)}: "
-            + "; ".join(_effect_text(r) for r in rows)
+            + "; ".join(_effect_text(r) for r in rows),
+            _not_estimated(problems),
         )
-        if problems:
-            result.sentence += "; not estimated: " + "; ".join(problems)
-        return result
+        return TestResult(self.describe(), self.rule, verdict, sentence, rows)
 
 
 @dataclass(frozen=True)
@@ -369,28 +381,28 @@ class Largest:
 
     def assess(self, evidence: Evidence) -> TestResult:
         main = evidence.effects.main
-        main = main[~main["is_reference"].astype(bool)]
-        rows, verdicts = [], []
-        for (task, size), effects in main.groupby(TASK_KEY, sort=True):
+        rows = []
+        for (task, size), effects in main[~main["is_reference"].astype(bool)].groupby(TASK_KEY):
             fitted = _fitted_name(evidence.effects, task, size, self.key)
             sizes = {axis: _magnitude(group) for axis, group in effects.groupby("axis")}
             if fitted not in sizes or len(sizes) < 2:
                 continue
             own = sizes.pop(fitted)
-            rival_axis, rival = max(sizes.items(), key=lambda item: item[1]["magnitude"])
             if own["near"] > max(s["far"] for s in sizes.values()):
-                verdicts.append(SUPPORTED)
+                verdict = SUPPORTED
             elif any(s["near"] > own["far"] for s in sizes.values()):
-                verdicts.append(CONTRADICTED)
+                verdict = CONTRADICTED
             else:
-                verdicts.append(NOT_RESOLVED)
-            rows.append({"task": task, "size": size, "key": self.key, **own,
-                         "largest_other": rival_axis, **{f"other_{k}": v for k, v in rival.items()},
-                         "task_verdict": verdicts[-1]})
+                verdict = NOT_RESOLVED
+            rival_axis, rival = max(sizes.items(), key=lambda item: item[1]["magnitude"])
+            rows.append({
+                "task": task, "size": size, "key": self.key, **own, "largest_other": rival_axis,
+                **{f"other_{name}": value for name, value in rival.items()},
+                "task_verdict": verdict,
+            })
         if not rows:
             return TestResult(self.describe(), self.rule, NOT_TESTED,
                               f"not tested: no task varies {self.key} and another axis")
-        verdict = _combine(verdicts)
         sentence = "; ".join(
             f"{task_name(r['task'], r['size'])}: {self.key} = {r['option']} {r['effect']:+.3g} "
             f"(magnitude {r['near']:.3g} to {r['far']:.3g}) against the largest other, "
@@ -398,6 +410,7 @@ class Largest:
             f"{r['other_near']:.3g} to {r['other_far']:.3g}): {r['task_verdict']}"
             for r in rows
         )
+        verdict = _combine([r["task_verdict"] for r in rows])
         return TestResult(self.describe(), self.rule, verdict, sentence, rows)
 
 
@@ -407,8 +420,9 @@ def _magnitude(effects: pd.DataFrame) -> dict:
     row = effects.loc[effects["effect"].abs().idxmax()]
     low, high = abs(row["ci_low"]), abs(row["ci_high"])
     near = 0.0 if row["ci_low"] <= 0 <= row["ci_high"] else min(low, high)
-    return {"option": row["value"], "against": row["reference"], "effect": row["effect"], "magnitude": abs(row["effect"]),
-            "near": near, "far": max(low, high), "n_trials": int(row["n_trials"])}
+    return {"option": row["value"], "against": row["reference"], "effect": row["effect"],
+            "magnitude": abs(row["effect"]), "near": near, "far": max(low, high),
+            "n_trials": int(row["n_trials"])}
 
 
 @dataclass(frozen=True)
@@ -424,8 +438,18 @@ class Divergence:
 
     def describe(self) -> str:
         side = "above" if self.above else "below"
-        cells = ", ".join(c.text() for c in self.cells)
-        return f"the share of {cells} trials that diverge is {side} {self.threshold:g}"
+        return f"the share of {self._cells()} trials that diverge is {side} {self.threshold:g}"
+
+    def _cells(self) -> str:
+        return ", ".join(cell.text() for cell in self.cells)
+
+    def _verdict(self, low: float, high: float) -> str:
+        """The share's interval against the threshold: on the claimed side, the other, or both."""
+        if low > self.threshold:
+            return SUPPORTED if self.above else CONTRADICTED
+        if high < self.threshold:
+            return CONTRADICTED if self.above else SUPPORTED
+        return NOT_RESOLVED
 
     def assess(self, evidence: Evidence) -> TestResult:
         runs = evidence.runs[evidence.runs["outcome"].isin(["done", "diverged"])]
@@ -438,20 +462,18 @@ class Divergence:
                 continue
             diverged = int(trials["outcome"].eq("diverged").sum())
             interval = binomtest(diverged, len(trials)).proportion_ci(confidence_level=CONFIDENCE)
+            verdict = self._verdict(interval.low, interval.high)
             gaps = trials["loss_gap"].dropna()
             rows.append({
                 "task": task, "size": size, "n_diverged": diverged, "n_trials": len(trials),
                 "share": diverged / len(trials), "ci_low": interval.low, "ci_high": interval.high,
                 "gap_mean_finished": float(gaps.mean()) if len(gaps) else math.nan,
+                "task_verdict": verdict,
             })
         if not rows:
             varied = f" while varying {self.varying}" if self.varying else ""
-            cells = ", ".join(c.text() for c in self.cells)
-            return TestResult(self.describe(), self.rule, NOT_TESTED,
-                              f"not tested: the store has no finished or diverged {cells} trials{varied}")
-        claimed = [(r["ci_low"] > self.threshold) if self.above else (r["ci_high"] < self.threshold) for r in rows]
-        opposite = [(r["ci_high"] < self.threshold) if self.above else (r["ci_low"] > self.threshold) for r in rows]
-        verdict = CONTRADICTED if any(opposite) else SUPPORTED if all(claimed) else NOT_RESOLVED
+            sentence = f"not tested: the store has no finished or diverged {self._cells()} trials"
+            return TestResult(self.describe(), self.rule, NOT_TESTED, sentence + varied)
         sentence = "; ".join(
             f"{task_name(r['task'], r['size'])}: {r['n_diverged']} of {r['n_trials']} diverged "
             f"({r['share']:.0%}, {_LEVEL} CI {r['ci_low']:.0%} to {r['ci_high']:.0%})"
@@ -459,6 +481,7 @@ class Divergence:
                f", finished ones' mean gap {r['gap_mean_finished']:.3g}")
             for r in rows
         )
+        verdict = _combine([r["task_verdict"] for r in rows])
         return TestResult(self.describe(), self.rule, verdict, sentence, rows)
 
 
@@ -500,8 +523,11 @@ def _front_place(evidence: Evidence, technique: Comparison) -> str:
     recipes = evidence.recipes
     places = []
     for (task, size), group in recipes.groupby(TASK_KEY, sort=True) if len(recipes) else ():
-        overhead = next((o for o in OVERHEADS if f"front.{o}" in group and group[f"front.{o}"].any()), None)
-        key = next((k for k in technique.keys if f"axis.{k}" in group and technique.chosen(group[f"axis.{k}"]).any()), None)
+        overhead = next(
+            (o for o in OVERHEADS if f"front.{o}" in group and group[f"front.{o}"].any()), None
+        )
+        key = next((k for k in technique.keys
+                    if f"axis.{k}" in group and technique.chosen(group[f"axis.{k}"]).any()), None)
         if overhead is None or key is None:
             continue
         members = group[group[f"front.{overhead}"]]
@@ -526,7 +552,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("Tensor scaling gives consistent gains and the best quality-to-overhead trade-off",
           (Gain(TENSOR_SCALING, consistent=True),), front=TENSOR_SCALING),
     Claim("Stochastic rounding in the backward pass gives consistent gains and the best "
-          "quality-to-overhead trade-off", (Gain(BACKWARD_SR, consistent=True),), front=BACKWARD_SR),
+          "quality-to-overhead trade-off",
+          (Gain(BACKWARD_SR, consistent=True),), front=BACKWARD_SR),
     Claim("Scale representation is the primary bottleneck: the scale format has the largest "
           "effect, and UE5M3 scales beat E8M0 when combined with tensor scaling and stochastic "
           "rounding in the backward pass",
@@ -549,7 +576,7 @@ def claims_table(verdicts: Sequence[ClaimVerdict]) -> pd.DataFrame:
     rows = []
     for number, claim in enumerate(verdicts, start=1):
         for result in claim.tests:
-            head = {"claim": number, "statement": claim.claim, "claim_verdict": claim.verdict,
+            head = {"claim": number, "statement": claim.statement, "claim_verdict": claim.verdict,
                     "test": result.test, "rule": result.rule, "test_verdict": result.verdict}
             rows += [{**head, **row} for row in result.rows] or [head]
     table = pd.DataFrame(rows)

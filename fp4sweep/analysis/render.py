@@ -106,7 +106,7 @@ def _claims(analysis: Analysis) -> str:
         if claim.front:
             tests += f"<li>On the fronts: {html.escape(claim.front)}.</li>"
         items.append(
-            f"<li>{_verdict(claim.verdict)}: {html.escape(claim.claim)}<ul>{tests}</ul></li>"
+            f"<li>{_verdict(claim.verdict)}: {html.escape(claim.statement)}<ul>{tests}</ul></li>"
         )
     rules = sorted({result.rule for claim in analysis.claims for result in claim.tests})
     rule_items = "".join(f"<li><i>{html.escape(rule)}</i>: {html.escape(RULES[rule])}</li>" for rule in rules)

@@ -62,7 +62,7 @@ def _print_claims(claims: list[dict], console: Console) -> None:
         return
     console.rule("[bold]Findings: the paper's claims[/bold]")
     for claim in claims:
-        console.print(f"{_styled(claim['verdict'])}: {escape(claim['claim'])}")
+        console.print(f"{_styled(claim['verdict'])}: {escape(claim['statement'])}")
         for test in claim["tests"]:
             console.print(f"  - {_styled(test['verdict'])}: {escape(test['test'])}. {escape(test['sentence'])}")
         if claim["front"]:
