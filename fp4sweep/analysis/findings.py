@@ -328,9 +328,9 @@ class Gain:
         else:
             verdict = SUPPORTED if len(lower) == len(rows) and not problems else NOT_RESOLVED
         sentence = _sentence(
-            f"lowers the gap resolvably in {len(lower)} of {len(rows)} task comparisons, raises "
-            f"it in {len(higher)}: " + "; ".join(_effect_text(r) for r in rows),
-            "raises it within " + "; ".join(_effect_text(c) for c in higher_within)
+            f"resolved lower in {len(lower)} of {len(rows)} comparisons (task and option), higher "
+            f"in {len(higher)}: " + "; ".join(_effect_text(r) for r in rows),
+            "resolved higher within " + "; ".join(_effect_text(c) for c in higher_within)
             if higher_within else "",
             _not_estimated(problems),
         )
@@ -361,7 +361,7 @@ class NoBetter:
         else:
             verdict = NOT_RESOLVED
         sentence = _sentence(
-            f"lowers the gap resolvably in {len(better)} of {len(rows)} task comparisons; a gain "
+            f"resolved lower in {len(better)} of {len(rows)} comparisons (task and option); a gain "
             f"above the tolerance {evidence.tolerance:g} excluded in {len(bounded)}: "
             + "; ".join(_effect_text(r) for r in rows),
             _not_estimated(problems),

@@ -99,7 +99,7 @@ def _claims(analysis: Analysis) -> str:
     items = []
     for claim in analysis.claims:
         tests = "".join(
-            f"<li>{_verdict(result.verdict)}: {html.escape(result.test)}. "
+            f"<li>{_verdict(result.verdict)}: {html.escape(result.test)}: "
             f"{html.escape(result.sentence)}</li>"
             for result in claim.tests
         )

@@ -64,7 +64,7 @@ def _print_claims(claims: list[dict], console: Console) -> None:
     for claim in claims:
         console.print(f"{_styled(claim['verdict'])}: {escape(claim['statement'])}")
         for test in claim["tests"]:
-            console.print(f"  - {_styled(test['verdict'])}: {escape(test['test'])}. {escape(test['sentence'])}")
+            console.print(f"  - {_styled(test['verdict'])}: {escape(test['test'])}: {escape(test['sentence'])}")
         if claim["front"]:
             console.print(f"  - on the fronts: {escape(claim['front'])}")
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
+from rich.console import Console
 from synthetic_store import trial_row
 
 from fp4sweep.analysis import analyse, build_report
@@ -28,6 +30,7 @@ from fp4sweep.analysis.findings import (
     claims_table,
 )
 from fp4sweep.analysis.quality import latest_attempts, trial_gaps
+from fp4sweep.analysis.summary import print_summary
 
 BASE_LOSS, INTERCEPT = 3.0, 0.2
 # The options' overheads: each axis' first option is its cheapest, the report's reference.
@@ -97,14 +100,14 @@ def test_consistent_gain_rule_supported_contradicted_and_unresolved(techniques):
     assert rows["gpt"]["ci_high"] < 0 and rows["gpt"]["ci_low"] < -0.05 < rows["gpt"]["ci_high"]
     assert rows["regression"]["ci_low"] < 0 < rows["regression"]["ci_high"]
     assert rows["gpt"]["n_trials"] == 48 and rows["gpt"]["key"] == "transform"
-    assert "lowers the gap resolvably in 1 of 2 task comparisons" in hadamard.tests[0].sentence
+    assert "resolved lower in 1 of 2 comparisons (task and option), higher in 0" in hadamard.tests[0].sentence
     # Its average lowers the gap, yet it raises it within scale = e8m0: not consistent.
     assert tensor.verdict == CONTRADICTED
     assert all(row["ci_high"] < 0 for row in tensor.tests[0].rows)
-    assert "raises it within" in tensor.tests[0].sentence
+    assert "resolved higher within" in tensor.tests[0].sentence
     assert "tensor_scale = fp32 within scale = e8m0 +0.0" in tensor.tests[0].sentence
     assert rounding.verdict == NOT_RESOLVED
-    assert "in 0 of 2 task comparisons, raises it in 0" in rounding.tests[0].sentence
+    assert "resolved lower in 0 of 2 comparisons (task and option), higher in 0" in rounding.tests[0].sentence
 
 
 def test_claims_that_trade_well_say_where_they_sit_on_the_fronts(techniques):
@@ -294,6 +297,13 @@ def test_the_report_states_the_claims_first_with_their_numbers(techniques, tmp_p
     assert len(table) == len(claims_table(techniques.claims))
     first = table[(table["claim"] == 1) & (table["task"] == "gpt")].iloc[0]
     assert first["effect"] == pytest.approx(techniques.claims[0].tests[0].rows[0]["effect"])
+
+    terminal = Console(file=io.StringIO(), width=300)
+    print_summary(page, terminal)
+    printed = terminal.file.getvalue()
+    assert printed.index("Findings: the paper's claims") < printed.index("gpt (tiny)")
+    assert "contradicted: Tensor scaling gives consistent gains" in printed
+    assert "not tested: E4M3 (UE4M3) block scales do not converge" in printed
 
 
 def test_backward_sr_falls_back_on_the_gradient_key():
