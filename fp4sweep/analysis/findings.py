@@ -147,10 +147,13 @@ class Comparison:
             return values.isin(self.options)
         return values.notna() & ~values.isin([self.against, MIXED])
 
-    def estimates(self, evidence: Evidence) -> tuple[list[dict], list[dict], list[str]]:
+    def estimates(
+        self, evidence: Evidence, contexts: bool = True
+    ) -> tuple[list[dict], list[dict], list[str]]:
         """Per task and option: the effect with its interval and trial count; the per-context
-        effects of the same options; and sentences for tasks where no effect could be fitted."""
-        rows, contexts, problems = [], [], []
+        effects of the same options (with ``contexts``); and sentences for tasks where no effect
+        could be fitted."""
+        rows, within, problems = [], [], []
         finished = evidence.runs[
             np.isfinite(evidence.runs["loss_gap"].to_numpy(dtype=float))
             & ~evidence.runs["is_preset"].astype(bool)
@@ -166,7 +169,7 @@ class Comparison:
                 found = None if self.cells else _reported(
                     evidence.effects, compared, (task, size), key, (option, self.against)
                 )
-                found = found or _refitted(compared, key, (option, self.against))
+                found = found or _refitted(compared, key, (option, self.against), contexts)
                 if isinstance(found, str):
                     problems.append(f"{task_name(task, size)}: {key} = {option}: {found}")
                     continue
@@ -176,9 +179,9 @@ class Comparison:
                     "against": self.against, "effect": effect, "ci_low": low, "ci_high": high,
                     "n_trials": len(compared),
                 })
-                contexts += [{"task": task, "size": size, "key": key, "option": option, **row}
-                             for row in context]
-        return rows, contexts, problems
+                within += [{"task": task, "size": size, "key": key, "option": option, **row}
+                           for row in context]
+        return rows, within, problems
 
     def _key(self, trials: pd.DataFrame) -> str | None:
         """The first key under which these trials hold the baseline option and a compared one."""
@@ -238,11 +241,14 @@ def _reported(
     return row["effect"], (row["ci_low"], row["ci_high"]), _context_rows(within, 1.0)
 
 
-def _refitted(trials: pd.DataFrame, key: str, pair: tuple[str, str]) -> Estimate | str:
+def _refitted(
+    trials: pd.DataFrame, key: str, pair: tuple[str, str], contexts: bool
+) -> Estimate | str:
     """``pair``'s option against its baseline option by the report's least squares on these
-    trials alone (the two options, the cells); a sentence where it cannot be fitted."""
+    trials alone (the two options, the cells), with its per-context effects if ``contexts``; a
+    sentence where it cannot be fitted."""
     option, against = pair
-    effects = axis_effects(trials)
+    effects = axis_effects(trials, pairs_with=[key] if contexts else [])
     if effects.main.empty:
         return "; ".join(p.split(": ", 1)[-1] for p in effects.problems) or "no effect fitted"
     task, size = trials["task"].iloc[0], trials["size"].iloc[0]
@@ -315,7 +321,7 @@ class Gain:
         return f"{self.comparison.text()} lowers the gap"
 
     def assess(self, evidence: Evidence) -> TestResult:
-        rows, contexts, problems = self.comparison.estimates(evidence)
+        rows, contexts, problems = self.comparison.estimates(evidence, contexts=self.consistent)
         if not rows:
             return _without_estimates(self, self.comparison, problems)
         lower = [r for r in rows if _lowers(r)]
@@ -349,7 +355,7 @@ class NoBetter:
         return f"{self.comparison.text()} does not lower the gap"
 
     def assess(self, evidence: Evidence) -> TestResult:
-        rows, _, problems = self.comparison.estimates(evidence)
+        rows, _, problems = self.comparison.estimates(evidence, contexts=False)
         if not rows:
             return _without_estimates(self, self.comparison, problems)
         better = [r for r in rows if _lowers(r)]
