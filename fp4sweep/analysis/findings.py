@@ -2,20 +2,44 @@
 or not tested.
 
 The claims are those of Hu, Luschi and Balanca (2025), arXiv:2509.17791 (``CLAIMS``). Each is a
-statement and one or more tests; a test reads the estimates the report already computes (the
-per-task least-squares effects of ``effects``, their per-context effects, the fronts, the
-divergence criterion of ``results.quality``) and applies one of the rules in ``RULES``, which the
-report page prints beside the verdicts. Where the report's fit does not answer a comparison
-directly (its reference is another option, or the claim holds within cells of other axes), the
-same least squares is fitted on the trials that use one of the two options compared (and lie in
-those cells), so every number is an effect of the kind the effects table shows.
+statement and one or more tests. A test reads the estimates the report already computes: the
+per-task least-squares effects of ``effects`` on the relative loss gap, with their 95 % intervals
+and their effects within each value of another axis (contexts); the fronts; the divergence
+criterion of ``results.quality``. Where the report's fit does not answer a comparison directly
+(its reference is another option, or the claim holds within cells of other axes), the same least
+squares is fitted on the trials that use one of the two options compared (and lie in those
+cells). A comparison counts once per task and compared option.
 
-A claim's verdict combines its tests': contradicted if any test is, supported if all are, not
-tested if none could be, otherwise not resolved. A test is "not tested" where no task's trials
-vary what it compares; the sentence then says so ("the store does not vary ...").
+Rules (``RULES`` holds them as the report page prints them):
+
+- **consistent gain** (Hadamard transforms, tensor scaling, SR in the backward pass): supported
+  when the effect lowers the gap resolvably (interval below zero) in every comparison where it is
+  resolved, at least one, and none raises it resolvably, neither in a task nor within a context
+  (that contradicts it); not resolved when none is resolved. Beside the verdict: how many members
+  of each task's front use the technique (the claim says it trades quality for overhead best).
+- **gain** (UE5M3 against E8M0 within tensor scaling and backward SR): supported when it lowers
+  the gap resolvably in every comparison, contradicted when it raises it resolvably in one,
+  otherwise not resolved.
+- **no better** (spline and power against STE): contradicted when one lowers the gap resolvably;
+  supported when every interval's lower end lies above minus the report's tolerance (no gain
+  beyond it is possible); otherwise not resolved.
+- **largest effect** (the scale format): per task, each axis' largest effect in magnitude with its
+  interval in magnitude (from zero where it includes zero); supported in a task when the axis'
+  interval lies above every other axis', contradicted when another's lies above its own; the
+  test is supported when every task that varies the axis and another supports it, contradicted
+  when one contradicts it, otherwise not resolved.
+- **divergence** (UE4M3 with tensor scaling: above 1/2, "do not converge"; STE, in tasks that vary
+  the estimator: below 1/10, "stable"): the share of diverged trials among finished and diverged
+  ones in the cells (presets with those options count), with its 95 % Clopper-Pearson interval;
+  per task, supported on the claimed side of the threshold, contradicted on the other, not
+  resolved across it; combined over tasks as the largest-effect rule does.
+
+A test is not tested where no task's trials vary what it compares ("the store does not vary
+..."). A claim's verdict combines its tests': contradicted if any test is, supported if all are,
+not tested if none could be, otherwise not resolved.
 
 Adding a claim is one entry in ``CLAIMS``; a new kind of test is a class with ``rule``,
-``describe`` and ``assess`` (see ``ClaimTest``).
+``describe`` and ``assess`` (``ClaimTest``) and its rule's text in ``RULES``.
 """
 
 from __future__ import annotations
@@ -63,7 +87,8 @@ RULES = {
         "interval lies above its own in some task; otherwise not resolved"
     ),
     "divergence": (
-        f"the share of diverged trials (of finished and diverged ones) with its {_LEVEL} "
+        f"the share of diverged trials (of finished and diverged ones, presets with the options "
+        f"included) with its {_LEVEL} "
         "Clopper-Pearson interval, per task: supported where the interval lies on the claimed "
         "side of the threshold in every task tested, contradicted where it lies on the other "
         "side in some task, otherwise not resolved"
