@@ -87,11 +87,10 @@ RULES = {
         "interval lies above its own in some task; otherwise not resolved"
     ),
     "divergence": (
-        f"the share of diverged trials (of finished and diverged ones, presets with the options "
-        f"included) with its {_LEVEL} "
-        "Clopper-Pearson interval, per task: supported where the interval lies on the claimed "
-        "side of the threshold in every task tested, contradicted where it lies on the other "
-        "side in some task, otherwise not resolved"
+        "the share of diverged trials (of finished and diverged ones, presets with the options "
+        f"included) with its {_LEVEL} Clopper-Pearson interval, per task: supported where the "
+        "interval lies on the claimed side of the threshold in every task tested, contradicted "
+        "where it lies on the other side in some task, otherwise not resolved"
     ),
 }
 
@@ -111,8 +110,9 @@ class Evidence:
 
 
 @dataclass
-class TestResult:
-    """One test's verdict, a sentence with its numbers, and the numbers per task as rows."""
+class Assessment:
+    """One test's verdict on the store, a sentence with its numbers, and the numbers per task
+    as rows."""
 
     test: str
     rule: str
@@ -127,7 +127,7 @@ class ClaimVerdict:
 
     statement: str
     verdict: str
-    tests: list[TestResult]
+    tests: list[Assessment]
     front: str = ""  # where the claim's technique sits on the fronts, when it says it trades well
 
 
@@ -136,7 +136,7 @@ class ClaimTest(Protocol):
 
     def describe(self) -> str: ...
 
-    def assess(self, evidence: Evidence) -> TestResult: ...
+    def assess(self, evidence: Evidence) -> Assessment: ...
 
 
 @dataclass(frozen=True)
@@ -315,11 +315,11 @@ def _raises(row: dict) -> bool:
     return row["ci_low"] > 0
 
 
-def _without_estimates(test: ClaimTest, comparison: Comparison, problems: list[str]) -> TestResult:
+def _without_estimates(test: ClaimTest, comparison: Comparison, problems: list[str]) -> Assessment:
     """A comparison no task could estimate: not tested, or not resolved where a fit failed."""
     if problems:
-        return TestResult(test.describe(), test.rule, NOT_RESOLVED, _not_estimated(problems))
-    return TestResult(test.describe(), test.rule, NOT_TESTED, comparison.not_tested())
+        return Assessment(test.describe(), test.rule, NOT_RESOLVED, _not_estimated(problems))
+    return Assessment(test.describe(), test.rule, NOT_TESTED, comparison.not_tested())
 
 
 def _not_estimated(problems: list[str]) -> str:
@@ -345,7 +345,7 @@ class Gain:
     def describe(self) -> str:
         return f"{self.comparison.text()} lowers the gap"
 
-    def assess(self, evidence: Evidence) -> TestResult:
+    def assess(self, evidence: Evidence) -> Assessment:
         rows, contexts, problems = self.comparison.estimates(evidence, contexts=self.consistent)
         if not rows:
             return _without_estimates(self, self.comparison, problems)
@@ -365,7 +365,7 @@ class Gain:
             if higher_within else "",
             _not_estimated(problems),
         )
-        return TestResult(self.describe(), self.rule, verdict, sentence, rows)
+        return Assessment(self.describe(), self.rule, verdict, sentence, rows)
 
 
 @dataclass(frozen=True)
@@ -379,7 +379,7 @@ class NoBetter:
     def describe(self) -> str:
         return f"{self.comparison.text()} does not lower the gap"
 
-    def assess(self, evidence: Evidence) -> TestResult:
+    def assess(self, evidence: Evidence) -> Assessment:
         rows, _, problems = self.comparison.estimates(evidence, contexts=False)
         if not rows:
             return _without_estimates(self, self.comparison, problems)
@@ -397,7 +397,7 @@ class NoBetter:
             + "; ".join(_effect_text(r) for r in rows),
             _not_estimated(problems),
         )
-        return TestResult(self.describe(), self.rule, verdict, sentence, rows)
+        return Assessment(self.describe(), self.rule, verdict, sentence, rows)
 
 
 @dataclass(frozen=True)
@@ -410,7 +410,7 @@ class Largest:
     def describe(self) -> str:
         return f"{self.key} has the largest effect of the axes varied"
 
-    def assess(self, evidence: Evidence) -> TestResult:
+    def assess(self, evidence: Evidence) -> Assessment:
         main = evidence.effects.main
         rows = []
         for (task, size), effects in main[~main["is_reference"].astype(bool)].groupby(TASK_KEY):
@@ -432,7 +432,7 @@ class Largest:
                 "task_verdict": verdict,
             })
         if not rows:
-            return TestResult(self.describe(), self.rule, NOT_TESTED,
+            return Assessment(self.describe(), self.rule, NOT_TESTED,
                               f"not tested: no task varies {self.key} and another axis")
         sentence = "; ".join(
             f"{task_name(r['task'], r['size'])}: {self.key} = {r['option']} {r['effect']:+.3g} "
@@ -442,7 +442,7 @@ class Largest:
             for r in rows
         )
         verdict = _combine([r["task_verdict"] for r in rows])
-        return TestResult(self.describe(), self.rule, verdict, sentence, rows)
+        return Assessment(self.describe(), self.rule, verdict, sentence, rows)
 
 
 def _magnitude(effects: pd.DataFrame) -> dict:
@@ -482,7 +482,7 @@ class Divergence:
             return CONTRADICTED if self.above else SUPPORTED
         return NOT_RESOLVED
 
-    def assess(self, evidence: Evidence) -> TestResult:
+    def assess(self, evidence: Evidence) -> Assessment:
         runs = evidence.runs[evidence.runs["outcome"].isin(["done", "diverged"])]
         rows = []
         for (task, size), trials in runs.groupby(TASK_KEY, sort=True):
@@ -504,7 +504,7 @@ class Divergence:
         if not rows:
             varied = f" while varying {self.varying}" if self.varying else ""
             sentence = f"not tested: the store has no finished or diverged {self._cells()} trials"
-            return TestResult(self.describe(), self.rule, NOT_TESTED, sentence + varied)
+            return Assessment(self.describe(), self.rule, NOT_TESTED, sentence + varied)
         sentence = "; ".join(
             f"{task_name(r['task'], r['size'])}: {r['n_diverged']} of {r['n_trials']} diverged "
             f"({r['share']:.0%}, {_LEVEL} CI {r['ci_low']:.0%} to {r['ci_high']:.0%})"
@@ -513,7 +513,7 @@ class Divergence:
             for r in rows
         )
         verdict = _combine([r["task_verdict"] for r in rows])
-        return TestResult(self.describe(), self.rule, verdict, sentence, rows)
+        return Assessment(self.describe(), self.rule, verdict, sentence, rows)
 
 
 def _varies(trials: pd.DataFrame, key: str) -> bool:
@@ -573,10 +573,10 @@ def _front_place(evidence: Evidence, technique: Comparison) -> str:
     return "; ".join(places)
 
 
-SR_BACKWARD = ("rounding@bwd", "rounding@dy")  # SR on the backward operands, else on dy
+SR_KEYS = ("rounding@bwd", "rounding@dy")  # SR on the backward operands, else on dy
 HADAMARD = Comparison(("transform", "transform@wgrad"), against="none")
 TENSOR_SCALING = Comparison(("tensor_scale",), against="none", options=("fp32",))
-BACKWARD_SR = Comparison(SR_BACKWARD, against="rne", options=("sr",))
+BACKWARD_SR = Comparison(SR_KEYS, against="rne", options=("sr",))
 CLAIMS: tuple[Claim, ...] = (
     Claim("Hadamard transforms give consistent gains and the best quality-to-overhead trade-off",
           (Gain(HADAMARD, consistent=True),), front=HADAMARD),
@@ -590,7 +590,7 @@ CLAIMS: tuple[Claim, ...] = (
           "rounding in the backward pass",
           (Largest("scale"),
            Gain(Comparison(("scale",), against="e8m0", options=("ue5m3",),
-                           cells=(Cell(("tensor_scale",), "fp32"), Cell(SR_BACKWARD, "sr")))))),
+                           cells=(Cell(("tensor_scale",), "fp32"), Cell(SR_KEYS, "sr")))))),
     Claim("E4M3 (UE4M3) block scales do not converge, even with tensor scaling",
           (Divergence((Cell(("scale",), "ue4m3"), Cell(("tensor_scale",), "fp32")),
                       threshold=0.5, above=True),)),
