@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from fp4sweep.analysis.effects import Effects, axis_effects
+from fp4sweep.analysis.findings import ClaimVerdict, Evidence, assess_claims
 from fp4sweep.analysis.pareto import ReferencePoint, front_slack, pareto_fronts, robust_recipes
 from fp4sweep.analysis.quality import (
     TASK_KEY,
@@ -36,6 +37,7 @@ class Analysis:
     recipes: pd.DataFrame = field(default_factory=pd.DataFrame)  # per task x recipe, fronts marked
     hypervolumes: pd.DataFrame = field(default_factory=pd.DataFrame)
     effects: Effects = field(default_factory=Effects)
+    claims: list[ClaimVerdict] = field(default_factory=list)  # the paper's claims, with verdicts
     outcomes_by_axis: pd.DataFrame = field(default_factory=pd.DataFrame)
     failed: pd.DataFrame = field(default_factory=pd.DataFrame)
     robust: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -53,7 +55,8 @@ def analyse(
     tolerance: float = DEFAULT_TOLERANCE,
     problems: list[str] | None = None,
 ) -> Analysis:
-    """Quality, fronts, hypervolumes, axis effects and cross-task recipes of ``trials``.
+    """Quality, fronts, hypervolumes, axis effects, the paper's claims and cross-task recipes of
+    ``trials``.
 
     ``trials`` holds rows in the results-store schema (every attempt; the latest per trial
     counts). ``problems`` are sentences already known, e.g. files the reader skipped.
@@ -73,6 +76,7 @@ def analyse(
     analysis.recipes = summary
     analysis.robust = robust_recipes(summary, tolerance)
     analysis.effects = axis_effects(runs)
+    analysis.claims = assess_claims(Evidence(runs, analysis.effects, summary, tolerance))
     analysis.outcomes_by_axis = outcomes_by_axis(runs)
     analysis.failed = failed_trials(trials)
     analysis.trials = _outcome_counts(trials, runs)

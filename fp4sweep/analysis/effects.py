@@ -24,6 +24,7 @@ Diverged trials have no gap and are not in any fit: ``quality.outcomes_by_axis``
 from __future__ import annotations
 
 import itertools
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,8 +68,13 @@ class Effects:
     problems: list[str] = field(default_factory=list)
 
 
-def axis_effects(runs: pd.DataFrame) -> Effects:
-    """Main effects (best first), interactions and per-context effects of every task's axes."""
+def axis_effects(runs: pd.DataFrame, pairs_with: Collection[str] | None = None) -> Effects:
+    """Main effects (best first), interactions and per-context effects of every task's axes.
+
+    ``pairs_with`` names the axes (keys such as ``scale``) whose pairs are fitted for
+    interactions and contexts, every axis by default; empty, only main effects are (the pair
+    fits are most of the cost).
+    """
     result = Effects()
     finished = runs[np.isfinite(runs["loss_gap"].to_numpy(dtype=float))]
     crossed = finished[~finished["is_preset"].astype(bool)]
@@ -89,7 +95,8 @@ def axis_effects(runs: pd.DataFrame) -> Effects:
             result.problems.append(f"{where}: {design}")
             continue
         main = design.main_effects()
-        pairs = [design.pair(a, b) for a, b in itertools.combinations(design.axes, 2)]
+        pairs = [design.pair(a, b) for a, b in itertools.combinations(design.axes, 2)
+                 if pairs_with is None or design.named(a, pairs_with) or design.named(b, pairs_with)]
         pairs = [pair for pair in pairs if pair is not None]
         context = _flag_contexts(pd.concat([p[1] for p in pairs], ignore_index=True)) if pairs else None
         main["heterogeneous_by"] = _heterogeneous_by(main, context)
@@ -151,6 +158,11 @@ class _Design:
                 f"(design rank {rank} < {matrix.shape[1]} coefficients); effects not estimated"
             )
         return design
+
+    def named(self, axis: str, names: Collection[str]) -> bool:
+        """Whether ``axis`` or a key that moved with it is among ``names`` (keys, no prefix)."""
+        key = axis.removeprefix("axis.")
+        return bool({key, *self.aliases.get(key, [])} & set(names))
 
     def indicator(self, axis: str, level: str) -> np.ndarray:
         return (self.values[axis] == level).astype(float)

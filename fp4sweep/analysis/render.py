@@ -16,6 +16,7 @@ import pandas as pd
 from fp4sweep import __version__
 from fp4sweep.analysis.analyse import Analysis
 from fp4sweep.analysis.figures import effects_figure, front_figure
+from fp4sweep.analysis.findings import RULES, SOURCE
 from fp4sweep.analysis.pareto import OVERHEADS, QUALITY, REFERENCE_MARGIN, fragile
 from fp4sweep.analysis.quality import CONFIDENCE, TASK_KEY, axis_columns, task_name
 
@@ -35,6 +36,9 @@ td.text { text-align: left; white-space: normal; overflow-wrap: anywhere; max-wi
 th.text { text-align: left; }
 .scroll { overflow-x: auto; } .problems li { color: #8a1c00; } .note { color: #555; }
 .findings li { margin-bottom: .4em; } img { max-width: 100%; }
+.claims > li { margin-bottom: .6em; } .claims ul { margin: .2em 0; color: #333; }
+.verdict { font-weight: bold; } .supported { color: #1a6b1a; } .contradicted { color: #a31515; }
+.not-resolved, .not-tested { color: #7a5c00; }
 """
 def render_html(analysis: Analysis, source: str, files: dict[str, str]) -> str:
     """The report page for ``analysis`` of the store at ``source``.
@@ -43,6 +47,7 @@ def render_html(analysis: Analysis, source: str, files: dict[str, str]) -> str:
     """
     parts = [
         _header(analysis, source),
+        _claims(analysis),
         _findings(analysis),
         _problems(analysis),
         _overview(analysis),
@@ -85,6 +90,40 @@ def _header(analysis: Analysis, source: str) -> str:
         f"A recipe is near a front when its loss gap is within {analysis.tolerance:g} of the "
         "front's best at the same or lower modelled overhead.</p>"
     )
+
+
+def _claims(analysis: Analysis) -> str:
+    """The paper's claims, each with its verdict, its tests' sentences and the rules applied."""
+    if not analysis.claims:
+        return ""
+    items = []
+    for claim in analysis.claims:
+        tests = "".join(
+            f"<li>{_verdict(result.verdict)}: {html.escape(result.test)}: "
+            f"{html.escape(result.sentence)}</li>"
+            for result in claim.tests
+        )
+        if claim.front:
+            tests += f"<li>On the fronts: {html.escape(claim.front)}.</li>"
+        items.append(
+            f"<li>{_verdict(claim.verdict)}: {html.escape(claim.statement)}<ul>{tests}</ul></li>"
+        )
+    rules = sorted({result.rule for claim in analysis.claims for result in claim.tests})
+    rule_items = "".join(f"<li><i>{html.escape(rule)}</i>: {html.escape(RULES[rule])}</li>" for rule in rules)
+    return (
+        f"<h2>Findings: the paper's claims</h2>\n<p class=\"note\">The claims of {html.escape(SOURCE)}, "
+        "each decided from this store's trials: effects on the relative loss gap with "
+        f"{CONFIDENCE:.0%} intervals (as in the effects tables below), per task, and divergence "
+        "counts. A claim is contradicted if any of its tests is, supported if all are, not "
+        "tested if the store varies none of what it compares, otherwise not resolved. "
+        "claims.csv holds every number.</p>\n"
+        f"<ul class=\"claims\">\n" + "\n".join(items) + "\n</ul>\n"
+        f"<p class=\"note\">Rules:</p><ul class=\"note\">{rule_items}</ul>"
+    )
+
+
+def _verdict(verdict: str) -> str:
+    return f"<span class=\"verdict {verdict.replace(' ', '-')}\">{html.escape(verdict)}</span>"
 
 
 def _findings(analysis: Analysis) -> str:

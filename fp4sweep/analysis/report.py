@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ import pandas as pd
 
 from fp4sweep import __version__
 from fp4sweep.analysis.analyse import DEFAULT_TOLERANCE, Analysis, analyse
+from fp4sweep.analysis.findings import SOURCE, claims_table
 from fp4sweep.analysis.load import read_trials
 from fp4sweep.analysis.pareto import ReferencePoint, front_members
 from fp4sweep.analysis.quality import CONFIDENCE
@@ -77,6 +79,9 @@ def build_report(
 def _tables(analysis: Analysis) -> dict[str, tuple[pd.DataFrame, str]]:
     """The CSV files beside the page: file name -> (table, what it holds)."""
     return {
+        "claims.csv": (
+            claims_table(analysis.claims), "the numbers behind each verdict on the paper's claims"
+        ),
         "recipes.csv": (
             analysis.recipes, "every recipe per task: seed statistics, outcomes, front membership"
         ),
@@ -99,6 +104,17 @@ def _tables(analysis: Analysis) -> dict[str, tuple[pd.DataFrame, str]]:
     }
 
 
+def _finite(value):
+    """``value`` with NaN and infinite numbers as None, so that report.json stays strict JSON."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _summary(analysis: Analysis, source: str) -> dict:
     """What runs are compared by: the fixed reference point, the tolerance, each hypervolume."""
     return {
@@ -112,6 +128,8 @@ def _summary(analysis: Analysis, source: str) -> dict:
             {"task": task, "size": size, **{k: int(v) for k, v in counts.items()}}
             for (task, size), counts in analysis.trials.iterrows()
         ],
+        "claims_source": SOURCE,
+        "claims": [_finite(asdict(claim)) for claim in analysis.claims],
         "findings": list(analysis.effects.findings.values()),
         "problems": analysis.problems,
     }

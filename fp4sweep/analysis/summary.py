@@ -1,4 +1,5 @@
-"""The terminal summary of a written report: per task, its front and its main findings (rich).
+"""The terminal summary of a written report: the verdicts on the paper's claims, then per task its
+front and its main findings (rich).
 
 It reads the files the report wrote (``report.json`` and ``fronts.csv`` beside the page), so it
 summarises any report directory, whoever wrote it.
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fp4sweep.analysis.pareto import fragile
@@ -20,14 +22,16 @@ from fp4sweep.analysis.report import FRONTS_NAME, SUMMARY_NAME
 
 
 def print_summary(page: str | Path, console: Console | None = None) -> None:
-    """Print, per task of the report whose page is ``page``, the modelled-overhead front (or the
-    measured one where no model figure exists), its hypervolume and the sentence of findings."""
+    """Print the verdicts on the paper's claims, then, per task of the report whose page is
+    ``page``, the modelled-overhead front (or the measured one where no model figure exists),
+    its hypervolume and the sentence of findings."""
     console = console or Console()
     directory = Path(page).parent
     summary = json.loads((directory / SUMMARY_NAME).read_text())
     fronts = pd.read_csv(directory / FRONTS_NAME)
     hypervolumes = {(h["task"], h["size"], h["overhead"]): h for h in summary["hypervolumes"]}
     findings = summary.get("findings", [])
+    _print_claims(summary.get("claims", []), console)
     for trials in summary["trials"]:
         task, size = trials["task"], trials["size"]
         name = task_name(task, size)
@@ -47,6 +51,27 @@ def print_summary(page: str | Path, console: Console | None = None) -> None:
         console.print(
             f"[yellow]{len(summary['problems'])} problem(s) noted: see Completeness in {page}[/yellow]"
         )
+
+
+VERDICT_STYLES = {"supported": "green", "contradicted": "red"}  # others: yellow
+
+
+def _print_claims(claims: list[dict], console: Console) -> None:
+    """Each of the paper's claims with its verdict and its tests' sentences."""
+    if not claims:
+        return
+    console.rule("[bold]Findings: the paper's claims[/bold]")
+    for claim in claims:
+        console.print(f"{_styled(claim['verdict'])}: {escape(claim['statement'])}")
+        for test in claim["tests"]:
+            console.print(f"  - {_styled(test['verdict'])}: {escape(test['test'])}: {escape(test['sentence'])}")
+        if claim["front"]:
+            console.print(f"  - on the fronts: {escape(claim['front'])}")
+
+
+def _styled(verdict: str) -> str:
+    style = VERDICT_STYLES.get(verdict, "yellow")
+    return f"[bold {style}]{verdict}[/bold {style}]"
 
 
 def _front_table(front: pd.DataFrame, overhead: str) -> Table:

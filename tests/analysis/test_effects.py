@@ -10,6 +10,8 @@ import pytest
 from synthetic_store import trial_row
 
 from fp4sweep.analysis import analyse
+from fp4sweep.analysis.effects import axis_effects
+from fp4sweep.analysis.quality import latest_attempts, trial_gaps
 
 INTERCEPT = 0.20
 PLANTED = {
@@ -212,3 +214,17 @@ def test_a_value_is_charged_only_its_own_overhead_not_what_it_was_crossed_with()
     effects = analyse(pd.DataFrame(rows)).effects.main.set_index(["axis", "value"])
     assert effects.loc[("optimizer", "stable_spam"), "reference"] == "adamw"
     assert effects.loc[("transform", "rhadamard16"), "reference"] == "none"
+
+
+def test_pairs_can_be_limited_to_some_axes_without_changing_main_effects():
+    runs, _ = trial_gaps(latest_attempts(planted_store()))
+    every, some, none = (axis_effects(runs, pairs_with=axes) for axes in (None, ["transform"], []))
+    pd.testing.assert_frame_equal(some.main.drop(columns="heterogeneous_by"),
+                                  every.main.drop(columns="heterogeneous_by"))
+    assert set(map(frozenset, every.contexts[["axis", "context_axis"]].to_numpy())) == {
+        frozenset(pair) for pair in itertools.combinations(PLANTED, 2)
+    }
+    assert {"transform"} <= set(some.contexts["axis"]) and (
+        some.contexts["axis"].eq("transform") | some.contexts["context_axis"].eq("transform")
+    ).all()
+    assert none.contexts.empty and none.interactions.empty and len(none.main) == len(every.main)
