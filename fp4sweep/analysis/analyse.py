@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from fp4sweep.analysis.effects import Effects, axis_effects
+from fp4sweep.analysis.fidelity import fidelity_changes
 from fp4sweep.analysis.pareto import ReferencePoint, front_slack, pareto_fronts, robust_recipes
 from fp4sweep.analysis.quality import (
     TASK_KEY,
@@ -39,6 +40,7 @@ class Analysis:
     outcomes_by_axis: pd.DataFrame = field(default_factory=pd.DataFrame)
     failed: pd.DataFrame = field(default_factory=pd.DataFrame)
     robust: pd.DataFrame = field(default_factory=pd.DataFrame)
+    fidelity: pd.DataFrame = field(default_factory=pd.DataFrame)  # rankings across fidelities
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -72,6 +74,7 @@ def analyse(
         summary["slack.model"] = front_slack(summary, "model")
     analysis.recipes = summary
     analysis.robust = robust_recipes(summary, tolerance)
+    analysis.fidelity = fidelity_changes(summary, trials)
     analysis.effects = axis_effects(runs)
     analysis.outcomes_by_axis = outcomes_by_axis(runs)
     analysis.failed = failed_trials(trials)

@@ -95,6 +95,9 @@ def _tables(analysis: Analysis) -> dict[str, tuple[pd.DataFrame, str]]:
             analysis.outcomes_by_axis, "finished, diverged and failed trials per axis value"
         ),
         "robust.csv": (analysis.robust, "recipes on or near every task's front"),
+        "fidelity.csv": (
+            analysis.fidelity, "rank correlation and front changes between consecutive fidelities"
+        ),
         "failed.csv": (analysis.failed, "every failed trial with its error"),
     }
 
@@ -113,5 +116,6 @@ def _summary(analysis: Analysis, source: str) -> dict:
             for (task, size), counts in analysis.trials.iterrows()
         ],
         "findings": list(analysis.effects.findings.values()),
+        "fidelity": analysis.fidelity.to_dict(orient="records"),
         "problems": analysis.problems,
     }
