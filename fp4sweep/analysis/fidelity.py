@@ -68,8 +68,10 @@ def rank_correlation(gaps: pd.DataFrame, lower: str, higher: str, confidence: fl
 def fidelity_order(trials: pd.DataFrame) -> dict[str, list[str]]:
     """Per task with more than one fidelity: its store sizes, lowest fidelity first."""
     keys = {}
-    for (task, size), spec in trials.groupby(["task", "size"], sort=True)["spec"].first().items():
-        values = json.loads(spec)
+    # Rows written without a spec (by other writers) are ordered by their size's name alone.
+    specs = trials.assign(spec=trials["spec"] if "spec" in trials.columns else "{}")
+    for (task, size), spec in specs.groupby(["task", "size"], sort=True)["spec"].first().items():
+        values = json.loads(spec or "{}")
         preset = values.get("size", size)
         rank = SIZE_ORDER.index(preset) if preset in SIZE_ORDER else len(SIZE_ORDER)
         steps = values.get("params", {}).get("steps", math.inf)
