@@ -7,7 +7,7 @@
 first, in recipes: a count, or a share of the recipes the rung below ran; one value for every
 rung, or a list with one per rung after the first. An empty ``rungs`` list (the default) runs
 the sweep as a grid. ``fp4sweep.sweep.ladder`` runs a ladder; the block is taken out of the
-composed config here, so that the rest of the config is validated as for any sweep.
+composed config here; the rest of the config is validated as for any sweep.
 """
 
 from __future__ import annotations
@@ -58,9 +58,7 @@ def split_ladder(tree: ConfigTree, overrides: Sequence[str]) -> tuple[LadderSett
     """The validated ``ladder`` block of the composed config (None when it lists no rung), and
     the overrides that compose the rest of the config without it."""
     cfg, _ = tree.compose("config", overrides)
-    if "ladder" not in cfg:
-        return None, list(overrides)
-    return parse_ladder(cfg["ladder"]), [*overrides, "~ladder"]
+    return parse_ladder(cfg.get("ladder") or {}), [*overrides, "~ladder"]
 
 
 def parse_ladder(node: Any) -> LadderSettings | None:
