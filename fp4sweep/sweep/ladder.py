@@ -82,12 +82,12 @@ def rung_plan(
     """The rung's trials: the baseline's, and those of the recipes promoted on each task (every
     recipe when ``promoted`` is None), their task labelled with the rung's fidelity."""
     plan = expand(tree, rung_settings(tree, settings, rung))
-    plain = {t.task.name: t.task for t in expand(tree, replace(settings, size=rung.size or settings.size)).trials}
     tasks = {}
     for trial in plan.trials:
         task = trial.task
         if task.name not in tasks:
-            base = plain[task.name].params
+            # What the sweep itself would run at this size: the preset under the sweep's params.
+            base = {**task.node["sizes"][task.size], **settings.params.get(task.name, {})}
             changed = [f"{key}={value}" for key, value in task.params.items() if base.get(key) != value]
             tasks[task.name] = replace(task, fidelity=", ".join(changed))
     trials = [
