@@ -113,6 +113,9 @@ def _run_ladder(tree: ConfigTree, settings: RunSettings, ladder: LadderSettings,
     if report.interrupted:
         print("Interrupted: finished trials are stored; the same command continues.")
         return EXIT_INTERRUPTED
+    if len(report.rungs) < len(ladder.rungs):
+        print(f"Climbed {len(report.rungs)} of {len(ladder.rungs)} rungs (ladder.upto); the same command "
+              "without it goes on from the store.")
     return 0
 
 

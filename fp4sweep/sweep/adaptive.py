@@ -506,6 +506,8 @@ def run_search(
 ) -> SearchReport:
     """Run (or continue) the adaptive search that ``search`` describes over the sweep's axes;
     with a ``ladder``, each proposal climbs its rungs and the study hears the top rung's result."""
+    if ladder is not None and ladder.upto is not None:
+        raise SweepError("ladder.upto: an adaptive search climbs every rung for each recipe it proposes")
     if ladder is None:
         spaces = [SearchSpace(tree, settings)]
     else:

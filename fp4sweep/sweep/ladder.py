@@ -124,7 +124,7 @@ def run_ladder(
     started_ray = False
     promoted: dict[str, set[str]] | None = None
     try:
-        for index, rung in enumerate(ladder.rungs):
+        for index, rung in enumerate(ladder.rungs[: ladder.upto]):
             plan = rung_plan(tree, settings, rung, promoted)
             store = ResultsStore(settings.results_dir)
             # One Ray for every rung that runs something, rather than a start per rung.

@@ -5,7 +5,8 @@
 ``params`` (task -> parameters, as the sweep's own ``params``: e.g. ``{classification:
 {epochs: 2}}``), over what the sweep sets. ``ladder.keep`` is the budget of each rung after the
 first, in recipes: a count, or a share of the recipes the rung below ran; one value for every
-rung, or a list with one per rung after the first. An empty ``rungs`` list (the default) runs
+rung, or a list with one per rung after the first. ``ladder.upto`` stops a command after that
+many rungs. An empty ``rungs`` list (the default) runs
 the sweep as a grid. ``fp4sweep.sweep.ladder`` runs a ladder; the block is taken out of the
 composed config here; the rest of the config is validated as for any sweep.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 from fp4sweep.sweep.config import ConfigTree, SweepError, _check_int
 
-_KEYS = {"rungs", "keep"}
+_KEYS = {"rungs", "keep", "upto"}
 _RUNG_KEYS = {"size", "steps", "params"}
 
 
@@ -41,6 +42,9 @@ class Rung:
 class LadderSettings:
     rungs: list[Rung]
     keep: list[int | float]  # the budget of each rung after the first
+    # How many rungs this command climbs (None: all): the lower rungs on one machine, the rest on
+    # another, with the store carried over.
+    upto: int | None = None
 
     def describe(self) -> str:
         budgets = [_budget_text(keep) for keep in self.keep]
@@ -86,7 +90,12 @@ def parse_ladder(node: Any) -> LadderSettings | None:
             f"ladder.keep: {len(listed)} budgets for {len(rungs) - 1} rungs after the first; give one "
             "for each, or a single one for all"
         )
-    return LadderSettings(rungs, [_keep(f"ladder.keep[{i}]", value) for i, value in enumerate(listed)])
+    upto = node.get("upto")
+    if upto is not None:
+        upto = _check_int("ladder.upto", upto, minimum=1)
+        if upto > len(rungs):
+            raise SweepError(f"ladder.upto: {upto} rungs to climb, but the ladder has {len(rungs)}")
+    return LadderSettings(rungs, [_keep(f"ladder.keep[{i}]", value) for i, value in enumerate(listed)], upto)
 
 
 def _rung(index: int, item: Any) -> Rung:

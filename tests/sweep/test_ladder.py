@@ -107,7 +107,7 @@ def test_ladder_settings_parse_rungs_and_budgets():
     ladder = parse_ladder({"rungs": [{"steps": 25}, {"size": "small", "steps": 100}, {"size": "small"}],
                            "keep": [0.25, 4]})
     assert ladder.rungs == [Rung(steps=25), Rung(size="small", steps=100), Rung(size="small")]
-    assert ladder.keep == [0.25, 4]
+    assert ladder.keep == [0.25, 4] and ladder.upto is None
     assert "25 steps -> size small, 100 steps (at most 25% of the recipes below)" in ladder.describe()
     assert parse_ladder({"rungs": [], "keep": 3}) is None
 
@@ -121,6 +121,8 @@ def test_ladder_settings_parse_rungs_and_budgets():
     ({"rungs": [{"steps": 25}, {"steps": 50}], "keep": [2, 2]}, "2 budgets for 1 rungs"),
     ({"rungs": [{"steps": 25}, {}], "keep": 2}, r"ladder.rungs\[1\]: expected a mapping"),
     ({"rungs": [{"steps": 2}, {"steps": 5}], "typo": 1}, r"ladder: unknown key\(s\) \['typo'\]"),
+    ({"rungs": [{"steps": 2}, {"steps": 5}], "keep": 2, "upto": 3}, "ladder.upto: 3 rungs to climb, but the ladder has 2"),
+    ({"rungs": [{"steps": 2}, {"steps": 5}], "keep": 2, "upto": 0}, "ladder.upto: expected an integer >= 1"),
 ])
 def test_bad_ladder_settings_name_the_key(node, message):
     with pytest.raises(SweepError, match=message):
@@ -182,7 +184,10 @@ def ladder_args(results: Path, top: int = 60) -> list[str]:
 @pytest.mark.usefixtures("local_ray")
 def test_a_ladder_promotes_from_the_store_and_a_stored_rung_runs_nothing(tmp_path, capsys):
     results = tmp_path / "results"
-    assert main(["run", *ladder_args(results)]) == 0
+    assert main(["run", *ladder_args(results), "ladder.upto=1"]) == 0  # the first rung only
+    assert "Climbed 1 of 2 rungs (ladder.upto)" in capsys.readouterr().out
+    assert ResultsStore(results).trials()["size"].value_counts().to_dict() == {"tiny, steps=10": 9}
+    assert main(["run", *ladder_args(results)]) == 0  # goes on from the store
     stored = ResultsStore(results).trials()
     sizes = stored.groupby("size")["recipe_label"].apply(set).to_dict()
     assert sizes["tiny, steps=10"] == {"bf16", "scale=ue5m3", "nvfp4"}
