@@ -64,7 +64,7 @@ def _warn_unreadable(store: ResultsStore) -> None:
 
 
 def cmd_run(args: argparse.Namespace, rerun_failed: bool = False) -> int:
-    """Run every trial of the sweep that has no result yet (or search it, for an adaptive sweep)."""
+    """Run every trial of the sweep that has no result yet (or search it, or climb its ladder)."""
     from fp4sweep.sweep.runner import run_trials
 
     tree, settings, search, ladder = _settings(args)
