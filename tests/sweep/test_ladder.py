@@ -18,7 +18,7 @@ import pytest
 from fp4sweep.cli import main
 from fp4sweep.results.store import ResultsStore
 from fp4sweep.sweep.config import ConfigTree, SweepError, load_settings
-from fp4sweep.sweep.ladder import run_ladder, rung_plan
+from fp4sweep.sweep.ladder import decide, run_ladder, rung_plan
 from fp4sweep.sweep.plan import expand
 from fp4sweep.sweep.promotion import DIVERGED, DOMINATED, FRONT, NO_RESULT, OVER_BUDGET, WITHIN, budget, promote
 from fp4sweep.sweep.rungs import Rung, parse_ladder, split_ladder
@@ -99,6 +99,29 @@ def test_budgets_are_counts_or_shares_of_the_rung_below():
     assert budget(0.01, 10) == 1
     with pytest.raises(ValueError, match="keep must be at least 1"):
         promote(pd.DataFrame([recipe("a", 1, 0, 1)]), 0)
+
+
+def store_row(seed: int, label: str, loss: float, cost: float, status: str = "done") -> dict:
+    return {"trial_id": f"{label}/{seed}", "task": "regression", "size": "tiny, steps=25", "seed": seed,
+            "recipe_id": label, "recipe_label": label, "is_baseline": label == "bf16", "status": status,
+            "metric.val_loss": loss, "overhead.model": cost}
+
+
+def test_decisions_from_a_planted_rung_of_store_rows():
+    rows = [store_row(seed, "bf16", 1.0, 0.0) for seed in (0, 1, 2)]
+    planted = {"cheap": ([1.50, 1.52, 1.48], 0.0), "good": ([1.20, 1.25, 1.15], 1.0),
+               "close": ([1.24, 1.30, 1.18], 1.5), "behind": ([1.60, 1.61, 1.59], 1.0)}
+    for label, (losses, cost) in planted.items():
+        rows += [store_row(seed, label, loss, cost) for seed, loss in enumerate(losses)]
+    rows += [store_row(0, "blew up", 1.1, 0.5), store_row(1, "blew up", float("nan"), 0.5, "diverged"),
+             store_row(2, "blew up", 1.1, 0.5)]
+    table = decide(pd.DataFrame(rows), keep=3).set_index("recipe_label")
+    assert table.loc[["cheap", "good"], "reason"].tolist() == [FRONT, FRONT]
+    assert table.loc["close", "reason"] == WITHIN  # 0.24 +- 0.15 against good's 0.20 +- 0.12 (t intervals)
+    assert table.loc["behind", "reason"] == DOMINATED
+    assert table.loc["blew up", "reason"] == DIVERGED
+    assert sorted(table.index[table["promoted"]]) == ["cheap", "close", "good"]
+    assert decide(pd.DataFrame(rows), keep=0.5)["promoted"].sum() == 3  # half of 5, rounded up
 
 
 # --- settings ---------------------------------------------------------------------------------
