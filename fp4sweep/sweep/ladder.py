@@ -13,7 +13,8 @@ trials already stored are not run again (a rung whose trials are all stored runs
 killed ladder continues where it stopped with the same command. The rungs are synchronous: a rung
 is decided only once the rung below is complete, because promotion compares each recipe with the
 front of all of them. A rung with failed trials stops the ladder (``resume`` reruns them and goes
-on), so no decision is taken on part of a rung.
+on), so no decision is taken on part of a rung. ``ladder.upto`` stops after the first rungs,
+so that the rest can run on another machine against a copy of the store.
 
 The store's ``size`` of a rung's trials names the rung's departure from the size preset (e.g.
 ``tiny, steps=25``): the report treats each fidelity as a task size of its own, with its own

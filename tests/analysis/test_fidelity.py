@@ -105,3 +105,16 @@ def test_the_report_page_and_its_files_carry_the_comparison(tmp_path):
     assert table[["lower", "higher", "fell_off"]].values.tolist() == [["tiny, steps=25", "tiny", "a"]]
     summary = json.loads((tmp_path / "report" / "report.json").read_text())
     assert summary["fidelity"][0]["rho"] == pytest.approx(0.4)
+
+
+def test_the_terminal_summary_says_how_the_ranking_carried(tmp_path):
+    from rich.console import Console
+
+    from fp4sweep.analysis import build_report
+    from fp4sweep.analysis.summary import print_summary
+
+    console = Console(record=True, width=200)
+    print_summary(build_report(pd.DataFrame(two_rungs()), tmp_path / "report"), console)
+    assert ("regression: tiny, steps=25 -> tiny: rank correlation 0.40 [-0.92, 0.99] over 4 recipes; fell off the "
+            "front: a"
+            in console.export_text())
