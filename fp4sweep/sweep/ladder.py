@@ -34,7 +34,7 @@ from fp4sweep.results.store import ResultsStore
 from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError
 from fp4sweep.sweep.plan import Plan, Trial, expand
 from fp4sweep.sweep.promotion import budget, promote
-from fp4sweep.sweep.runner import RunReport, run_trials, start_ray, trials_to_run
+from fp4sweep.sweep.runner import RunReport, check_tasks, run_trials, start_ray, trials_to_run
 from fp4sweep.sweep.rungs import LadderSettings, Rung
 
 
@@ -121,11 +121,16 @@ def run_ladder(
     stream = stream or sys.stderr
     import ray
 
+    climbed = ladder.rungs[: ladder.upto]
+    # Every rung's task settings (a `steps` that a task does not take, an unknown size) are
+    # checked before anything runs, not when the ladder reaches them.
+    for rung in climbed:
+        check_tasks(rung_plan(tree, settings, rung, None).trials, data=settings.ray.address is None)
     report = LadderReport([])
     started_ray = False
     promoted: dict[str, set[str]] | None = None
     try:
-        for index, rung in enumerate(ladder.rungs[: ladder.upto]):
+        for index, rung in enumerate(climbed):
             plan = rung_plan(tree, settings, rung, promoted)
             store = ResultsStore(settings.results_dir)
             # One Ray for every rung that runs something, rather than a start per rung.

@@ -159,6 +159,15 @@ def test_a_bad_ladder_on_the_command_line_exits_2_with_one_line(capsys):
     ]
 
 
+def test_a_rung_parameter_the_task_does_not_take_stops_the_ladder_before_anything_runs(tmp_path, capsys):
+    results = tmp_path / "results"
+    args = ["run", "--conf-dir", TEST_CONF, "+sweep=mini", "task=regression", f"results_dir={results}",
+            "ladder.rungs=[{steps:10},{params:{regression:{width:3}}}]"]
+    assert main(args) == 2
+    assert "task 'regression' (size 'tiny'): unknown Config parameter(s) ['width']" in capsys.readouterr().err
+    assert not (results / "trials").exists() or ResultsStore(results).trials().empty
+
+
 # --- rung plans -------------------------------------------------------------------------------
 
 def mini_settings(*overrides: str):
