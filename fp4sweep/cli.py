@@ -20,11 +20,15 @@ from typing import TYPE_CHECKING
 from fp4sweep import __version__
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from fp4sweep.analysis.pricing import Pricing
     from fp4sweep.sweep.adaptive import SearchReport
     from fp4sweep.sweep.config import ConfigTree, RunSettings
     from fp4sweep.sweep.plan import Plan
     from fp4sweep.sweep.runner import RunReport
+    from fp4sweep.sweep.ladder import LadderReport
+    from fp4sweep.sweep.rungs import LadderSettings
     from fp4sweep.sweep.search import SearchSettings
     from fp4sweep.results.store import ResultsStore
 
@@ -33,14 +37,19 @@ EXIT_FAILED_TRIALS = 1
 EXIT_INTERRUPTED = 130
 
 
-def _settings(args: argparse.Namespace) -> tuple[ConfigTree, RunSettings, SearchSettings | None]:
-    """The config tree, the command line's validated settings and its adaptive search, if any."""
+def _settings(
+    args: argparse.Namespace,
+) -> tuple[ConfigTree, RunSettings, SearchSettings | None, LadderSettings | None]:
+    """The config tree, the command line's validated settings, and its adaptive search and its
+    ladder, if any."""
     from fp4sweep.sweep.config import ConfigTree, load_settings
+    from fp4sweep.sweep.rungs import split_ladder
     from fp4sweep.sweep.search import split_search
 
     tree = ConfigTree(args.conf_dir)
-    search, overrides = split_search(tree, args.overrides)
-    return tree, load_settings(tree, overrides), search
+    ladder, overrides = split_ladder(tree, args.overrides)
+    search, overrides = split_search(tree, overrides)
+    return tree, load_settings(tree, overrides), search, ladder
 
 
 def _plan(tree: ConfigTree, settings: RunSettings) -> Plan:
@@ -55,12 +64,14 @@ def _warn_unreadable(store: ResultsStore) -> None:
 
 
 def cmd_run(args: argparse.Namespace, rerun_failed: bool = False) -> int:
-    """Run every trial of the sweep that has no result yet (or search it, for an adaptive sweep)."""
+    """Run every trial of the sweep that has no result yet (or search it, or climb its ladder)."""
     from fp4sweep.sweep.runner import run_trials
 
-    tree, settings, search = _settings(args)
+    tree, settings, search, ladder = _settings(args)
     if search is not None:
-        return _run_search(tree, settings, search, rerun_failed)
+        return _run_search(tree, settings, search, rerun_failed, ladder)
+    if ladder is not None:
+        return _run_ladder(tree, settings, ladder, rerun_failed)
     plan = _plan(tree, settings)
     report = run_trials(plan, settings, rerun_failed=rerun_failed)
     if not report.to_run:
@@ -90,10 +101,47 @@ def _exit_status(report: RunReport) -> int:
     return 0
 
 
-def _run_search(tree: ConfigTree, settings: RunSettings, search: SearchSettings, rerun_failed: bool) -> int:
+def _run_ladder(tree: ConfigTree, settings: RunSettings, ladder: LadderSettings, rerun_failed: bool) -> int:
+    from fp4sweep.sweep.ladder import run_ladder
+
+    report = run_ladder(tree, settings, ladder, rerun_failed=rerun_failed)
+    _print_ladder(report)
+    print(f"Results: {settings.results_dir}")
+    if report.stopped is not None:
+        print(f"The ladder stopped: {report.stopped}.")
+        return EXIT_FAILED_TRIALS
+    if report.interrupted:
+        print("Interrupted: finished trials are stored; the same command continues.")
+        return EXIT_INTERRUPTED
+    if len(report.rungs) < len(ladder.rungs):
+        print(f"Climbed {len(report.rungs)} of {len(ladder.rungs)} rungs (ladder.upto); the same command "
+              "without it goes on from the store.")
+    return 0
+
+
+def _print_ladder(report: LadderReport) -> None:
+    from fp4sweep.sweep.status import format_table
+
+    rows = [["rung", "fidelity", "recipes", "trials", "ran", "promoted"]]
+    for rung in report.rungs:
+        promoted = "" if rung.decisions is None else f"{rung.promoted} ({_reasons(rung.decisions)})"
+        ran = f"{sum(rung.run.counts.values())} ({_by_status(rung.run)})" if rung.run.counts else "0"
+        rows.append([str(rung.index + 1), rung.fidelity, str(rung.recipes), str(rung.trials), ran, promoted])
+    print(format_table(rows))
+
+
+def _reasons(decisions: pd.DataFrame) -> str:
+    counts = decisions["reason"].value_counts()
+    return ", ".join(f"{n} {reason}" for reason, n in counts.items())
+
+
+def _run_search(
+    tree: ConfigTree, settings: RunSettings, search: SearchSettings, rerun_failed: bool,
+    ladder: LadderSettings | None,
+) -> int:
     from fp4sweep.sweep.adaptive import run_search
 
-    report = run_search(tree, settings, search, rerun_failed=rerun_failed)
+    report = run_search(tree, settings, search, rerun_failed=rerun_failed, ladder=ladder)
     _print_search(report)
     if report.blocked is not None:
         print(f"The search cannot go on: {report.blocked}.")
@@ -129,7 +177,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from fp4sweep.results.store import ResultsStore
 
     started = time.perf_counter()
-    tree, settings, search = _settings(args)
+    tree, settings, search, ladder = _settings(args)
     plan = _plan(tree, settings)
     expanded_s = time.perf_counter() - started
     store = ResultsStore(settings.results_dir)
@@ -140,6 +188,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
           f"({len(plan.recipes)} recipes x {len(settings.seeds)} seeds x {len(settings.tasks)} tasks)")
     if search is not None:
         print(f"an adaptive search of these recipes: it evaluates {search.describe()}")
+    if ladder is not None:
+        print(f"climbed as {ladder.describe()}; the trials below are the grid's at the sweep's own fidelity")
     print("axes:")
     print(format_table([[f"  {axis}", ", ".join(choices)] for axis, choices in plan.axes.items()]))
     if plan.excluded:
@@ -165,9 +215,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from fp4sweep.results.store import ResultsStore, require_store
     from fp4sweep.sweep.status import COLUMNS, counts_by_task, format_table
 
-    tree, settings, search = _settings(args)
-    # A search runs what it proposes, not its whole grid: count what the store holds.
-    plan = _plan(tree, settings) if settings.has_sweep and search is None else None
+    tree, settings, search, ladder = _settings(args)
+    # A search or a ladder runs what it chooses, not its whole grid: count what the store holds.
+    plan = _plan(tree, settings) if settings.has_sweep and search is None and ladder is None else None
     store = ResultsStore(require_store(settings.results_dir))
     latest = store.trials()
     _warn_unreadable(store)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from fp4sweep.analysis.effects import Effects, axis_effects
+from fp4sweep.analysis.fidelity import fidelity_changes
 from fp4sweep.analysis.findings import ClaimVerdict, Evidence, assess_claims
 from fp4sweep.analysis.pareto import ReferencePoint, front_slack, pareto_fronts, robust_recipes
 from fp4sweep.analysis.quality import (
@@ -41,6 +42,7 @@ class Analysis:
     outcomes_by_axis: pd.DataFrame = field(default_factory=pd.DataFrame)
     failed: pd.DataFrame = field(default_factory=pd.DataFrame)
     robust: pd.DataFrame = field(default_factory=pd.DataFrame)
+    fidelity: pd.DataFrame = field(default_factory=pd.DataFrame)  # rankings across fidelities
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -75,6 +77,7 @@ def analyse(
         summary["slack.model"] = front_slack(summary, "model")
     analysis.recipes = summary
     analysis.robust = robust_recipes(summary, tolerance)
+    analysis.fidelity = fidelity_changes(summary, trials)
     analysis.effects = axis_effects(runs)
     analysis.claims = assess_claims(Evidence(runs, analysis.effects, summary, tolerance))
     analysis.outcomes_by_axis = outcomes_by_axis(runs)

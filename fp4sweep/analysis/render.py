@@ -52,6 +52,7 @@ def render_html(analysis: Analysis, source: str, files: dict[str, str]) -> str:
         _problems(analysis),
         _overview(analysis),
         _robust(analysis),
+        _fidelity(analysis),
         *(_task_section(analysis, task, size) for task, size in analysis.tasks),
         _failed(analysis),
         _files(files),
@@ -177,6 +178,25 @@ def _robust(analysis: Analysis) -> str:
             "recipe_label": "recipe", "max_slack": "largest slack",
             "mean_overhead": "mean modelled overhead",
         }))
+    )
+
+
+def _fidelity(analysis: Analysis) -> str:
+    if analysis.fidelity.empty:
+        return ""
+    table = analysis.fidelity.rename(columns={
+        "lower": "lower fidelity", "higher": "higher fidelity", "n_recipes": "recipes at both",
+        "n_front_lower": "lower front", "fell_off": "fell off the higher front",
+        "not_run_higher": "not run at the higher",
+    })
+    table.insert(5, f"{CONFIDENCE:.0%} interval", _interval(table.pop("rho_low"), table.pop("rho_high")))
+    return (
+        "<h2>Rankings across fidelities</h2>\n<p class=\"note\">Tasks run at several fidelities "
+        "(size presets, or a ladder's rungs): Spearman's rank correlation of the recipes' loss gaps "
+        "between consecutive fidelities, with a Fisher-z interval, over the recipes run at both; and "
+        "the lower fidelity's front members (modelled overhead) that are not on the higher one's. "
+        "A ladder runs only promoted recipes higher up, so its correlation covers those.</p>\n"
+        + _table(table)
     )
 
 

@@ -100,6 +100,9 @@ def _tables(analysis: Analysis) -> dict[str, tuple[pd.DataFrame, str]]:
             analysis.outcomes_by_axis, "finished, diverged and failed trials per axis value"
         ),
         "robust.csv": (analysis.robust, "recipes on or near every task's front"),
+        "fidelity.csv": (
+            analysis.fidelity, "rank correlation and front changes between consecutive fidelities"
+        ),
         "failed.csv": (analysis.failed, "every failed trial with its error"),
     }
 
@@ -131,5 +134,6 @@ def _summary(analysis: Analysis, source: str) -> dict:
         "claims_source": SOURCE,
         "claims": [_finite(asdict(claim)) for claim in analysis.claims],
         "findings": list(analysis.effects.findings.values()),
+        "fidelity": analysis.fidelity.to_dict(orient="records"),
         "problems": analysis.problems,
     }

@@ -47,6 +47,8 @@ def print_summary(page: str | Path, console: Console | None = None) -> None:
         for sentence in findings:
             if sentence.startswith(f"{name}:"):
                 console.print(sentence)
+    for pair in summary.get("fidelity", []):
+        console.print(_fidelity_line(pair))
     if summary["problems"]:
         console.print(
             f"[yellow]{len(summary['problems'])} problem(s) noted: see Completeness in {page}[/yellow]"
@@ -72,6 +74,19 @@ def _print_claims(claims: list[dict], console: Console) -> None:
 def _styled(verdict: str) -> str:
     style = VERDICT_STYLES.get(verdict, "yellow")
     return f"[bold {style}]{verdict}[/bold {style}]"
+
+
+def _fidelity_line(pair: dict) -> str:
+    """One sentence on how a task's ranking carried from one fidelity to the next."""
+    interval = "" if _missing(pair["rho_low"]) else f" [{pair['rho_low']:.2f}, {pair['rho_high']:.2f}]"
+    rho = "no rank correlation" if _missing(pair["rho"]) else f"rank correlation {pair['rho']:.2f}{interval}"
+    fell = f"; fell off the front: {pair['fell_off']}" if pair["fell_off"] else ""
+    return (f"{pair['task']}: {pair['lower']} -> {pair['higher']}: {rho} over {pair['n_recipes']} "
+            f"recipes{fell}")
+
+
+def _missing(value: float | None) -> bool:
+    return value is None or math.isnan(value)
 
 
 def _front_table(front: pd.DataFrame, overhead: str) -> Table:

@@ -27,6 +27,15 @@ What the study is told, beside the two objectives of a finished recipe:
 - a combination that a constraint of the sweep leaves out: ``PRUNED`` too, without running
   anything, so that TPE learns to avoid it as well.
 
+With a ladder (``ladder.rungs``, ``fp4sweep.sweep.ladder``), a proposed recipe climbs the rungs
+before the study hears of it. Optuna's pruners do not support multi-objective studies, so the
+study never sees a lower rung: the ladder is a filter in front of it. The recipe runs at the
+lowest rung; it goes on to the next only if the ladder's promotion rule passes it among every
+recipe that rung holds so far (the rule and budget of a grid's ladder, applied as each recipe
+finishes: asynchronous successive halving, as in ASHA); the study is told its result at the top
+rung, or PRUNED if it stopped below (as a diverged recipe: TPE learns to avoid the region,
+NSGA-II never breeds from it). Every rung's baselines run first.
+
 The study lives in an Optuna journal (``optuna-journal.log`` in the results directory): every ask
 and tell is appended and synced as it happens. A search that is killed resumes with the same
 command: the trials the study had asked for but not been told of are evaluated then, from the
@@ -48,13 +57,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import optuna
+import pandas as pd
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from fp4sweep.results.quality import diverged, recipe_gap, relative_gap, seed_baseline
 from fp4sweep.sweep.config import ConfigTree, RunSettings, SweepError
 from fp4sweep.results.ids import content_hash
+from fp4sweep.sweep.ladder import decide, rung_plan, rung_settings
 from fp4sweep.sweep.plan import Plan, RecipePlan, TaskPlan, Trial, expand
+from fp4sweep.sweep.rungs import LadderSettings
 from fp4sweep.sweep.runner import RunReport, run_feed
 from fp4sweep.sweep.search import SearchSettings
 from fp4sweep.results.store import ResultsStore
@@ -67,7 +79,7 @@ VAL_LOSS, OVERHEAD = "metric.val_loss", "overhead.model"
 class SearchSpace:
     """The axes a search proposes choices on, and the grid trials each combination stands for."""
 
-    def __init__(self, tree: ConfigTree, settings: RunSettings) -> None:
+    def __init__(self, tree: ConfigTree, settings: RunSettings, grid: Plan | None = None) -> None:
         if len(settings.tasks) != 1:
             raise SweepError(
                 f"tasks: an adaptive search covers one task; choose one with task=NAME, of "
@@ -75,9 +87,9 @@ class SearchSpace:
             )
         self._tree = tree
         self._settings = settings
-        # The whole grid, expanded once: it validates every combination before anything runs,
-        # and its trial ids name the search space.
-        grid = expand(tree, settings)
+        # The whole grid (a ladder rung's, when given), expanded once: it validates every
+        # combination before anything runs, and its trial ids name the search space.
+        grid = grid or expand(tree, settings)
         self.task: TaskPlan = grid.trials[0].task
         self.seeds: list[int] = settings.seeds
         self.distributions = {
@@ -117,6 +129,12 @@ class SearchSpace:
     def trial_ids(self) -> set[str]:
         """Every trial of the grid, baselines included."""
         return {t.trial_id for trials in self._trials.values() for t in trials}
+
+
+def laddered_space_id(rungs: Sequence[SearchSpace], keep: Sequence[int | float]) -> str:
+    """The id of a search over the rungs' spaces (lowest first): the one space's own id without
+    a ladder; with one, another study than a plain one over the same axes."""
+    return rungs[0].space_id if len(rungs) == 1 else content_hash([r.space_id for r in rungs] + list(keep))
 
 
 def _trials_by_recipe(grid: Plan) -> dict[str, list[Trial]]:
@@ -235,11 +253,17 @@ class SearchFeed:
         study_name: str,
         results_dir: Path,
         rerun_failed: bool,
+        lower: Sequence[SearchSpace] = (),
+        keep: Sequence[int | float] = (),
     ) -> None:
         self.space = space
         self.search = search
         self.study_name = study_name
-        self.task_trials = space.baselines
+        # A laddered search's rungs, lowest first; the study hears the top rung's results.
+        self.rungs = [*lower, space]
+        self._keep = list(keep)
+        self.space_id = laddered_space_id(self.rungs, self._keep)
+        self.task_trials = [trial for rung in self.rungs for trial in rung.baselines]
         self._results_dir = results_dir
         self._rerun_failed = rerun_failed
         self.study: optuna.Study | None = None
@@ -251,20 +275,25 @@ class SearchFeed:
         self._counted: set[str] = set()  # recipe ids the study has evaluated or is evaluating
         self._waiting: dict[str, list[int]] = {}  # recipe id -> study trials awaiting its result
         self._outstanding: dict[str, set[str]] = {}  # recipe id -> its trial ids not finished yet
+        self._rung: dict[str, int] = {}  # recipe id -> the rung its outstanding trials are of
+        self._dropped: set[str] = set()  # recipe ids whose failed rows `resume` left out
         self._queue: deque[Trial] = deque()
         self._resumed: list[FrozenTrial] = []  # asked by an earlier run, never told
         self._retries: list[dict[str, Any]] = []  # failed recipes' choices, for `resume` to rerun
         self._enqueued = 0  # retries in the study's queue (enqueued by an earlier run, not yet asked)
-        self._baselines: dict[int, float] | None = None
+        self._baselines: list[dict[int, float]] | None = None  # per rung: seed -> baseline loss
         self._baselines_queued = False
         self._stalls = 0
 
     def open(self, store: ResultsStore) -> SearchFeed:
         """Load the study and the store's results of this task (called with the store locked)."""
-        self.study = open_study(self._results_dir, self.study_name, self.space.space_id, self.search)
+        self.study = open_study(self._results_dir, self.study_name, self.space_id, self.search)
         latest = store.trials()
-        for row in latest[latest["trial_id"].isin(self.space.trial_ids())].to_dict("records"):
-            if not (self._rerun_failed and row["status"] == "failed"):
+        ids = set().union(*(rung.trial_ids() for rung in self.rungs))
+        for row in latest[latest["trial_id"].isin(ids)].to_dict("records"):
+            if self._rerun_failed and row["status"] == "failed":
+                self._dropped.add(row["recipe_id"])
+            else:
                 self._rows[row["trial_id"]] = row
         retries: dict[str, dict[str, Any]] = {}
         for trial in self.study.get_trials(deepcopy=False):
@@ -276,7 +305,7 @@ class SearchFeed:
                 recipe = self.space.recipe(trial.params)
                 self._counted.add(recipe.recipe_id)
                 # With `resume`, the failed rows were left out above: such a recipe runs again.
-                if trial.state == TrialState.FAIL and self._missing(self.space.trials(recipe)):
+                if trial.state == TrialState.FAIL and recipe.recipe_id in self._dropped:
                     retries[recipe.recipe_id] = trial.params
         self._retries = list(retries.values())
         return self
@@ -291,18 +320,19 @@ class SearchFeed:
         return len(self._counted)
 
     def remaining(self) -> int:
-        baselines = 0 if self._baselines_queued else len(self._missing(self.space.baselines))
+        baselines = 0 if self._baselines_queued else len(self._missing(self.task_trials))
         ended = self.stopped is not None or self.blocked is not None
         unproposed = 0 if ended else max(0, self.budget - len(self._counted))
         recipes = len(self._resumed) + len(self._retries) + self._enqueued + unproposed
-        return len(self._queue) + baselines + recipes * len(self.space.seeds)
+        # At most: a laddered recipe may climb every rung.
+        return len(self._queue) + baselines + recipes * len(self.space.seeds) * len(self.rungs)
 
     def take(self, room: int) -> list[Trial]:
         if self._baselines is None:
             if not self._baselines_queued:
-                self._queue.extend(self._missing(self.space.baselines))
+                self._queue.extend(self._missing(self.task_trials))
                 self._baselines_queued = True
-            if not self._queue and not self._missing(self.space.baselines):
+            if not self._queue and not self._missing(self.task_trials):
                 self._baselines = self._baseline_losses()
         if self._baselines is not None:
             while self._resumed:
@@ -332,8 +362,7 @@ class SearchFeed:
         outstanding.discard(trial.trial_id)
         if not outstanding:
             del self._outstanding[recipe_id]
-            for number in self._waiting.pop(recipe_id):
-                self._tell(number, trial.recipe)
+            self._queue.extend(self._advance(trial.recipe, self._rung.pop(recipe_id)))
 
     def front(self) -> list[FrozenTrial]:
         """The study's Pareto-optimal trials, one per recipe."""
@@ -369,18 +398,52 @@ class SearchFeed:
         if recipe.recipe_id in self._waiting:  # being trained for another study trial
             self._waiting[recipe.recipe_id].append(number)
             return []
-        missing = self._missing(self.space.trials(recipe))
-        if not missing:
-            self.from_store += new
-            self._tell(number, recipe)
-            return []
         self._waiting[recipe.recipe_id] = [number]
-        self._outstanding[recipe.recipe_id] = {t.trial_id for t in missing}
+        missing = self._advance(recipe, 0)
+        if recipe.recipe_id not in self._waiting:  # answered from the store
+            self.from_store += new
         return missing
 
-    def _tell(self, number: int, recipe: RecipePlan) -> None:
-        rows = [self._rows[t.trial_id] for t in self.space.trials(recipe)]
-        state, values = recipe_result(rows, self._baselines)
+    def _advance(self, recipe: RecipePlan, start: int) -> list[Trial]:
+        """Climb the recipe up the rungs from ``start`` as far as the store's results allow: the
+        trials of the first rung it lacks, or none once it is answered (at the top rung, or
+        stopped below it)."""
+        for index in range(start, len(self.rungs)):
+            missing = self._missing(self.rungs[index].trials(recipe))
+            if missing:
+                self._outstanding[recipe.recipe_id] = {t.trial_id for t in missing}
+                self._rung[recipe.recipe_id] = index
+                return missing
+            if index + 1 < len(self.rungs) and not self._promoted(index, recipe):
+                break
+        for number in self._waiting.pop(recipe.recipe_id):
+            self._tell(number, recipe, index)
+        return []
+
+    def _promoted(self, index: int, recipe: RecipePlan) -> bool:
+        """Whether a recipe that finished rung ``index`` goes on: it finished well and the
+        ladder's promotion rule passes it among every recipe the rung holds so far."""
+        state, _ = recipe_result(self._result_rows(index, recipe), self._baselines[index])
+        if state != TrialState.COMPLETE:
+            return False
+        rung = self.rungs[index]
+        rows = [self._rows[t.trial_id] for t in rung.baselines]
+        for other in rung.recipes:
+            rows += self._result_rows(index, other) or []
+        decisions = decide(pd.DataFrame(rows), self._keep[index]).set_index("recipe_id")
+        return bool(decisions.loc[recipe.recipe_id, "promoted"])
+
+    def _result_rows(self, index: int, recipe: RecipePlan) -> list[dict[str, Any]] | None:
+        """The recipe's rows at a rung, one per seed; None until all are in."""
+        trials = self.rungs[index].trials(recipe)
+        return None if self._missing(trials) else [self._rows[t.trial_id] for t in trials]
+
+    def _tell(self, number: int, recipe: RecipePlan, index: int) -> None:
+        """Tell the study of a recipe's result at rung ``index``: its values at the top rung; a
+        recipe stopped below it is pruned (or failed, if a trial raised)."""
+        state, values = recipe_result(self._result_rows(index, recipe), self._baselines[index])
+        if index + 1 < len(self.rungs) and state == TrialState.COMPLETE:
+            state, values = TrialState.PRUNED, None
         self.study.tell(number, values, state=state)
 
     def _missing(self, trials: list[Trial]) -> list[Trial]:
@@ -389,16 +452,21 @@ class SearchFeed:
     def _complete_params(self, params: dict[str, Any]) -> bool:
         return params.keys() == self.space.distributions.keys()
 
-    def _baseline_losses(self) -> dict[int, float] | None:
-        """Each seed's baseline validation loss; None (and the search stopped) if one lacks it."""
+    def _baseline_losses(self) -> list[dict[int, float]] | None:
+        """Per rung, each seed's baseline validation loss; None (and the search stopped) if one
+        lacks it."""
+        per_rung = [self._rung_baselines(rung) for rung in self.rungs]
+        return None if any(losses is None for losses in per_rung) else per_rung
+
+    def _rung_baselines(self, rung: SearchSpace) -> dict[int, float] | None:
         losses: dict[int, list[float]] = {}
-        for trial in self.space.baselines:
+        for trial in rung.baselines:
             row = self._rows[trial.trial_id]
             loss = float(row.get(VAL_LOSS, math.nan))
             if row["status"] != "done" or diverged(loss):
                 failed = row["status"] == "failed"
                 self.blocked = (
-                    f"the {trial.recipe.label} baseline of {trial.task.name} ({trial.task.size}) seed "
+                    f"the {trial.recipe.label} baseline of {trial.task.name} ({trial.task.stored_size}) seed "
                     f"{trial.spec['seed']} {row['status']}"
                     + (f" ({row['error.type']}: {row['error.message']})" if failed else "")
                     + ": quality gaps need it"
@@ -423,10 +491,9 @@ class SearchReport:
     blocked: str | None  # why the search could not go on
 
 
-def study_name(settings: RunSettings, space: SearchSpace, search: SearchSettings) -> str:
+def study_name(settings: RunSettings, task: TaskPlan, search: SearchSettings, space_id: str) -> str:
     """The study's name: given, or the sweep, task and size with the search space's id."""
-    task = space.task
-    return search.study or f"{settings.sweep or 'search'}-{task.name}-{task.size}-{space.space_id[:8]}"
+    return search.study or f"{settings.sweep or 'search'}-{task.name}-{task.size}-{space_id[:8]}"
 
 
 def run_search(
@@ -435,11 +502,21 @@ def run_search(
     search: SearchSettings,
     rerun_failed: bool = False,
     stream: TextIO | None = None,
+    ladder: LadderSettings | None = None,
 ) -> SearchReport:
-    """Run (or continue) the adaptive search that ``search`` describes over the sweep's axes."""
-    space = SearchSpace(tree, settings)
-    name = study_name(settings, space, search)
-    feed = SearchFeed(space, search, name, settings.results_dir, rerun_failed)
+    """Run (or continue) the adaptive search that ``search`` describes over the sweep's axes;
+    with a ``ladder``, each proposal climbs its rungs and the study hears the top rung's result."""
+    if ladder is not None and ladder.upto is not None:
+        raise SweepError("ladder.upto: an adaptive search climbs every rung for each recipe it proposes")
+    if ladder is None:
+        spaces = [SearchSpace(tree, settings)]
+    else:
+        spaces = [SearchSpace(tree, rung_settings(tree, settings, rung), rung_plan(tree, settings, rung, None))
+                  for rung in ladder.rungs]
+    keep = ladder.keep if ladder else []
+    space = spaces[-1]
+    name = study_name(settings, space.task, search, laddered_space_id(spaces, keep))
+    feed = SearchFeed(space, search, name, settings.results_dir, rerun_failed, lower=spaces[:-1], keep=keep)
     # Each result is written before the study hears of it: flush at once.
     flushing = replace(settings, flush_seconds=0.0)
     run = run_feed(feed.open, settings.sweep or "", flushing, stream or sys.stderr)

@@ -222,6 +222,7 @@ class RunSettings:
 _RUN_KEYS = {
     "results_dir", "device", "ray", "progress_every", "flush_seconds", "logger", "quant", "task",
     "tasks", "size", "params", "seeds", "baseline", "presets", "axes", "constraints",
+    "ladder",  # validated and run by fp4sweep.sweep.rungs and .ladder; a grid ignores it
 }  # fmt: skip
 _RAY_KEYS = {"address", "num_cpus", "max_in_flight", "max_retries"}
 DEVICES = ("auto", "cpu", "cuda")

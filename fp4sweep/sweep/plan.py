@@ -41,6 +41,14 @@ class TaskPlan:
     module: str
     resources: dict[str, dict[str, Any]]  # "cpu" / "gpu" -> Ray resources of one trial
     node: dict[str, Any]  # the whole task config, as a trial config holds it
+    # A ladder rung's departure from the size preset (e.g. "50 steps"); "" for a plain sweep.
+    fidelity: str = ""
+
+    @property
+    def stored_size(self) -> str:
+        """The store's ``size`` of this task's trials: the preset, and the rung's fidelity if
+        any, so that the report never pools trials of different lengths."""
+        return f"{self.size}, {self.fidelity}" if self.fidelity else self.size
 
 
 @dataclass(frozen=True)

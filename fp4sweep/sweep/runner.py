@@ -146,7 +146,7 @@ def outcome_row(trial: Trial, sweep: str, outcome: TrialOutcome) -> dict[str, An
         "schema_version": SCHEMA_VERSION,
         "sweep": sweep,
         "task": trial.task.name,
-        "size": trial.task.size,
+        "size": trial.task.stored_size,
         "seed": trial.spec["seed"],
         "recipe_id": trial.recipe.recipe_id,
         "recipe_label": trial.recipe.label,

@@ -290,3 +290,39 @@ def test_a_restarted_search_does_not_repeat_its_first_proposals(tmp_path, sample
     # Still reproducible: the same seed and journal give the same proposals.
     assert proposals(open_study(tmp_path / "b", "restart", "space", settings)) == first
     assert proposals(open_study(tmp_path / "b", "restart", "space", settings)) == after_restart
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("module_ray")
+def test_a_laddered_search_tells_the_study_top_rung_results_and_prunes_what_stopped_below(tmp_path, capsys):
+    results = tmp_path / "results"
+    laddered = ["task=regression", "task.sizes.tiny.eval_every=10", "seeds=[0,1]", f"results_dir={results}",
+                "search.study=climb", "search.sampler=random", f"search.n_trials={RECIPES}",
+                "ladder.rungs=[{steps:10},{steps:30}]", "ladder.keep=0.5"]
+    assert search(*laddered) == 0
+    rows = ResultsStore(results).trials()
+    recipes = rows[~rows["is_baseline"]].groupby("size")["recipe_id"].apply(set).to_dict()
+    assert len(recipes["tiny, steps=10"]) == RECIPES  # every proposal ran the first rung
+    assert 0 < len(recipes["tiny, steps=30"]) < RECIPES  # only the promoted ones the second
+    assert recipes["tiny, steps=30"] <= recipes["tiny, steps=10"]
+    assert rows[rows["is_baseline"]].groupby("size").size().to_dict() == {"tiny, steps=10": 2, "tiny, steps=30": 2}
+
+    study = load(results, "climb")
+    for trial in study.get_trials():
+        mine = rows[(rows[[f"axis.{a}" for a in trial.params]] == list(trial.params.values())).all(axis=1)]
+        climbed = set(mine["recipe_id"]) <= recipes["tiny, steps=30"]
+        # A combination a constraint leaves out has no rows, and is pruned too.
+        assert trial.state == (TrialState.COMPLETE if len(mine) and climbed else TrialState.PRUNED)
+    # The study's values are the top rung's gaps.
+    top = rows[rows["size"].eq("tiny, steps=30")]
+    baselines = top[top["is_baseline"]].set_index("seed")["metric.val_loss"].to_dict()
+    for trial in study.get_trials(states=[TrialState.COMPLETE]):
+        mine = top[(top[[f"axis.{a}" for a in trial.params]] == list(trial.params.values())).all(axis=1)]
+        gaps = [(loss - baselines[s]) / baselines[s] for s, loss in zip(mine["seed"], mine["metric.val_loss"])]
+        assert trial.values[0] == pytest.approx(statistics.fmean(gaps))
+
+    # The same command again: every recipe is evaluated, nothing trains.
+    capsys.readouterr()
+    assert search(*laddered) == 0
+    assert "this run trained 0 trials" in capsys.readouterr().out
+    assert len(ResultsStore(results).trials(latest=False)) == len(rows)

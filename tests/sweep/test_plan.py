@@ -153,7 +153,7 @@ def test_baseline_and_presets_come_first(tree):
         (["+sweep=smoke", "axes.rounding@x=[sr]", "axes.rounding@fwd=[rne]"], "rounding@x=sr and rounding@fwd=rne both set rounding on fwd_x"),
         (["+sweep=smoke", "axes.scale=[]"], "axes.scale: an empty list leaves the axis no option"),
         (["+sweep=smoke", "tasks=[regresion]"], "tasks: unknown task 'regresion'; valid: ["),
-        (["+sweep=smok"], "sweep: unknown sweep 'smok'; valid: ['adaptive', 'full', 'gpu_smoke', 'mini', 'notutf8', 'optimizers', 'placements', 'scoped'"),
+        (["+sweep=smok"], "sweep: unknown sweep 'smok'; valid: ['adaptive', 'full', 'gpu_smoke', 'ladder', 'mini', 'notutf8', 'optimizers', 'placements', 'scoped'"),
         (["+sweep=smoke", "task=regresion"], "task: unknown task 'regresion'; valid: ['classification', 'diffusion'"),
         (["+sweep=typo"], "sweep 'typo': unknown key(s) ['sedes']; valid: ['axes', 'baseline'"),
         (["+sweep=smoke", "presets=[nvfp5]"], "presets: unknown Recipe preset 'nvfp5'"),
@@ -169,7 +169,7 @@ def test_baseline_and_presets_come_first(tree):
         (["+sweep=smoke", "+constraints=[{reason: x, scale: [e9m0]}]"], "constraints[0].scale: unknown scale 'e9m0'"),
         (["+sweep=notutf8"], "notutf8.yaml: not UTF-8 text"),
         (["tasks=[regression]"], "seeds: the sweep names no seed"),
-        ([], "no sweep chosen: add +sweep=NAME; valid: ['adaptive', 'full', 'gpu_smoke', 'mini', 'notutf8', 'optimizers', 'placements', 'scoped'"),
+        ([], "no sweep chosen: add +sweep=NAME; valid: ['adaptive', 'full', 'gpu_smoke', 'ladder', 'mini', 'notutf8', 'optimizers', 'placements', 'scoped'"),
     ],
 )
 def test_bad_input_is_named(tree, overrides, message):
