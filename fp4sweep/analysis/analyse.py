@@ -79,7 +79,7 @@ def analyse(
     analysis.robust = robust_recipes(summary, tolerance)
     analysis.fidelity = fidelity_changes(summary, trials)
     analysis.effects = axis_effects(runs)
-    analysis.claims = assess_claims(Evidence(runs, analysis.effects, summary, tolerance))
+    analysis.claims = assess_claims(Evidence(runs, analysis.effects, summary, tolerance, analysis.fidelity))
     analysis.outcomes_by_axis = outcomes_by_axis(runs)
     analysis.failed = failed_trials(trials)
     analysis.trials = _outcome_counts(trials, runs)

@@ -67,6 +67,11 @@ def rank_correlation(gaps: pd.DataFrame, lower: str, higher: str, confidence: fl
 
 def fidelity_order(trials: pd.DataFrame) -> dict[str, list[str]]:
     """Per task with more than one fidelity: its store sizes, lowest fidelity first."""
+    return {task: [size for size, _ in sizes] for task, sizes in _fidelities(trials).items()}
+
+
+def _fidelities(trials: pd.DataFrame) -> dict[str, list[tuple[str, str]]]:
+    """Per task with more than one fidelity: (store size, size preset), lowest fidelity first."""
     keys = {}
     # Rows written without a spec (by other writers) are ordered by their size's name alone.
     specs = trials.assign(spec=trials["spec"] if "spec" in trials.columns else "{}")
@@ -75,24 +80,25 @@ def fidelity_order(trials: pd.DataFrame) -> dict[str, list[str]]:
         preset = values.get("size", size)
         rank = SIZE_ORDER.index(preset) if preset in SIZE_ORDER else len(SIZE_ORDER)
         steps = values.get("params", {}).get("steps", math.inf)
-        keys.setdefault(task, []).append(((rank, preset, steps, size), size))
-    return {task: [size for _, size in sorted(sizes)] for task, sizes in keys.items() if len(sizes) > 1}
+        keys.setdefault(task, []).append(((rank, preset, steps, size), (size, preset)))
+    return {task: [pair for _, pair in sorted(sizes)] for task, sizes in keys.items() if len(sizes) > 1}
 
 
 def fidelity_changes(recipes: pd.DataFrame, trials: pd.DataFrame, overhead: str = "model") -> pd.DataFrame:
-    """One row per pair of consecutive fidelities of a task: the rank correlation of the gap and
-    the lower front's members that fell off the higher front, or were not run there.
+    """One row per pair of consecutive fidelities of a task: the rank correlation of the gap,
+    the lower front's members that fell off the higher front, or were not run there, and whether
+    the two differ in model size (their size presets), not only in training length.
 
     ``recipes`` is the report's recipe summary with fronts marked (``pareto_fronts``); ``trials``
     the store's rows (for the specs that order the fidelities).
     """
     columns = ["task", "lower", "higher", "n_recipes", "rho", "rho_low", "rho_high",
-               "n_front_lower", "fell_off", "not_run_higher"]
+               "n_front_lower", "fell_off", "not_run_higher", "across_sizes"]
     rows = []
     flag = f"front.{overhead}"
-    for task, sizes in fidelity_order(trials).items():
+    for task, sizes in _fidelities(trials).items():
         of_task = recipes[recipes["task"].eq(task)]
-        for lower, higher in zip(sizes, sizes[1:]):
+        for (lower, lower_preset), (higher, higher_preset) in zip(sizes, sizes[1:]):
             low = of_task[of_task["size"].eq(lower)].set_index("recipe_id")
             high = of_task[of_task["size"].eq(higher)].set_index("recipe_id")
             gaps = pd.DataFrame({
@@ -110,5 +116,6 @@ def fidelity_changes(recipes: pd.DataFrame, trials: pd.DataFrame, overhead: str 
                 "n_front_lower": len(front),
                 "fell_off": "; ".join(sorted(fell["recipe_label"])),
                 "not_run_higher": "; ".join(sorted(front[~ran]["recipe_label"])),
+                "across_sizes": lower_preset != higher_preset,
             })
     return pd.DataFrame(rows, columns=columns)

@@ -34,6 +34,13 @@ Rules (``RULES`` holds them as the report page prints them):
   per task, supported on the claimed side of the threshold, contradicted on the other, not
   resolved across it; combined over tasks as the largest-effect rule does.
 
+- **carries** (FP4 behaviour may not carry across model scales): per pair of consecutive model
+  sizes of a task, Spearman's rank correlation of the recipes' gaps with its interval
+  (``fidelity.rank_correlation``); supported when some pair's interval lies below 0.5 (the cheap
+  size orders the recipes at best weakly as the larger one does), contradicted when every pair's
+  lies above 0.5, otherwise not resolved. 0.5 is this tool's line between a weak and a useful
+  ranking; the paper names none.
+
 A test is not tested where no task's trials vary what it compares ("the store does not vary
 ..."). A claim's verdict combines its tests': contradicted if any test is, supported if all are,
 not tested if none could be, otherwise not resolved.
@@ -86,6 +93,12 @@ RULES = {
         "another, its interval lies above every other axis'; contradicted where another axis' "
         "interval lies above its own in some task; otherwise not resolved"
     ),
+    "carries": (
+        f"per pair of consecutive model sizes of a task (size presets, not training lengths alone), "
+        f"Spearman's rank correlation of the recipes' gaps with its {_LEVEL} interval: the claim "
+        "(rankings may not carry) is supported where some pair's interval lies below 0.5, "
+        "contradicted where every pair's lies above 0.5, otherwise not resolved"
+    ),
     "divergence": (
         "the share of diverged trials (of finished and diverged ones, presets with the options "
         f"included) with its {_LEVEL} Clopper-Pearson interval, per task: supported where the "
@@ -107,6 +120,7 @@ class Evidence:
     effects: Effects
     recipes: pd.DataFrame
     tolerance: float
+    fidelity: pd.DataFrame = field(default_factory=pd.DataFrame)  # ``fidelity.fidelity_changes``
 
 
 @dataclass
@@ -516,6 +530,49 @@ class Divergence:
         return Assessment(self.describe(), self.rule, verdict, sentence, rows)
 
 
+@dataclass(frozen=True)
+class Carries:
+    """Whether recipe rankings carry from a smaller model size to the next larger one."""
+
+    threshold: float = 0.5
+    rule: str = "carries"
+
+    def describe(self) -> str:
+        return (f"rank correlation of the recipes' gaps between consecutive model sizes, "
+                f"against {self.threshold:g}")
+
+    def assess(self, evidence: Evidence) -> Assessment:
+        fidelity = evidence.fidelity
+        across = fidelity.get("across_sizes", pd.Series(False, index=fidelity.index)).astype(bool)
+        pairs = fidelity[across]
+        if pairs.empty or pairs["rho_low"].isna().all():
+            return Assessment(self.describe(), self.rule, NOT_TESTED,
+                              "not tested: no task holds recipes run at two model sizes "
+                              "(at least four recipes at both)")
+        rows, verdicts, parts = [], [], []
+        for pair in pairs[pairs["rho_low"].notna()].itertuples():
+            if pair.rho_high < self.threshold:
+                verdict = SUPPORTED
+            elif pair.rho_low > self.threshold:
+                verdict = CONTRADICTED
+            else:
+                verdict = NOT_RESOLVED
+            verdicts.append(verdict)
+            rows.append({"task": pair.task, "size": f"{pair.lower} -> {pair.higher}",
+                         "effect": pair.rho, "ci_low": pair.rho_low, "ci_high": pair.rho_high,
+                         "n_recipes": pair.n_recipes})
+            parts.append(f"{pair.task} {pair.lower} -> {pair.higher}: rho {pair.rho:.2f} "
+                         f"[{pair.rho_low:.2f}, {pair.rho_high:.2f}] over {pair.n_recipes} recipes")
+        # "May not carry": one pair where rankings break is enough; every pair must carry to refute it.
+        if SUPPORTED in verdicts:
+            verdict = SUPPORTED
+        elif all(v == CONTRADICTED for v in verdicts):
+            verdict = CONTRADICTED
+        else:
+            verdict = NOT_RESOLVED
+        return Assessment(self.describe(), self.rule, verdict, _sentence(*parts), rows)
+
+
 def _varies(trials: pd.DataFrame, key: str) -> bool:
     column = f"axis.{key}"
     crossed = trials[~trials["is_preset"].astype(bool)]
@@ -598,6 +655,8 @@ CLAIMS: tuple[Claim, ...] = (
           (Divergence((Cell(("estimator",), "ste"),), threshold=0.1, above=False,
                       varying="estimator"),
            NoBetter(Comparison(("estimator",), against="ste", options=("spline", "power"))))),
+    Claim("FP4 training behaviour may not carry across model scales: a smaller model's ranking "
+          "of the recipes need not hold at a larger one", (Carries(),)),
 )
 
 
@@ -611,7 +670,7 @@ def claims_table(verdicts: Sequence[ClaimVerdict]) -> pd.DataFrame:
                     "test": result.test, "rule": result.rule, "test_verdict": result.verdict}
             rows += [{**head, **row} for row in result.rows] or [head]
     table = pd.DataFrame(rows)
-    counts = [c for c in ("n_trials", "n_diverged", "other_n_trials") if c in table.columns]
+    counts = [c for c in ("n_trials", "n_diverged", "other_n_trials", "n_recipes") if c in table.columns]
     return table.astype(dict.fromkeys(counts, "Int64"))  # counts stay whole beside blank cells
 
 

@@ -129,7 +129,8 @@ def test_scale_claim_is_decided_on_the_largest_effect_and_within_the_cells(techn
 
 
 def test_a_store_that_does_not_vary_an_axis_says_not_tested(techniques):
-    e4m3, ste = techniques.claims[4:]
+    e4m3, ste, scales = techniques.claims[4:]
+    assert scales.verdict == NOT_TESTED
     assert e4m3.verdict == ste.verdict == NOT_TESTED
     assert e4m3.tests[0].sentence == (
         "not tested: the store has no finished or diverged scale = ue4m3, tensor_scale = fp32 trials"
@@ -293,7 +294,7 @@ def test_the_report_states_the_claims_first_with_their_numbers(techniques, tmp_p
     assert "arXiv:2509.17791" in text and "<i>consistent gain</i>" in text
     summary = json.loads((tmp_path / "report.json").read_text())
     assert [claim["verdict"] for claim in summary["claims"]] == [
-        SUPPORTED, CONTRADICTED, NOT_RESOLVED, SUPPORTED, NOT_TESTED, NOT_TESTED,
+        SUPPORTED, CONTRADICTED, NOT_RESOLVED, SUPPORTED, NOT_TESTED, NOT_TESTED, NOT_TESTED,
     ]
     table = pd.read_csv(tmp_path / "claims.csv")
     assert len(table) == len(claims_table(techniques.claims))

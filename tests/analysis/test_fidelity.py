@@ -118,3 +118,40 @@ def test_the_terminal_summary_says_how_the_ranking_carried(tmp_path):
     assert ("regression: tiny, steps=25 -> tiny: rank correlation 0.40 [-0.92, 0.99] over 4 recipes; fell off the "
             "front: a"
             in console.export_text())
+
+
+def two_sizes(order_at_small: list[int]) -> pd.DataFrame:
+    """Eight recipes at tiny and at small, two seeds; their gaps rank 0..7 at tiny and in
+    ``order_at_small`` at small."""
+    rows = []
+    for size, ranks in (("tiny", list(range(8))), ("small", order_at_small)):
+        for seed in (0, 1):
+            rows.append(trial_row("gpt", seed, "bf16", size=size) | {"spec": spec(size, 100)})
+            for recipe, rank in enumerate(ranks):
+                row = trial_row("gpt", seed, f"r{recipe}", val_loss=1.1 + 0.1 * rank + 0.001 * seed,
+                                overhead=0.1 * recipe, size=size)
+                rows.append(row | {"spec": spec(size, 100)})
+    return pd.DataFrame(rows)
+
+
+def scale_claim(trials: pd.DataFrame):
+    (claim,) = [c for c in analyse(trials).claims if c.statement.startswith("FP4 training behaviour")]
+    return claim
+
+
+@pytest.mark.parametrize("order, verdict", [
+    ([7, 6, 5, 4, 3, 2, 1, 0], "supported"),      # reversed: rho -1, interval below 0.5
+    (list(range(8)), "contradicted"),             # kept: rho 1, interval above 0.5
+    ([1, 0, 3, 2, 5, 4, 7, 6], "not resolved"),   # rho 0.90 [0.50, 0.98]: straddles 0.5
+])
+def test_the_scale_claim_reads_the_rank_correlation_between_model_sizes(order, verdict):
+    claim = scale_claim(two_sizes(order))
+    assert claim.verdict == verdict
+    (row,) = claim.tests[0].rows
+    assert row["size"] == "tiny -> small" and row["n_recipes"] == 8
+
+
+def test_training_lengths_alone_do_not_test_the_scale_claim():
+    claim = scale_claim(pd.DataFrame(two_rungs()))
+    assert claim.verdict == "not tested"
+    assert "no task holds recipes run at two model sizes" in claim.tests[0].sentence
