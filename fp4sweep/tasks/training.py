@@ -3,9 +3,10 @@ a training step, the learning-rate schedule and the training loop with its diver
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 from fp4sweep.quant import Recipe, quantize_model
 from fp4sweep.quant.gemm import GemmShape
 from fp4sweep.quant.layer_policy import high_precision_layers
-from fp4sweep.quant.layers import is_excluded
+from fp4sweep.quant.layers import QuantConv2d, QuantLinear, is_excluded
 from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks.base import DivergenceGuard, TaskResult
 
@@ -77,6 +78,27 @@ def quantize(model: nn.Module, recipe: Recipe, exclude: Iterable[str], seed: int
         raise TypeError(f"recipe must be a fp4sweep.quant.Recipe, got {type(recipe).__name__}")
     kept = layout.kept_in_bf16(recipe.high_precision)
     return quantize_model(model, recipe, exclude=tuple(exclude) + kept, seed=seed)
+
+
+# A recipe that quantizes nothing: a quantized layer given it runs its plain GEMM.
+_UNQUANTIZED = Recipe.preset("bf16")
+
+
+@contextlib.contextmanager
+def evaluation_precision(model: nn.Module, quantized: bool) -> Iterator[None]:
+    """Within this block, ``model``'s quantized layers run their forward through their recipe
+    (``quantized``: the model as deployed in FP4) or in the model's own precision (the quality of
+    the trained weights themselves). Training state (step counters, delayed amax) is untouched:
+    evaluation runs in eval mode, which advances neither."""
+    layers = [] if quantized else [m for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d))]
+    recipes = [layer.recipe for layer in layers]
+    for layer in layers:
+        layer.recipe = _UNQUANTIZED
+    try:
+        yield
+    finally:
+        for layer, recipe in zip(layers, recipes):
+            layer.recipe = recipe
 
 
 # What quantize_model swaps: exactly these types (a subclass may compute something else).
@@ -178,11 +200,13 @@ def fit(
     evaluate: Callable[[], dict[str, float]],
     eval_every: int,
     grad_clip: float = 0.0,
+    eval_quantized: bool = True,
 ) -> TrainLog:
     """Train for ``steps`` steps; ``loss_at(step)`` computes the loss of that step's batch.
 
     Every ``eval_every`` steps and at the end, logs the mean training loss since the last log and
-    what ``evaluate()`` returns (it must include ``val_loss``). Stops early, marked diverged, when
+    what ``evaluate()`` returns (it must include ``val_loss``), run through the quantized forward
+    or in high precision as ``eval_quantized`` says (``evaluation_precision``). Stops early, marked diverged, when
     the training loss is not finite or blows up, or the validation loss is not finite.
 
     The losses are read ``LOSS_READ_EVERY`` steps at a time, so a run that diverges trains up to
@@ -218,7 +242,7 @@ def fit(
         window.extend(values)
         if evaluation:
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), evaluation_precision(model, eval_quantized):
                 point = {"step": step + 1, "train_loss": sum(window) / len(window), **evaluate()}
             window = []
             log.curve.append(point)
