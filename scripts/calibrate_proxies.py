@@ -1,5 +1,5 @@
-"""Is a proxy sensitive? Trains a task at one size with bf16, mxfp4, nvfp4, paper_best and
-one-technique variants of a base recipe, several seeds each, and prints a markdown table of each
+"""Is a proxy sensitive? Trains a task at one size with bf16, presets (mxfp4, nvfp4, paper_best)
+and one-technique variants of a base recipe, several seeds each, and prints a markdown table of each
 recipe's relative val-loss gap to bf16 (paired by seed, mean and 95 % interval over seeds: the
 report's statistics, ``fp4sweep.analysis.quality.summarise_recipes``) and the seconds a trial took.
 
@@ -33,9 +33,9 @@ from fp4sweep.quant.recipe import preset_axes
 from fp4sweep.tasks import build_config, default_module, load_task
 
 CONF_TASK = Path(__file__).resolve().parents[1] / "fp4sweep" / "conf" / "task"
-PRESETS = ["mxfp4", "nvfp4", "paper_best"]
+PRESETS = ["mxfp4", "nvfp4", "paper_best"]  # beside the bf16 baseline
 # One technique each on top of the base recipe: the paper's techniques.
-VARIANTS = ["transform=rhadamard16", "tensor_scale=fp32", "rounding@bwd=sr", "scale=ue5m3"]
+VARIANTS = ["transform=rhadamard32", "tensor_scale=fp32", "rounding@bwd=sr", "scale=ue5m3"]
 
 
 def task_params(task: str, size: str, overrides: list[str]) -> dict[str, Any]:
@@ -47,9 +47,9 @@ def task_params(task: str, size: str, overrides: list[str]) -> dict[str, Any]:
     return {**OmegaConf.to_container(merged), "exclude": list(conf.get("exclude", []))}
 
 
-def recipes(base: str, variants: list[str]) -> dict[str, dict[str, str]]:
+def recipes(presets: list[str], base: str, variants: list[str]) -> dict[str, dict[str, str]]:
     """Label -> axis values: bf16, the presets, and each variant on top of ``base``."""
-    chosen = {name: preset_axes(name) for name in ["bf16", *PRESETS]}
+    chosen = {name: preset_axes(name) for name in ["bf16", *presets]}
     for variant in variants:
         values = dict(preset_axes(base))
         for item in variant.split(","):
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override fields of the size preset, e.g. steps=100")
+    parser.add_argument("--presets", nargs="*", default=PRESETS, help="named recipes beside bf16")
     parser.add_argument("--base", default="mxfp4", help="the preset the variants start from")
     parser.add_argument("--variants", nargs="*", default=VARIANTS, metavar="AXIS=VALUE[,AXIS=VALUE]",
                         help="one-technique changes of the base recipe")
@@ -115,7 +116,7 @@ def main() -> None:
     module = load_task(default_module(args.task))
     try:
         build_config(module.Config, params)
-        chosen = recipes(args.base, args.variants)
+        chosen = recipes(args.presets, args.base, args.variants)
         for axes in chosen.values():
             Recipe.from_axes(axes)
     except ValueError as error:
