@@ -42,7 +42,10 @@ def task_params(task: str, size: str, overrides: list[str]) -> dict[str, Any]:
     """The size preset of conf/task/TASK.yaml with ``KEY=VALUE`` overrides (YAML-typed)."""
     conf = OmegaConf.load(CONF_TASK / f"{task}.yaml")
     if size not in conf.sizes:
-        raise SystemExit(f"unknown size {size!r} for {task}; valid: {sorted(conf.sizes)}")
+        raise ValueError(f"unknown size {size!r} for {task}; valid: {sorted(conf.sizes)}")
+    malformed = [item for item in overrides if "=" not in item]
+    if malformed:
+        raise ValueError(f"--params takes KEY=VALUE, got {malformed}")
     merged = OmegaConf.merge(conf.sizes[size], OmegaConf.from_dotlist(overrides))
     return {**OmegaConf.to_container(merged), "exclude": list(conf.get("exclude", []))}
 
@@ -53,7 +56,9 @@ def recipes(presets: list[str], base: str, variants: list[str]) -> dict[str, dic
     for variant in variants:
         values = dict(preset_axes(base))
         for item in variant.split(","):
-            key, _, value = item.partition("=")
+            key, equals, value = item.partition("=")
+            if not equals:
+                raise ValueError(f"--variants takes AXIS=VALUE[,AXIS=VALUE], got {variant!r}")
             values[key] = value
         chosen[f"{base} + {variant}"] = values
     return chosen
@@ -112,9 +117,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="trials run at once, one thread each")
     args = parser.parse_args()
 
-    params = task_params(args.task, args.size, args.params)
     module = load_task(default_module(args.task))
     try:
+        params = task_params(args.task, args.size, args.params)
         build_config(module.Config, params)
         chosen = recipes(args.presets, args.base, args.variants)
         for axes in chosen.values():
