@@ -11,6 +11,8 @@ from taskconf import one_thread, require_data, task_config  # noqa: F401 (an aut
 from torch import nn
 
 from fp4sweep.quant import QuantLinear, Recipe, quantize_model
+from fp4sweep.sweep.config import ConfigTree, load_settings
+from fp4sweep.sweep.plan import expand
 from fp4sweep.tasks import classification, diffusion, gpt, regression
 from fp4sweep.tasks.training import evaluation_precision
 
@@ -63,7 +65,13 @@ def test_every_family_evaluates_as_told_and_trains_alike(module):
     assert fp4.metrics["val_loss"] != high.metrics["val_loss"]
 
 
-def test_the_size_presets_record_the_choice():
+def test_the_size_presets_record_the_choice_in_the_trial_spec():
     for module in SHORT:
         for size in ("tiny", "small", "paper"):
             assert task_config(module, size).eval_quantized is True
+    tree = ConfigTree()
+    default = expand(tree, load_settings(tree, ["+sweep=smoke"]))
+    assert {t.spec["params"]["eval_quantized"] for t in default.trials} == {True}
+    high = expand(tree, load_settings(tree, ["+sweep=smoke", "+params.regression.eval_quantized=false"]))
+    assert {t.spec["params"]["eval_quantized"] for t in high.trials} == {False}
+    assert not {t.trial_id for t in high.trials} & {t.trial_id for t in default.trials}
