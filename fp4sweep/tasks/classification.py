@@ -43,6 +43,9 @@ class Config:
     train_examples: int = 0  # the first N of the training split; 0: all
     val_examples: int = 0  # the first N of the test split; 0: all
     eval_every: int = 100  # steps between validation passes (and one at the end)
+    # Validation through the recipe's quantized forward (the model as deployed in FP4) or in the
+    # model's own precision (the trained weights' quality); conf/task/*.yaml says why the default.
+    eval_quantized: bool = True
     # Layers kept in high precision: the first convolution (its reduction, 9 x image channels,
     # fits no block size) and the 10-way classifier (n = 10 fits none either).
     exclude: tuple[str, ...] = ("stem", "head")
@@ -194,5 +197,5 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
 
     log = fit(model, optimizer, loss_at, steps=config.epochs * batch_at.steps_per_epoch,
               lr_at=lambda step: config.lr, evaluate=evaluate, eval_every=config.eval_every,
-              loss_scale=recipe.loss_scale)
+              loss_scale=recipe.loss_scale, eval_quantized=config.eval_quantized)
     return task_result(log, gemm_shapes(config, recipe.high_precision))

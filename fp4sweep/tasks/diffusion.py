@@ -32,8 +32,9 @@ from fp4sweep.tasks import datasets
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_choice, check_non_negative, check_positive
 from fp4sweep.tasks.optimizers import build_optimizer
-from fp4sweep.tasks.training import (EpochSampler, LayerLayout, fit, quantize, resolve_device,
-                                     seeded, task_result, to_device, trace_gemm_shapes, warmup_cosine)
+from fp4sweep.tasks.training import (EpochSampler, LayerLayout, evaluation_precision, fit, quantize,
+                                     resolve_device, seeded, task_result, to_device, trace_gemm_shapes,
+                                     warmup_cosine)
 
 NAME = "diffusion"
 PADDED_SIZE = 32
@@ -60,6 +61,9 @@ class Config:
     val_examples: int = 1000  # held-out images from the test split
     val_timesteps: int = 10  # evenly spaced timesteps at which each held-out image is scored
     eval_every: int = 1000
+    # Validation through the recipe's quantized forward (the model as deployed in FP4) or in the
+    # model's own precision (the trained weights' quality); conf/task/*.yaml says why the default.
+    eval_quantized: bool = True
     sample_count: int = 16  # images in samples.png; 0: no samples
     # Layers kept in high precision: the first and last convolutions, whose reduction (9 x image
     # channels) and outputs (image channels) fit no block size.
@@ -303,10 +307,11 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
 
     log = fit(model, optimizer, loss_at, steps=config.steps, lr_at=lr_at,
               evaluate=evaluate, eval_every=config.eval_every, grad_clip=config.grad_clip,
-              loss_scale=recipe.loss_scale)
+              loss_scale=recipe.loss_scale, eval_quantized=config.eval_quantized)
     artifacts = {}
     if config.sample_count and not log.diverged:
         model.eval()
-        images = sample(model, alpha_bar, config.sample_count, tuple(x_train.shape[1:]), device)
+        with evaluation_precision(model, config.eval_quantized):
+            images = sample(model, alpha_bar, config.sample_count, tuple(x_train.shape[1:]), device)
         artifacts["samples.png"] = png_grid(images, datasets.IMAGE_SHAPES[config.dataset][-1])
     return task_result(log, gemm_shapes(config, recipe.high_precision), artifacts=artifacts)

@@ -55,6 +55,9 @@ class Config:
     grad_clip: float = 1.0
     eval_every: int = 250
     eval_batches: int = 20  # held-out batches of batch_size windows per evaluation
+    # Validation through the recipe's quantized forward (the model as deployed in FP4) or in the
+    # model's own precision (the trained weights' quality); conf/task/*.yaml says why the default.
+    eval_quantized: bool = True
     exclude: tuple[str, ...] = ("lm_head",)  # layers kept in high precision
 
     def __post_init__(self) -> None:
@@ -236,6 +239,6 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
 
     log = fit(model, optimizer, loss_at, steps=config.steps, lr_at=lr_at,
               evaluate=evaluate, eval_every=config.eval_every, grad_clip=config.grad_clip,
-              loss_scale=recipe.loss_scale)
+              loss_scale=recipe.loss_scale, eval_quantized=config.eval_quantized)
     perplexity = math.exp(min(log.last.get("val_loss", math.inf), 700.0))
     return task_result(log, gemm_shapes(config, recipe.high_precision), extra_metrics={"perplexity": perplexity})

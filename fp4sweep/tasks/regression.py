@@ -1,6 +1,9 @@
 """Gaussian linear regression: the simplest task of the paper's study.
 
-Features x ~ N(0, I); targets y = W* x + noise, from a random linear teacher W* that the data seed
+Features x ~ N(0, I), optionally with ``outlier_features`` channels, evenly spaced, scaled by
+``outlier_scale`` (the few large channels of a transformer's activations, which set their
+blocks' scales and flush the other elements of those blocks to zero: where a Hadamard transform
+helps); targets y = W* x + noise, from a random linear teacher W* that the data seed
 fixes (the same for every trial and recipe). A linear student is trained on the MSE with Adam
 through the recipe's quantized GEMMs (AdamW without weight decay, i.e. Adam, or the recipe's
 optimizer); the metrics are its final MSE on the whole training set and on held-out data, and the
@@ -22,7 +25,8 @@ from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks.base import TaskResult
 from fp4sweep.tasks.checks import check_non_negative, check_positive
 from fp4sweep.tasks.optimizers import build_optimizer
-from fp4sweep.tasks.training import LayerLayout, fit, quantize, state_metrics, task_result, to_device
+from fp4sweep.tasks.training import (LayerLayout, evaluation_precision, fit, quantize, state_metrics,
+                                     task_result, to_device)
 
 NAME = "regression"
 
@@ -34,17 +38,25 @@ class Config:
     n_features: int = 64
     n_outputs: int = 32
     noise_std: float = 0.1
+    outlier_features: int = 0  # feature channels scaled by outlier_scale; 0: plain N(0, I)
+    outlier_scale: float = 1.0
     steps: int = 200
     batch_size: int = 256
     lr: float = 1e-2
     eval_every: int = 50
+    # Validation through the recipe's quantized forward (the model as deployed in FP4) or in the
+    # model's own precision (the trained weights' quality); conf/task/*.yaml says why the default.
+    eval_quantized: bool = True
     data_seed: int = 0  # the teacher and the data: shared by all trials so that they compare
     exclude: tuple[str, ...] = ()  # layers kept in high precision
 
     def __post_init__(self) -> None:
         check_positive(self, "n_train", "n_val", "n_features", "n_outputs", "steps", "batch_size",
-                       "lr", "eval_every")
-        check_non_negative(self, "noise_std")
+                       "lr", "eval_every", "outlier_scale")
+        check_non_negative(self, "noise_std", "outlier_features")
+        if self.outlier_features > self.n_features:
+            raise ValueError(f"regression outlier_features {self.outlier_features} exceeds "
+                             f"n_features {self.n_features}")
         if self.batch_size > self.n_train:
             raise ValueError(f"regression batch_size {self.batch_size} exceeds n_train {self.n_train}")
 
@@ -64,9 +76,18 @@ def make_data(config: Config, device: torch.device) -> tuple[torch.Tensor, ...]:
     teacher = torch.randn(config.n_outputs, config.n_features, generator=generator)
     teacher /= math.sqrt(config.n_features)
     x = torch.randn(config.n_train + config.n_val, config.n_features, generator=generator)
+    x[:, outlier_channels(config)] *= config.outlier_scale
     y = x @ teacher.T + config.noise_std * torch.randn(len(x), config.n_outputs, generator=generator)
     x, y = x.to(device), y.to(device)
     return x[: config.n_train], y[: config.n_train], x[config.n_train :], y[config.n_train :]
+
+
+def outlier_channels(config: Config) -> torch.Tensor:
+    """The feature channels scaled by ``outlier_scale``: evenly spaced, so that they fall in
+    different blocks."""
+    if not config.outlier_features:
+        return torch.empty(0, dtype=torch.long)
+    return torch.arange(config.outlier_features) * (config.n_features // config.outlier_features)
 
 
 # One layer and no blocks: a layer policy keeps nothing in bf16 here (and names no kinds).
@@ -101,10 +122,11 @@ def train(config: Config, recipe: Recipe, seed: int, device: str | torch.device 
 
     log = fit(model, optimizer, loss_at, steps=config.steps, lr_at=lambda step: config.lr,
               evaluate=lambda: {"val_loss": mse(model, x_val, y_val)},
-              eval_every=config.eval_every, loss_scale=recipe.loss_scale)
+              eval_every=config.eval_every, loss_scale=recipe.loss_scale, eval_quantized=config.eval_quantized)
     if log.diverged:
         return task_result(log, gemm_shapes(config, recipe.high_precision))
-    metrics = {"train_loss": mse(model, x_train, y_train), "val_loss": mse(model, x_val, y_val)}
+    with evaluation_precision(model, config.eval_quantized):
+        metrics = {"train_loss": mse(model, x_train, y_train), "val_loss": mse(model, x_val, y_val)}
     diverged = not all(math.isfinite(v) for v in metrics.values())
     metrics.update(state_metrics(model))
     return TaskResult(metrics, log.curve, diverged=diverged, gemm_shapes=gemm_shapes(config, recipe.high_precision))

@@ -3,9 +3,10 @@ a training step, the learning-rate schedule and the training loop with its diver
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -15,7 +16,7 @@ from fp4sweep.quant import Recipe, quantize_model
 from fp4sweep.quant.delayed import beyond_amax_fraction
 from fp4sweep.quant.gemm import GemmShape
 from fp4sweep.quant.layer_policy import high_precision_layers
-from fp4sweep.quant.layers import is_excluded
+from fp4sweep.quant.layers import QuantConv2d, QuantLinear, is_excluded
 from fp4sweep.quant.recipe import NO_POLICY
 from fp4sweep.tasks.base import DivergenceGuard, TaskResult
 from fp4sweep.tasks.loss_scaling import loss_scaler
@@ -71,6 +72,27 @@ def quantize(model: nn.Module, recipe: Recipe, exclude: Iterable[str], seed: int
         raise TypeError(f"recipe must be a fp4sweep.quant.Recipe, got {type(recipe).__name__}")
     kept = layout.kept_in_bf16(recipe.high_precision)
     return quantize_model(model, recipe, exclude=tuple(exclude) + kept, seed=seed)
+
+
+# A recipe that quantizes nothing: a quantized layer given it runs its plain GEMM.
+_UNQUANTIZED = Recipe.preset("bf16")
+
+
+@contextlib.contextmanager
+def evaluation_precision(model: nn.Module, quantized: bool) -> Iterator[None]:
+    """Within this block, ``model``'s quantized layers run their forward through their recipe
+    (``quantized``: the model as deployed in FP4) or in the model's own precision (the quality of
+    the trained weights themselves). Training state (step counters, delayed amax) is untouched:
+    evaluation runs in eval mode, which advances neither."""
+    layers = [] if quantized else [m for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d))]
+    recipes = [layer.recipe for layer in layers]
+    for layer in layers:
+        layer.recipe = _UNQUANTIZED
+    try:
+        yield
+    finally:
+        for layer, recipe in zip(layers, recipes):
+            layer.recipe = recipe
 
 
 # What quantize_model swaps: exactly these types (a subclass may compute something else).
@@ -180,6 +202,7 @@ def fit(
     eval_every: int,
     grad_clip: float = 0.0,
     loss_scale: str = "none",
+    eval_quantized: bool = True,
 ) -> TrainLog:
     """Train for ``steps`` steps; ``loss_at(step)`` computes the loss of that step's batch.
 
@@ -188,9 +211,10 @@ def fit(
     is skipped. With loss scaling on, each logged point also records the scale then in use.
 
     Every ``eval_every`` steps and at the end, logs the mean training loss since the last log,
-    what ``evaluate()`` returns (it must include ``val_loss``) and the layers' ``state_metrics``.
-    Stops early, marked diverged, when the training loss is not finite or blows up, or the
-    validation loss is not finite.
+    what ``evaluate()`` returns (it must include ``val_loss``), run through the quantized forward
+    or in high precision as ``eval_quantized`` says (``evaluation_precision``), and the layers'
+    ``state_metrics``. Stops early, marked diverged, when the training loss is not finite or
+    blows up, or the validation loss is not finite.
 
     The losses are read ``LOSS_READ_EVERY`` steps at a time, so a run that diverges trains up to
     that many steps past its first bad loss before it stops; what is logged (the step and loss of
@@ -228,9 +252,9 @@ def fit(
         window.extend(values)
         if evaluation:
             model.eval()
-            with torch.no_grad():
-                point = {"step": step + 1, "train_loss": sum(window) / len(window), **evaluate(),
-                         **state_metrics(model)}
+            with torch.no_grad(), evaluation_precision(model, eval_quantized):
+                point = {"step": step + 1, "train_loss": sum(window) / len(window), **evaluate()}
+            point.update(state_metrics(model))
             if scaler.is_enabled():
                 point["loss_scale"] = scaler.get_scale()
             window = []

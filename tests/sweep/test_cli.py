@@ -121,7 +121,7 @@ def test_bad_scopes_and_values_exit_2_with_one_line_and_run_nothing(tmp_path, ca
 def test_a_misspelt_sweep_is_one_line(tmp_path, capsys):
     assert main(["plan", "+sweep=smok", f"results_dir={tmp_path}"]) == 2
     assert capsys.readouterr().err == (
-        "fp4sweep: error: sweep: unknown sweep 'smok'; valid: ['adaptive', 'full', 'gpu_smoke', 'ladder', 'optimizers', 'placements', 'smoke']\n"
+        "fp4sweep: error: sweep: unknown sweep 'smok'; valid: ['adaptive', 'full', 'gpu_smoke', 'ladder', 'optimizers', 'paper', 'paper_cpu', 'placements', 'smoke']\n"
     )
 
 

@@ -153,7 +153,7 @@ def test_baseline_and_presets_come_first(tree):
         (["+sweep=smoke", "axes.rounding@x=[sr]", "axes.rounding@fwd=[rne]"], "rounding@x=sr and rounding@fwd=rne both set rounding on fwd_x"),
         (["+sweep=smoke", "axes.scale=[]"], "axes.scale: an empty list leaves the axis no option"),
         (["+sweep=smoke", "tasks=[regresion]"], "tasks: unknown task 'regresion'; valid: ["),
-        (["+sweep=smok"], "sweep: unknown sweep 'smok'; valid: ['adaptive', 'full', 'gpu_smoke', 'ladder', 'mini', 'notutf8', 'optimizers', 'placements', 'scoped'"),
+        (["+sweep=smok"], "sweep: unknown sweep 'smok'; valid: ['adaptive', 'full', 'gpu_smoke', 'ladder', 'mini', 'notutf8', 'optimizers', 'paper', 'paper_cpu', 'placements', 'scoped'"),
         (["+sweep=smoke", "task=regresion"], "task: unknown task 'regresion'; valid: ['classification', 'diffusion'"),
         (["+sweep=typo"], "sweep 'typo': unknown key(s) ['sedes']; valid: ['axes', 'baseline'"),
         (["+sweep=smoke", "presets=[nvfp5]"], "presets: unknown Recipe preset 'nvfp5'"),
@@ -169,7 +169,7 @@ def test_baseline_and_presets_come_first(tree):
         (["+sweep=smoke", "+constraints=[{reason: x, scale: [e9m0]}]"], "constraints[0].scale: unknown scale 'e9m0'"),
         (["+sweep=notutf8"], "notutf8.yaml: not UTF-8 text"),
         (["tasks=[regression]"], "seeds: the sweep names no seed"),
-        ([], "no sweep chosen: add +sweep=NAME; valid: ['adaptive', 'full', 'gpu_smoke', 'ladder', 'mini', 'notutf8', 'optimizers', 'placements', 'scoped'"),
+        ([], "no sweep chosen: add +sweep=NAME; valid: ['adaptive', 'full', 'gpu_smoke', 'ladder', 'mini', 'notutf8', 'optimizers', 'paper', 'paper_cpu', 'placements', 'scoped'"),
     ],
 )
 def test_bad_input_is_named(tree, overrides, message):
@@ -183,3 +183,22 @@ def test_an_invalid_combination_asks_for_a_constraint(tree):
     # The NVFP4 scale rule is defined for narrow scale formats only.
     with pytest.raises(SweepError, match="leave such combinations out with a constraint"):
         plan_of(tree, "+sweep=smoke", "quant.scale_rule=nvfp4", "quant.scale=e8m0")
+
+
+def test_the_paper_sweeps_cross_what_the_paper_compares(tree):
+    """paper_cpu: the full crossing on the tiny regression proxy; paper: the same axes at the
+    paper's sizes on four tasks, spline and power only where tensor scaling and the transform
+    are on."""
+    crossed = {"scale": ["e8m0", "ue5m3", "ue4m3"], "tensor_scale": ["none", "fp32"],
+               "transform": ["none", "rhadamard32"], "rounding@bwd": ["rne", "sr"],
+               "estimator": ["ste", "spline", "power"]}
+    cpu = plan_of(tree, "+sweep=paper_cpu")
+    assert {k: cpu.axes[k] for k in crossed} == crossed
+    assert {t.spec["size"] for t in cpu.trials} == {"tiny"} and len(cpu.trials) == (72 + 3) * 3
+    gpu = plan_of(tree, "+sweep=paper")
+    assert {t.spec["size"] for t in gpu.trials} == {"paper"}
+    assert {t.spec["task"] for t in gpu.trials} == {"regression", "classification", "diffusion", "gpt"}
+    others = [r.axes for r in gpu.recipes if r.axes and r.axes["estimator"] != "ste"]
+    assert len(others) == 2 * 3 * 2 and all(
+        a["tensor_scale"] == "fp32" and a["transform"] == "rhadamard32" for a in others)
+    assert len(gpu.trials) == (36 + 3) * 3 * 4

@@ -101,3 +101,16 @@ def test_a_delayed_amax_records_the_elements_beyond_it():
     current = train(SMALL, Recipe.from_axes(tensor_scale="fp32"), seed=0)
     assert "beyond_amax_fraction" not in current.metrics  # nothing delayed, nothing to count
     assert all("beyond_amax_fraction" not in point for point in current.curve)
+
+
+def test_outlier_features_scale_evenly_spaced_channels():
+    plain = make_data(SMALL, torch.device("cpu"))
+    config = Config(**{**SMALL.__dict__, "outlier_features": 4, "outlier_scale": 10.0})
+    x_train, y_train, x_val, _ = make_data(config, torch.device("cpu"))
+    channels = [0, 8, 16, 24]
+    assert torch.equal(x_train[:, channels], 10.0 * plain[0][:, channels])
+    others = [c for c in range(32) if c not in channels]
+    assert torch.equal(x_train[:, others], plain[0][:, others])
+    assert not torch.equal(y_train, plain[1])  # the teacher sees the scaled features
+    with pytest.raises(ValueError, match="outlier_features"):
+        Config(n_features=8, outlier_features=9)
