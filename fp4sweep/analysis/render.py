@@ -189,13 +189,16 @@ def _fidelity(analysis: Analysis) -> str:
         "n_front_lower": "lower front", "fell_off": "fell off the higher front",
         "not_run_higher": "not run at the higher",
     })
+    table["model sizes"] = table.pop("across_sizes").map({True: "differ", False: "same"})
     table.insert(5, f"{CONFIDENCE:.0%} interval", _interval(table.pop("rho_low"), table.pop("rho_high")))
     return (
         "<h2>Rankings across fidelities</h2>\n<p class=\"note\">Tasks run at several fidelities "
         "(size presets, or a ladder's rungs): Spearman's rank correlation of the recipes' loss gaps "
         "between consecutive fidelities, with a Fisher-z interval, over the recipes run at both; and "
         "the lower fidelity's front members (modelled overhead) that are not on the higher one's. "
-        "A ladder runs only promoted recipes higher up, so its correlation covers those.</p>\n"
+        "A ladder runs only promoted recipes higher up, so its correlation covers those. Pairs "
+        "whose model sizes differ (not only their training lengths) decide the findings' claim "
+        "on model scales.</p>\n"
         + _table(table)
     )
 

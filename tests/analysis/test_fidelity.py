@@ -101,6 +101,7 @@ def test_the_report_page_and_its_files_carry_the_comparison(tmp_path):
     text = page.read_text()
     assert "<h2>Rankings across fidelities</h2>" in text
     assert "tiny, steps=25" in text
+    assert 'model sizes</th>' in text and '"text">same</td>' in text  # two lengths, one size
     table = pd.read_csv(tmp_path / "report" / "fidelity.csv")
     assert table[["lower", "higher", "fell_off"]].values.tolist() == [["tiny, steps=25", "tiny", "a"]]
     summary = json.loads((tmp_path / "report" / "report.json").read_text())
