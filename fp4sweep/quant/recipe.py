@@ -86,30 +86,17 @@ class Recipe:
                 raise ValueError(
                     f"Recipe.{name} must be a QuantSpec or None, got {type(spec).__name__}"
                 )
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(
-                f"Recipe.estimator={self.estimator!r} is not valid; valid: {list(ESTIMATORS)}"
-            )
-        if self.gemm_model not in GEMM_MODELS:
-            raise ValueError(
-                f"Recipe.gemm_model={self.gemm_model!r} is not valid; valid: {list(GEMM_MODELS)}"
-            )
-        if self.scale_grad not in SCALE_GRADS:
-            raise ValueError(
-                f"Recipe.scale_grad={self.scale_grad!r} is not valid; valid: {list(SCALE_GRADS)}"
-            )
+        _check_choice("estimator", self.estimator, ESTIMATORS)
+        _check_choice("gemm_model", self.gemm_model, GEMM_MODELS)
+        _check_choice("scale_grad", self.scale_grad, SCALE_GRADS)
         try:
             parse_policy(self.high_precision)
         except ValueError as error:
             raise ValueError(f"Recipe.high_precision: {error}") from None
         self._check_amax_policy()
-        if self.sign_policy not in SIGN_POLICIES:
-            raise ValueError(
-                f"Recipe.sign_policy={self.sign_policy!r} is not valid; valid: {list(SIGN_POLICIES)}"
-            )
-        for name, valid in (("optimizer", OPTIMIZERS), ("loss_scale", LOSS_SCALES)):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"Recipe.{name}={getattr(self, name)!r} is not valid; valid: {list(valid)}")
+        _check_choice("sign_policy", self.sign_policy, SIGN_POLICIES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("loss_scale", self.loss_scale, LOSS_SCALES)
         if self.sign_policy != "fixed" and not any(
             spec is not None and spec.random_signs for spec in self.operands().values()
         ):
@@ -133,10 +120,7 @@ class Recipe:
                 )
 
     def _check_amax_policy(self) -> None:
-        if self.amax_policy not in AMAX_POLICIES:
-            raise ValueError(
-                f"Recipe.amax_policy={self.amax_policy!r} is not valid; valid: {list(AMAX_POLICIES)}"
-            )
+        _check_choice("amax_policy", self.amax_policy, AMAX_POLICIES)
         for name in ("amax_window", "amax_margin"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -214,6 +198,11 @@ class Recipe:
             if isinstance(spec, dict):
                 fields[name] = QuantSpec.from_dict(spec)
         return cls(**fields)
+
+
+def _check_choice(field: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"Recipe.{field}={value!r} is not valid; valid: {list(valid)}")
 
 
 # A sweep builds thousands of recipes from a few dozen distinct operand specs: build and

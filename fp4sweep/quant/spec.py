@@ -97,9 +97,7 @@ class QuantSpec:
     scale_rounding: str = "nearest"
 
     def __post_init__(self) -> None:
-        _check_type("elem", self.elem, str)
-        if self.elem not in ELEMENT_FORMATS:
-            _invalid("elem", self.elem, sorted(ELEMENT_FORMATS))
+        _check_choice("elem", self.elem, sorted(ELEMENT_FORMATS))
         _check_type("scale", self.scale, str)
         try:
             scale_format(self.scale)
@@ -107,16 +105,10 @@ class QuantSpec:
             raise ValueError(f"QuantSpec.scale: {error}") from None
         _check_int_range("block", self.block, BLOCK_RANGE)
         _check_type("block_2d", self.block_2d, bool)
-        _check_type("scale_rule", self.scale_rule, str)
-        if self.scale_rule not in SCALE_RULES:
-            _invalid("scale_rule", self.scale_rule, SCALE_RULES)
-        _check_type("rounding", self.rounding, str)
-        if self.rounding not in ROUNDINGS:
-            _invalid("rounding", self.rounding, ROUNDINGS)
+        _check_choice("scale_rule", self.scale_rule, SCALE_RULES)
+        _check_choice("rounding", self.rounding, ROUNDINGS)
         _check_int_range("sr_bits", self.sr_bits, SR_BITS_RANGE)
-        _check_type("transform", self.transform, str)
-        if self.transform not in TRANSFORMS:
-            _invalid("transform", self.transform, TRANSFORMS)
+        _check_choice("transform", self.transform, TRANSFORMS)
         _check_type("transform_seed", self.transform_seed, int)
         if self.transform_seed < 0:
             raise ValueError(f"QuantSpec.transform_seed must be >= 0, got {self.transform_seed}")
@@ -131,17 +123,13 @@ class QuantSpec:
                     f"QuantSpec.tensor_target_scale must be 0 (the scale format's max) or in "
                     f"1..{top:g}, got {self.tensor_target_scale}"
                 )
-        _check_type("prescale", self.prescale, str)
-        if self.prescale not in PRESCALES:
-            _invalid("prescale", self.prescale, PRESCALES)
+        _check_choice("prescale", self.prescale, PRESCALES)
         if self.prescale != "1" and self.rounding != "sr":
             raise ValueError(
                 f"QuantSpec.prescale={self.prescale!r} acts before stochastic rounding; it needs "
                 f"rounding='sr', got {self.rounding!r}"
             )
-        _check_type("scale_select", self.scale_select, str)
-        if self.scale_select not in SCALE_SELECTS:
-            _invalid("scale_select", self.scale_select, SCALE_SELECTS)
+        _check_choice("scale_select", self.scale_select, SCALE_SELECTS)
         if self.scale_select != "max" and (
             self.scale_rule != "nvfp4" or self.block_2d or self.block & (self.block - 1)
         ):
@@ -150,9 +138,7 @@ class QuantSpec:
                 f"blocks of a power-of-two length, got scale_rule={self.scale_rule!r}, "
                 f"block={self.block}, block_2d={self.block_2d}"
             )
-        _check_type("scale_rounding", self.scale_rounding, str)
-        if self.scale_rounding not in SCALE_ROUNDINGS:
-            _invalid("scale_rounding", self.scale_rounding, SCALE_ROUNDINGS)
+        _check_choice("scale_rounding", self.scale_rounding, SCALE_ROUNDINGS)
         if self.scale_rounding == "ms_eden":
             self._check_ms_eden()
         if self.scale_rounding == "sr" and (
@@ -250,8 +236,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _invalid(field: str, value: Any, choices: Any) -> None:
-    raise ValueError(f"QuantSpec.{field}={value!r} is not valid; valid: {list(choices)}")
+def _check_choice(field: str, value: Any, choices: Any) -> None:
+    _check_type(field, value, str)
+    if value not in choices:
+        raise ValueError(f"QuantSpec.{field}={value!r} is not valid; valid: {list(choices)}")
 
 
 def _check_type(field: str, value: Any, expected: type) -> None:
