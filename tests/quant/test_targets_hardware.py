@@ -34,31 +34,40 @@ def test_unknown_names_list_the_valid_ones():
         load_hardware("a100")
 
 
-def test_a_malformed_target_names_its_file(tmp_path, monkeypatch):
+@pytest.fixture
+def conf_dir(tmp_path, monkeypatch):
+    """A config tree of the test's own, read in place of the package's."""
     monkeypatch.setattr(data_files, "CONF_DIR", tmp_path)
-    folder = tmp_path / "target"
-    folder.mkdir()
-    (folder / "bad.yaml").write_text("tokens: 128\nlayers: [{k: 64}]\n")
+    return tmp_path
+
+
+def write(conf_dir, kind: str, files: dict[str, str]) -> None:
+    folder = conf_dir / kind
+    folder.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+def test_a_malformed_target_names_its_file(conf_dir):
+    write(conf_dir, "target", {
+        "bad.yaml": "tokens: 128\nlayers: [{k: 64}]\n",
+        "empty.yaml": "tokens: 128\n",
+        "zero.yaml": "tokens: 128\nlayers: [{k: 64, n: 0}]\n",
+    })
     with pytest.raises(ValueError, match=r"bad.yaml: a layer is a mapping of k, n"):
         load_target("bad")
-    (folder / "empty.yaml").write_text("tokens: 128\n")
     with pytest.raises(ValueError, match=r"empty.yaml: needs tokens \(an int\) and a non-empty list of layers"):
         load_target("empty")
-    (folder / "zero.yaml").write_text("tokens: 128\nlayers: [{k: 64, n: 0}]\n")
     with pytest.raises(ValueError, match=r"GemmShape.n must be a positive int, got 0"):
         load_target("zero")
 
 
-def test_a_malformed_machine_names_its_fault(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_files, "CONF_DIR", tmp_path)
-    folder = tmp_path / "hardware"
-    folder.mkdir()
-    (folder / "typo.yaml").write_text("name: X\nfp4_flop: 1.0e+15\n")
-    with pytest.raises(ValueError, match=r"typo.yaml: unknown or malformed keys \['fp4_flop'\]"):
-        load_hardware("typo")
+def test_a_malformed_machine_names_its_fault(conf_dir):
     # YAML reads 9.0e15 (no sign in the exponent) as text
     text = "name: X\nfp4_flops: 9.0e15\nfp8_flops: 1.0e+15\nbf16_flops: 1.0e+15\nvector_ops: 1.0e+12\nmemory_bytes: 1.0e+12\n"
-    (folder / "text.yaml").write_text(text)
+    write(conf_dir, "hardware", {"typo.yaml": "name: X\nfp4_flop: 1.0e+15\n", "text.yaml": text})
+    with pytest.raises(ValueError, match=r"typo.yaml: unknown or malformed keys \['fp4_flop'\]"):
+        load_hardware("typo")
     with pytest.raises(ValueError, match=r"Hardware 'X': fp4_flops must be a positive number, got '9.0e15'"):
         load_hardware("text")
     with pytest.raises(ValueError, match=r"memory_efficiency must be in \(0, 1\]"):
